@@ -1,0 +1,72 @@
+"""The `xray` command: run the pipeline flow, check params, predict with a trained model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tasks.cli_support import setup_logging
+from tasks.params import STAGES, ParamsError, load_params
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the Prefect pipeline flow."""
+    from flows.pipeline import StageFailed, pipeline
+
+    try:
+        pipeline(workdir=str(args.workdir), stages=args.stages or None)
+    except (StageFailed, ParamsError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_params(args: argparse.Namespace) -> int:
+    """Validate params.yaml and print the parsed values."""
+    try:
+        params = load_params(args.file)
+    except ParamsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(params.model_dump_json(indent=2))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Predict images or folders with a trained model."""
+    from tasks.predict import predict_paths
+
+    return predict_paths(args.paths, args.model, as_json=args.json, batch_size=args.batch_size)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `xray`."""
+    parser = argparse.ArgumentParser(prog="xray", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the pipeline flow (each stage through DVC)")
+    run.add_argument("--workdir", type=Path, default=Path("."), help="project folder (default: .)")
+    run.add_argument("--stage", dest="stages", action="append", choices=STAGES,
+                     help="run only this stage (repeatable)")
+    run.set_defaults(func=cmd_run)
+    par = sub.add_parser("params", help="validate params.yaml")
+    par.add_argument("--file", type=Path, default=Path("params.yaml"))
+    par.set_defaults(func=cmd_params)
+    pred = sub.add_parser("predict", help="classify images with a trained model")
+    pred.add_argument("paths", nargs="+", type=Path, help="image files or folders")
+    pred.add_argument("--model", type=Path, default=Path("models/finetuned.keras"))
+    pred.add_argument("--json", action="store_true", help="one JSON object per line")
+    pred.add_argument("--batch-size", type=int, default=32)
+    pred.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `xray` console script."""
+    setup_logging()
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

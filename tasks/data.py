@@ -1,0 +1,78 @@
+"""Input pipeline: decode each image once into memory, then tf.data batches from the cache."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tasks.io import read_csv, read_gray
+
+RAW_DIR = Path("data/raw")
+LOAD_THREADS = 4
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize a 2-D uint8 image to size x size (antialiased bilinear), the model's input."""
+    if image.shape == (size, size):
+        return image
+    return np.asarray(Image.fromarray(image, mode="L").resize((size, size), Image.Resampling.BILINEAR))
+
+
+def load_images(paths: Sequence[Path], size: int | None) -> list[np.ndarray] | np.ndarray:
+    """Decode images once (threads); resized to an (N, size, size, 1) array, or raw when size is None."""
+    def one(p: Path) -> np.ndarray:
+        image = read_gray(p)
+        return image if size is None else resize(image, size)
+
+    with ThreadPoolExecutor(LOAD_THREADS) as pool:
+        images = list(pool.map(one, paths))
+    if size is None:
+        return images
+    return np.stack(images)[..., None] if images else np.zeros((0, size, size, 1), np.uint8)
+
+
+def labels_of(rows: Sequence[dict[str, str]], positive: str) -> np.ndarray:
+    """0/1 labels, 1 for the positive class."""
+    return np.array([int(r["label"] == positive) for r in rows], dtype=np.int32)
+
+
+def load_split(
+    csv: Path, size: int, positive: str, root: Path = RAW_DIR
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:
+    """Images (N, size, size, 1) uint8, labels and manifest rows of one split file."""
+    rows = read_csv(csv)
+    x = load_images([root / r["path"] for r in rows], size)
+    return x, labels_of(rows, positive), rows
+
+
+def class_weights(y: np.ndarray) -> dict[int, float]:
+    """Inverse-frequency class weights that average to 1 over the samples."""
+    counts = np.bincount(y, minlength=2).astype(float)
+    return {c: float(len(y) / (2.0 * counts[c])) if counts[c] else 1.0 for c in range(2)}
+
+
+def make_dataset(
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    *,
+    shuffle_seed: int | None = None,
+    augment: Callable | None = None,
+):
+    """A tf.data pipeline over in-memory arrays: shuffle, batch, augment on the fly, prefetch."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, y.astype("float32")))
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    if augment is not None:
+        ds = ds.map(lambda a, b: (augment(tf.cast(a, "float32"), training=True), b),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:
+        ds = ds.map(lambda a, b: (tf.cast(a, "float32"), b))
+    return ds.prefetch(tf.data.AUTOTUNE)

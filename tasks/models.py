@@ -1,0 +1,126 @@
+"""Model architectures and self-contained, byte-stable model files.
+
+Every model takes grayscale pixels as stored (H x W x 1, values 0..255) at its input
+size and rescales them itself; it ends in one sigmoid unit, P(positive class). The
+decision threshold, class names and input size travel inside the ``.keras`` file
+(an ``xray.json`` member), so anyone can load it and predict.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import keras
+from keras import layers
+
+from tasks.io import write_bytes_atomic
+
+META_MEMBER = "xray.json"
+ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+SEED_FILTERS = (64, 128, 256, 256)
+SEED_DENSE = (128, 64)
+SEED_DROPOUT = 0.2
+XRAY_NET_WIDTHS = (48, 96, 160, 256)
+XRAY_NET_STEM = 32
+XRAY_NET_DROPOUT = 0.3
+
+
+def seed_cnn(image_size: int) -> keras.Model:
+    """The blog's 4-block CNN (valid 3x3 convs, BatchNorm, dense 128-64, dropout 0.2), one sigmoid."""
+    inputs = keras.Input((image_size, image_size, 1), name="pixels")
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    for i, filters in enumerate(SEED_FILTERS, start=1):
+        x = layers.Conv2D(filters, 3, activation="relu", name=f"conv{i}")(x)
+        x = layers.BatchNormalization(name=f"bn{i}")(x)
+        x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
+    x = layers.Flatten(name="flatten")(x)
+    for i, units in enumerate(SEED_DENSE, start=1):
+        x = layers.Dense(units, activation="relu", name=f"dense{i}")(x)
+        x = layers.Dropout(SEED_DROPOUT, name=f"dropout{i}")(x)
+    outputs = layers.Dense(1, activation="sigmoid", name="prob", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name="seed_cnn")
+
+
+def _sep_block(x: Any, filters: int, name: str) -> Any:
+    """Two separable 3x3 convs with a projected residual, then 2x downsampling."""
+    shortcut = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_proj")(x)
+    shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+    y = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_sep1")(x)
+    y = layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = layers.ReLU(name=f"{name}_relu1")(y)
+    y = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_sep2")(y)
+    y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+    y = layers.Add(name=f"{name}_add")([y, shortcut])
+    y = layers.ReLU(name=f"{name}_relu2")(y)
+    return layers.MaxPooling2D(2, name=f"{name}_pool")(y)
+
+
+def xray_net(image_size: int) -> keras.Model:
+    """A small residual separable-conv CNN with global pooling, sized for a 2-core CPU."""
+    inputs = keras.Input((image_size, image_size, 1), name="pixels")
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    x = layers.Conv2D(XRAY_NET_STEM, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.ReLU(name="stem_relu")(x)
+    for i, width in enumerate(XRAY_NET_WIDTHS, start=1):
+        x = _sep_block(x, width, f"block{i}")
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(XRAY_NET_DROPOUT, name="dropout")(x)
+    outputs = layers.Dense(1, activation="sigmoid", name="prob", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name="xray_net")
+
+
+ARCHS = {"seed_cnn": seed_cnn, "xray_net": xray_net}
+
+
+def build_model(arch: str, image_size: int) -> keras.Model:
+    """Build an architecture by name."""
+    try:
+        return ARCHS[arch](image_size)
+    except KeyError:
+        raise ValueError(f"train.arch: unknown architecture {arch!r} (known: {', '.join(ARCHS)})") from None
+
+
+def save_model(model: keras.Model, path: Path, meta: dict[str, Any]) -> None:
+    """Save a .keras file with `meta` inside, byte-stable: fixed zip times, no save date."""
+    fd, tmp = tempfile.mkstemp(suffix=".keras")
+    os.close(fd)
+    try:
+        model.save(tmp)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(tmp) as src, zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as dst:
+            for info in sorted(src.infolist(), key=lambda i: i.filename):
+                data = src.read(info)
+                if info.filename == "metadata.json":
+                    md = json.loads(data)
+                    md.pop("date_saved", None)
+                    data = json.dumps(md, sort_keys=True).encode()
+                dst.writestr(zipfile.ZipInfo(info.filename, ZIP_EPOCH), data)
+            dst.writestr(zipfile.ZipInfo(META_MEMBER, ZIP_EPOCH), json.dumps(meta, indent=2, sort_keys=True))
+    finally:
+        os.unlink(tmp)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """The xray.json metadata of a model file (threshold, classes, image_size, ...)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return json.loads(z.read(META_MEMBER))
+    except (KeyError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path}: not a model saved by this pipeline ({e})") from None
+
+
+def load_model(path: Path) -> tuple[keras.Model, dict[str, Any]]:
+    """Load a model in Keras' safe mode, with its metadata."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: model not found")
+    meta = read_meta(path)
+    model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    return model, meta

@@ -1,0 +1,214 @@
+"""The schema of params.yaml: parsed once into pydantic models, one per stage section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PARAMS_FILE = Path("params.yaml")
+STAGES = ("download", "split", "corrupt", "train_base", "finetune", "evaluate")
+
+PosInt = Annotated[int, Field(gt=0)]
+Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+
+
+class ParamsError(ValueError):
+    """A bad params.yaml: the message is one line naming the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticParams(_Section):
+    seed: int = 7
+    patients_per_class: PosInt = 70
+    images_per_patient: tuple[PosInt, PosInt] = (1, 4)
+    image_size: Annotated[int, Field(ge=64, le=1024)] = 224
+
+    @field_validator("images_per_patient")
+    @classmethod
+    def _ordered(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if v[0] > v[1]:
+            raise ValueError(f"min {v[0]} is above max {v[1]}")
+        return v
+
+
+class DataParams(_Section):
+    source: str = "synthetic"
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    classes: tuple[str, ...] = ("NORMAL", "PNEUMONIA")
+    class_map: dict[str, str] = {}
+    ignore: tuple[str, ...] = ()
+    patient_pattern: str | None = None
+    max_side: Annotated[int, Field(ge=32)] | None = 256
+    max_pixels: PosInt = 50_000_000
+    max_bad_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
+    max_archive_bytes: PosInt = 20_000_000_000
+    max_archive_members: PosInt = 200_000
+    synthetic: SyntheticParams = SyntheticParams()
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        if "://" in v and not v.lower().startswith(("http://", "https://")):
+            raise ValueError(f"URL scheme of {v!r} is not http(s)")
+        return v
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(v) != 2:
+            raise ValueError(f"need exactly two classes (negative, positive), got {list(v)}")
+        if len({c.upper() for c in v}) != len(v):
+            raise ValueError(f"duplicate class names in {list(v)}")
+        return v
+
+    @field_validator("patient_pattern")
+    @classmethod
+    def _pattern(cls, v: str | None) -> str | None:
+        if v is not None:
+            import re
+
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"not a valid regex: {e}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _class_map(self) -> DataParams:
+        known = {c.upper() for c in self.classes}
+        for folder, cls_name in self.class_map.items():
+            if cls_name.upper() not in known:
+                raise ValueError(
+                    f"class_map.{folder}: {cls_name!r} is not one of {list(self.classes)}"
+                )
+        return self
+
+    @property
+    def positive_class(self) -> str:
+        return self.classes[1]
+
+
+class SplitParams(_Section):
+    seed: int = 42
+    val_fraction: Fraction = 0.15
+    test_fraction: Fraction = 0.15
+    merge_official_val: bool = True
+
+    @model_validator(mode="after")
+    def _sum(self) -> SplitParams:
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError(
+                f"val_fraction + test_fraction must be below 1 "
+                f"(got {self.val_fraction} + {self.test_fraction})"
+            )
+        return self
+
+
+class CorruptParams(_Section):
+    seed: int = 2024
+    families: tuple[str, ...] = ("seed",)
+    severities: tuple[Annotated[int, Field(ge=1, le=5)], ...] = (3,)
+    workers: Annotated[int, Field(ge=0)] = 0
+
+    @field_validator("families")
+    @classmethod
+    def _families(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        from tasks.corruptions import FAMILIES
+
+        if not v:
+            raise ValueError("list at least one family")
+        unknown = [f for f in v if f not in FAMILIES]
+        if unknown:
+            raise ValueError(f"unknown corruption family {unknown[0]!r} (known: {', '.join(FAMILIES)})")
+        return v
+
+    @field_validator("severities")
+    @classmethod
+    def _severities(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v:
+            raise ValueError("list at least one severity")
+        return tuple(sorted(set(v)))
+
+
+class TrainParams(_Section):
+    arch: Literal["xray_net", "seed_cnn"] = "xray_net"
+    image_size: Annotated[int, Field(ge=32, le=1024)] = 160
+    batch_size: PosInt = 32
+    epochs: PosInt = 20
+    learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 2e-3
+    weight_decay: Annotated[float, Field(ge=0.0)] = 1e-4
+    patience: PosInt = 5
+    augment: bool = True
+    seed: int = 42
+    deterministic: bool = True
+    threads: Annotated[int, Field(ge=0)] = 0
+
+
+class FinetuneParams(_Section):
+    trainable_layers: PosInt = 5
+    unfreeze_from: str | None = None
+    epochs: PosInt = 5
+    batch_size: PosInt = 32
+    learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-4
+    patience: PosInt = 3
+    seed: int = 43
+
+
+class EvaluateParams(_Section):
+    batch_size: PosInt = 64
+    grid_images: Annotated[int, Field(ge=1, le=64)] = 8
+
+
+class Params(_Section):
+    data: DataParams = DataParams()
+    split: SplitParams = SplitParams()
+    corrupt: CorruptParams = CorruptParams()
+    train: TrainParams = TrainParams()
+    finetune: FinetuneParams = FinetuneParams()
+    evaluate: EvaluateParams = EvaluateParams()
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    """One line for the first validation error, naming the dotted key."""
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{key}'"
+    msg = first["msg"].removeprefix("Value error, ")
+    got = first.get("input")
+    shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+    return f"{source}: {key}: {msg}{shown}"
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate a parsed YAML mapping; raise ParamsError with one line naming the key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source}: top level must be a mapping of sections")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(_describe(err, source)) from None
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ParamsError(f"{path}:{where} is not valid YAML") from None
+    return parse_params(raw, str(path))

@@ -1,0 +1,153 @@
+"""Stage `split`: patient-grouped, class-stratified, seeded train/val/test split.
+
+Images that share a patient id or identical content form one group, and a group
+never straddles two splits. The source's test split stays the test split; when the
+source has none, one is carved the same way. The tiny official val folder goes back
+into the training pool (or is dropped) and is never the validation set.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from tasks.io import MANIFEST_FIELDS, read_csv, staged_dir, write_csv, write_json
+from tasks.params import SplitParams, load_params
+
+log = logging.getLogger("xray.split")
+
+RAW_MANIFEST = Path("data/raw/manifest.csv")
+SPLITS_DIR = Path("data/splits")
+COUNTS_JSON = Path("reports/split.json")
+SPLITS = ("train", "val", "test")
+
+
+class SplitError(RuntimeError):
+    """The split cannot be made as asked: one line naming the cause."""
+
+
+def _groups(rows: list[dict[str, str]]) -> list[list[int]]:
+    """Union-find over rows linked by patient id or content hash; groups in first-seen order."""
+    parent = list(range(len(rows)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[tuple[str, str], int] = {}
+    for i, row in enumerate(rows):
+        for key in (("p", row["patient_id"]), ("h", row["sha256"])):
+            j = first.setdefault(key, i)
+            ri, rj = find(i), find(j)
+            if ri != rj:
+                parent[max(ri, rj)] = min(ri, rj)
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i in range(len(rows)):
+        groups[find(i)].append(i)
+    return list(groups.values())
+
+
+def assign(
+    rows: list[dict[str, str]], fractions: dict[str, float], seed: int
+) -> dict[str, list[dict[str, str]]]:
+    """Split rows into the named parts by image fraction, grouped and stratified by label.
+
+    `fractions` names each carved part and its share; the rest goes to "train".
+    """
+    out: dict[str, list[dict[str, str]]] = {name: [] for name in (*fractions, "train")}
+    by_label: dict[str, list[list[int]]] = defaultdict(list)
+    for group in _groups(rows):
+        label = Counter(rows[i]["label"] for i in group).most_common(1)[0][0]
+        by_label[label].append(group)
+    rng = np.random.default_rng(seed)
+    for label in sorted(by_label):
+        groups = sorted(by_label[label], key=lambda g: min(rows[i]["path"] for i in g))
+        order = rng.permutation(len(groups))
+        total = sum(len(g) for g in groups)
+        targets = {name: frac * total for name, frac in fractions.items()}
+        filled = dict.fromkeys(fractions, 0)
+        for k in order:
+            group = groups[k]
+            name = next(
+                (n for n in fractions if filled[n] < targets[n] and filled[n] + len(group) / 2 <= targets[n]),
+                "train",
+            )
+            if name != "train":
+                filled[name] += len(group)
+            out[name].extend(rows[i] for i in group)
+    for name in out:
+        out[name].sort(key=lambda r: r["path"])
+    return out
+
+
+def check_disjoint(parts: dict[str, list[dict[str, str]]]) -> None:
+    """Raise SplitError when a patient or a content hash appears in two splits."""
+    for key in ("patient_id", "sha256"):
+        seen: dict[str, str] = {}
+        for name, rows in parts.items():
+            for row in rows:
+                other = seen.setdefault(row[key], name)
+                if other != name:
+                    raise SplitError(f"{key} {row[key]} is in both {other} and {name} ({row['path']})")
+
+
+def split(
+    params: SplitParams,
+    manifest: Path = RAW_MANIFEST,
+    out_dir: Path = SPLITS_DIR,
+    counts_json: Path = COUNTS_JSON,
+) -> dict[str, dict[str, int]]:
+    """Write out_dir/{train,val,test}.csv from the raw manifest; return counts per split and label."""
+    rows = read_csv(manifest)
+    by_source: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for row in rows:
+        by_source[row["source_split"]].append(row)
+    pool = list(by_source["train"])
+    if params.merge_official_val:
+        pool += by_source["val"]
+    elif by_source["val"]:
+        log.info("dropping %d official val images (split.merge_official_val is false)", len(by_source["val"]))
+
+    if by_source["test"]:
+        test = sorted(by_source["test"], key=lambda r: r["path"])
+        test_patients = {r["patient_id"] for r in test}
+        test_hashes = {r["sha256"] for r in test}
+        kept = [r for r in pool if r["patient_id"] not in test_patients and r["sha256"] not in test_hashes]
+        if len(kept) < len(pool):
+            log.warning("dropped %d train images that share a patient or content with test", len(pool) - len(kept))
+        parts = assign(kept, {"val": params.val_fraction}, params.seed)
+        parts["test"] = test
+    else:
+        log.info("source has no test split: carving %.0f%% by patient", 100 * params.test_fraction)
+        parts = assign(pool, {"test": params.test_fraction, "val": params.val_fraction}, params.seed)
+    for name in SPLITS:
+        if not parts[name]:
+            raise SplitError(f"split: the {name} split is empty ({len(rows)} images in data/raw)")
+    check_disjoint(parts)
+
+    counts: dict[str, dict[str, int]] = {}
+    with staged_dir(out_dir) as stage:
+        for name in SPLITS:
+            write_csv(stage / f"{name}.csv", parts[name], MANIFEST_FIELDS)
+            labels = Counter(r["label"] for r in parts[name])
+            counts[name] = {**dict(sorted(labels.items())), "images": len(parts[name]),
+                            "patients": len({r["patient_id"] for r in parts[name]})}
+    write_json(counts_json, counts)
+    log.info("split counts %s", counts)
+    return counts
+
+
+def main() -> None:
+    """Run the stage from params.yaml."""
+    split(load_params().split)
+
+
+if __name__ == "__main__":
+    from tasks.cli_support import run_stage
+
+    run_stage(main)

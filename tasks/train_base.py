@@ -1,0 +1,70 @@
+"""Stage `train_base`: train the base classifier on the train split, select on val only."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from tasks.data import class_weights, load_split, make_dataset
+from tasks.models import build_model, save_model
+from tasks.params import Params, load_params
+from tasks.training import augmenter, choose_threshold, compile_model, configure, fit, predict
+
+log = logging.getLogger("xray.train_base")
+
+SPLITS_DIR = Path("data/splits")
+MODEL = Path("models/base.keras")
+LIVE_DIR = Path("dvclive/train_base")
+WORK_DIR = Path("models/.train_base.work")
+
+
+def train_base(
+    params: Params,
+    splits_dir: Path = SPLITS_DIR,
+    model_path: Path = MODEL,
+    live_dir: Path = LIVE_DIR,
+    work_dir: Path = WORK_DIR,
+) -> dict[str, Any]:
+    """Train params.train.arch on the train split; save the best-on-val model with its threshold."""
+    p = params.train
+    positive = params.data.positive_class
+    configure(p.seed, p.deterministic, p.threads)
+    t0 = time.perf_counter()
+    x_train, y_train, _ = load_split(splits_dir / "train.csv", p.image_size, positive)
+    x_val, y_val, _ = load_split(splits_dir / "val.csv", p.image_size, positive)
+    log.info("loaded %d train / %d val images in %.1fs", len(x_train), len(x_val), time.perf_counter() - t0)
+
+    model = build_model(p.arch, p.image_size)
+    compile_model(model, p.learning_rate, p.weight_decay)
+    train_ds = make_dataset(x_train, y_train, p.batch_size, shuffle_seed=p.seed,
+                            augment=augmenter(p.seed) if p.augment else None)
+    val_ds = make_dataset(x_val, y_val, p.batch_size)
+    t0 = time.perf_counter()
+    summary = fit(model, train_ds, val_ds, epochs=p.epochs, patience=p.patience, live_dir=live_dir,
+                  work_dir=work_dir, class_weight=class_weights(y_train),
+                  steps_per_epoch=math.ceil(len(x_train) / p.batch_size))
+    seconds = time.perf_counter() - t0
+
+    threshold = choose_threshold(y_val, predict(model, x_val, p.batch_size))
+    meta = {"arch": p.arch, "image_size": p.image_size, "channels": 1,
+            "classes": list(params.data.classes), "positive_class": positive,
+            "threshold": threshold, "threshold_rule": "youden_j_on_val", "stage": "train_base"}
+    save_model(model, model_path, meta)
+    log.info("trained %s in %.0fs (%d epochs, %.1f images/s), best val AUC %.4f, threshold %.4f",
+             p.arch, seconds, summary["epochs_run"], summary["epochs_run"] * len(x_train) / seconds,
+             summary["best_val_auc"], threshold)
+    return {**summary, "threshold": threshold, "seconds": seconds}
+
+
+def main() -> None:
+    """Run the stage from params.yaml."""
+    train_base(load_params())
+
+
+if __name__ == "__main__":
+    from tasks.cli_support import run_stage
+
+    run_stage(main)
