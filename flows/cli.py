@@ -46,8 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the pipeline flow (each stage through DVC)")
     run.add_argument("--workdir", type=Path, default=Path("."), help="project folder (default: .)")
-    run.add_argument("--stage", dest="stages", action="append", choices=STAGES,
-                     help="run only this stage (repeatable)")
+    run.add_argument(
+        "--stage",
+        dest="stages",
+        action="append",
+        choices=STAGES,
+        help="run only this stage (repeatable)",
+    )
     run.set_defaults(func=cmd_run)
     par = sub.add_parser("params", help="validate params.yaml")
     par.add_argument("--file", type=Path, default=Path("params.yaml"))

@@ -37,8 +37,15 @@ def dvc_repro(stage: str, workdir: Path, log: Any) -> dict[str, Any]:
     t0 = time.perf_counter()
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     ran = False
-    with subprocess.Popen(cmd, cwd=workdir, env=stage_env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+    with subprocess.Popen(
+        cmd,
+        cwd=workdir,
+        env=stage_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    ) as proc:
         assert proc.stdout is not None
         for line in proc.stdout:
             line = line.rstrip()

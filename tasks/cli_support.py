@@ -8,7 +8,12 @@ import sys
 from collections.abc import Callable
 
 # Errors that mean bad input rather than a bug: shown as one line, exit status 1.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, RuntimeError, OSError)
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    FileNotFoundError,
+    RuntimeError,
+    OSError,
+)
 
 
 def setup_logging() -> None:

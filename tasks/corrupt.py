@@ -53,16 +53,33 @@ def corrupt(
         for family in params.families:
             for severity in params.severities:
                 for row in rows:
-                    rel = Path(family) / str(severity) / row["label"] / (Path(row["path"]).stem + ".png")
+                    rel = (
+                        Path(family)
+                        / str(severity)
+                        / row["label"]
+                        / (Path(row["path"]).stem + ".png")
+                    )
                     (stage / rel.parent).mkdir(parents=True, exist_ok=True)
                     jobs.append(
-                        (str(raw_dir / row["path"]), row["sha256"], severity, params.seed, family,
-                         str(stage / rel))
+                        (
+                            str(raw_dir / row["path"]),
+                            row["sha256"],
+                            severity,
+                            params.seed,
+                            family,
+                            str(stage / rel),
+                        )
                     )
                     manifest.append(
-                        {"path": rel.as_posix(), "label": row["label"], "family": family,
-                         "severity": severity, "patient_id": row["patient_id"],
-                         "sha256": row["sha256"], "source_path": row["path"]}
+                        {
+                            "path": rel.as_posix(),
+                            "label": row["label"],
+                            "family": family,
+                            "severity": severity,
+                            "patient_id": row["patient_id"],
+                            "sha256": row["sha256"],
+                            "source_path": row["path"],
+                        }
                     )
         chunks = [jobs[i : i + CHUNK] for i in range(0, len(jobs), CHUNK)]
         if n_workers <= 1 or len(chunks) < 2:
@@ -73,7 +90,11 @@ def corrupt(
         write_csv(stage / "manifest.csv", manifest, FIELDS)
     log.info(
         "wrote %d corrupted images (%d families x %d severities x %d test images) with %d workers",
-        done, len(params.families), len(params.severities), len(rows), n_workers,
+        done,
+        len(params.families),
+        len(params.severities),
+        len(rows),
+        n_workers,
     )
     return done
 

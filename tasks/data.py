@@ -19,11 +19,14 @@ def resize(image: np.ndarray, size: int) -> np.ndarray:
     """Resize a 2-D uint8 image to size x size (antialiased bilinear), the model's input."""
     if image.shape == (size, size):
         return image
-    return np.asarray(Image.fromarray(image, mode="L").resize((size, size), Image.Resampling.BILINEAR))
+    return np.asarray(
+        Image.fromarray(image, mode="L").resize((size, size), Image.Resampling.BILINEAR)
+    )
 
 
 def load_images(paths: Sequence[Path], size: int | None) -> list[np.ndarray] | np.ndarray:
-    """Decode images once (threads); resized to an (N, size, size, 1) array, or raw when size is None."""
+    """Decode images once (threads): an (N, size, size, 1) array, or a raw list if size is None."""
+
     def one(p: Path) -> np.ndarray:
         image = read_gray(p)
         return image if size is None else resize(image, size)
@@ -71,8 +74,11 @@ def make_dataset(
         ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
     if augment is not None:
-        ds = ds.map(lambda a, b: (augment(tf.cast(a, "float32"), training=True), b),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.map(
+            lambda a, b: (augment(tf.cast(a, "float32"), training=True), b),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
     else:
         ds = ds.map(lambda a, b: (tf.cast(a, "float32"), b))
     return ds.prefetch(tf.data.AUTOTUNE)

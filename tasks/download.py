@@ -71,7 +71,11 @@ def source_root(params: DataParams, work: Path) -> tuple[Path, dict[str, object]
 
         name = source.rsplit("/", 1)[-1].split("?", 1)[0] or "archive.zip"
         archive = fetch(source, work / name, sha256=params.sha256)
-        identity: dict[str, object] = {"kind": "url", "url": source, "sha256": ingest.sha256_file(archive)}
+        identity: dict[str, object] = {
+            "kind": "url",
+            "url": source,
+            "sha256": ingest.sha256_file(archive),
+        }
     else:
         path = Path(source).expanduser()
         if not path.exists():
@@ -79,16 +83,23 @@ def source_root(params: DataParams, work: Path) -> tuple[Path, dict[str, object]
         if path.is_dir():
             return path, {"kind": "folder", "path": str(path)}
         if not is_archive(path):
-            raise DownloadError(f"data.source: {source} is neither a folder nor a .zip/.tar.gz archive")
+            raise DownloadError(
+                f"data.source: {source} is neither a folder nor a .zip/.tar.gz archive"
+            )
         digest = ingest.sha256_file(path)
         if params.sha256 and digest.lower() != params.sha256.lower():
-            raise DownloadError(f"data.sha256: {path} has sha256 {digest}, expected {params.sha256}")
+            raise DownloadError(
+                f"data.sha256: {path} has sha256 {digest}, expected {params.sha256}"
+            )
         archive, identity = path, {"kind": "archive", "path": str(path), "sha256": digest}
     root = work / "extracted"
     root.mkdir()
     try:
         ingest.safe_extract(
-            archive, root, max_total_bytes=params.max_archive_bytes, max_members=params.max_archive_members
+            archive,
+            root,
+            max_total_bytes=params.max_archive_bytes,
+            max_members=params.max_archive_members,
         )
     except ingest.IngestError as e:
         raise DownloadError(str(e)) from None
@@ -142,7 +153,9 @@ def download(
         except ingest.IngestError as e:
             raise DownloadError(str(e)) from None
         if not found:
-            raise DownloadError(f"data.source: no images of {list(params.classes)} found in {params.source}")
+            raise DownloadError(
+                f"data.source: no images of {list(params.classes)} found in {params.source}"
+            )
         results = _ingest_all(found, params, workers)
 
         bad = [r for r in results if r.reason is not None]
@@ -153,7 +166,8 @@ def download(
         if frac > params.max_bad_fraction:
             raise DownloadError(
                 f"data.max_bad_fraction: {len(bad)} of {len(results)} images are broken "
-                f"({frac:.1%} > {params.max_bad_fraction:.1%}); first: {bad[0].found.rel} ({bad[0].reason})"
+                f"({frac:.1%} > {params.max_bad_fraction:.1%}); "
+                f"first: {bad[0].found.rel} ({bad[0].reason})"
             )
 
         rows, fallback = [], 0
@@ -171,13 +185,21 @@ def download(
                 (stage / folder / name).write_bytes(r.png)
                 w, h = r.size
                 rows.append(
-                    {"path": (folder / name).as_posix(), "label": f.label, "source_split": f.split,
-                     "patient_id": pid, "sha256": r.sha256, "width": w, "height": h}
+                    {
+                        "path": (folder / name).as_posix(),
+                        "label": f.label,
+                        "source_split": f.split,
+                        "patient_id": pid,
+                        "sha256": r.sha256,
+                        "width": w,
+                        "height": h,
+                    }
                 )
             if fallback:
                 log.warning(
                     "%d file names matched no patient pattern: one patient per file assumed "
-                    "(set data.patient_pattern)", fallback
+                    "(set data.patient_pattern)",
+                    fallback,
                 )
             tree = hashlib.sha256("".join(f"{r['path']} {r['sha256']}\n" for r in rows).encode())
             identity["content_sha256"] = tree.hexdigest()
@@ -188,17 +210,30 @@ def download(
     for row in rows:
         by_hash[row["sha256"]].append(row)
     dup_rows = [
-        {"sha256": h, "count": len(rs), "paths": " ".join(r["path"] for r in rs),
-         "cross_split": len({r["source_split"] for r in rs}) > 1}
-        for h, rs in sorted(by_hash.items()) if len(rs) > 1
+        {
+            "sha256": h,
+            "count": len(rs),
+            "paths": " ".join(r["path"] for r in rs),
+            "cross_split": len({r["source_split"] for r in rs}) > 1,
+        }
+        for h, rs in sorted(by_hash.items())
+        if len(rs) > 1
     ]
     leaks = sum(1 for d in dup_rows if d["cross_split"])
     if dup_rows:
-        log.warning("%d exact duplicate groups (%d across source splits: leaks)", len(dup_rows), leaks)
+        log.warning(
+            "%d exact duplicate groups (%d across source splits: leaks)", len(dup_rows), leaks
+        )
     write_csv(duplicates_csv, dup_rows, ("sha256", "count", "cross_split", "paths"))
-    write_csv(quarantine_csv, [{"path": r.found.rel, "reason": r.reason} for r in bad], ("path", "reason"))
-    counts = {"images": len(rows), "quarantined": len(bad), "duplicate_groups": len(dup_rows),
-              "patients": len({r["patient_id"] for r in rows})}
+    write_csv(
+        quarantine_csv, [{"path": r.found.rel, "reason": r.reason} for r in bad], ("path", "reason")
+    )
+    counts = {
+        "images": len(rows),
+        "quarantined": len(bad),
+        "duplicate_groups": len(dup_rows),
+        "patients": len({r["patient_id"] for r in rows}),
+    }
     log.info("ingested %s", counts)
     return counts
 

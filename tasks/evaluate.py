@@ -17,15 +17,15 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from tasks.data import RAW_DIR, labels_of, load_images  # noqa: E402
-from tasks.io import read_csv, read_gray, write_csv, write_json  # noqa: E402
-from tasks.metrics import binary_metrics  # noqa: E402
-from tasks.models import load_model  # noqa: E402
-from tasks.params import EvaluateParams, load_params  # noqa: E402
-from tasks.training import predict  # noqa: E402
+from tasks.data import RAW_DIR, labels_of, load_images
+from tasks.io import read_csv, read_gray, write_csv, write_json
+from tasks.metrics import binary_metrics
+from tasks.models import load_model
+from tasks.params import EvaluateParams, load_params
+from tasks.training import predict
 
 log = logging.getLogger("xray.evaluate")
 
@@ -44,8 +44,10 @@ def _roc_rows(model: str, dataset: str, y: np.ndarray, p: np.ndarray) -> list[di
 
     fpr, tpr, _ = roc_curve(y, p)
     grid = np.linspace(0.0, 1.0, ROC_POINTS)
-    return [{"model": model, "dataset": dataset, "fpr": round(float(f), 4),
-             "tpr": round(float(t), 4)} for f, t in zip(grid, np.interp(grid, fpr, tpr), strict=True)]
+    return [
+        {"model": model, "dataset": dataset, "fpr": round(float(f), 4), "tpr": round(float(t), 4)}
+        for f, t in zip(grid, np.interp(grid, fpr, tpr), strict=True)
+    ]
 
 
 def _reference_group(groups: list[tuple[str, int]]) -> tuple[str, int]:
@@ -63,7 +65,9 @@ def _history(live_dir: Path, name: str) -> dict[str, list[float]]:
             tsv = live_dir / "plots" / "metrics" / split / f"{metric}.tsv"
             if tsv.exists():
                 with tsv.open() as f:
-                    out[f"{split}/{metric}"] = [float(r[metric]) for r in csv.DictReader(f, delimiter="\t")]
+                    out[f"{split}/{metric}"] = [
+                        float(r[metric]) for r in csv.DictReader(f, delimiter="\t")
+                    ]
     if not out:
         log.warning("no training history for %s in %s", name, live_dir)
     return out
@@ -90,7 +94,9 @@ def plot_history(live: dict[str, Path], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_confusions(metrics: dict[str, dict[str, dict[str, Any]]], classes: list[str], path: Path) -> None:
+def plot_confusions(
+    metrics: dict[str, dict[str, dict[str, Any]]], classes: list[str], path: Path
+) -> None:
     """Confusion matrices of each model on each test set."""
     cells = [(m, d) for m in metrics for d in metrics[m]]
     fig, axes = plt.subplots(1, len(cells), figsize=(3.6 * len(cells), 3.4), squeeze=False)
@@ -177,9 +183,15 @@ def evaluate(
                 metrics[name]["corrupted"] = per_group[key[0]][str(key[1])]
                 roc_rows += _roc_rows(name, "corrupted", y_g, p_g)
         robustness["models"][name] = per_group
-        log.info("%s: clean acc %.4f auc %.4f | corrupted (%s/%d) acc %.4f auc %.4f", name,
-                 metrics[name]["clean"]["accuracy"], metrics[name]["clean"]["auc"], *ref,
-                 metrics[name]["corrupted"]["accuracy"], metrics[name]["corrupted"]["auc"])
+        log.info(
+            "%s: clean acc %.4f auc %.4f | corrupted (%s/%d) acc %.4f auc %.4f",
+            name,
+            metrics[name]["clean"]["accuracy"],
+            metrics[name]["clean"]["auc"],
+            *ref,
+            metrics[name]["corrupted"]["accuracy"],
+            metrics[name]["corrupted"]["auc"],
+        )
 
     figures = reports / "figures"
     figures.mkdir(parents=True, exist_ok=True)
@@ -190,8 +202,14 @@ def evaluate(
     plot_confusions(metrics, list(classes), figures / "confusion.png")
     ref_rows = by_group[ref][: params.grid_images]
     by_path = {r["path"]: r for r in test_rows}
-    pairs = [(read_gray(RAW_DIR / r["source_path"]), read_gray(corrupted_dir / r["path"]),
-              by_path[r["source_path"]]["label"]) for r in ref_rows]
+    pairs = [
+        (
+            read_gray(RAW_DIR / r["source_path"]),
+            read_gray(corrupted_dir / r["path"]),
+            by_path[r["source_path"]]["label"],
+        )
+        for r in ref_rows
+    ]
     plot_samples(pairs, f"{ref[0]} s{ref[1]}", figures / "samples.png")
     return metrics
 

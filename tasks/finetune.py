@@ -38,7 +38,9 @@ LAYERS_CSV = Path("reports/finetune_layers.csv")
 CORRUPT_THREADS = 2
 
 
-def freeze(model: keras.Model, trainable_layers: int, unfreeze_from: str | None) -> list[dict[str, Any]]:
+def freeze(
+    model: keras.Model, trainable_layers: int, unfreeze_from: str | None
+) -> list[dict[str, Any]]:
     """Freeze all but the tail of the model; BatchNorm stays frozen. Return the layer table.
 
     The tail starts at the layer named `unfreeze_from`, or else at the N-th last layer
@@ -48,38 +50,67 @@ def freeze(model: keras.Model, trainable_layers: int, unfreeze_from: str | None)
     names = [lyr.name for lyr in layers]
     if unfreeze_from is not None:
         if unfreeze_from not in names:
-            raise ValueError(f"finetune.unfreeze_from: no layer named {unfreeze_from!r} in {model.name}")
+            raise ValueError(
+                f"finetune.unfreeze_from: no layer named {unfreeze_from!r} in {model.name}"
+            )
         start = names.index(unfreeze_from)
     else:
-        weighted = [i for i, lyr in enumerate(layers)
-                    if lyr.weights and not isinstance(lyr, keras.layers.BatchNormalization)]
+        weighted = [
+            i
+            for i, lyr in enumerate(layers)
+            if lyr.weights and not isinstance(lyr, keras.layers.BatchNormalization)
+        ]
         start = weighted[-min(trainable_layers, len(weighted))]
     table = []
     for i, lyr in enumerate(layers):
         lyr.trainable = i >= start and not isinstance(lyr, keras.layers.BatchNormalization)
-        table.append({"index": i, "name": lyr.name, "type": type(lyr).__name__,
-                      "trainable": lyr.trainable,
-                      "params": int(sum(np.prod(w.shape) for w in lyr.weights))})
+        table.append(
+            {
+                "index": i,
+                "name": lyr.name,
+                "type": type(lyr).__name__,
+                "trainable": lyr.trainable,
+                "params": int(sum(np.prod(w.shape) for w in lyr.weights)),
+            }
+        )
     return table
 
 
-def pick(key: str, families: Sequence[str], severities: Sequence[int], seed: int) -> tuple[str, int]:
+def pick(
+    key: str, families: Sequence[str], severities: Sequence[int], seed: int
+) -> tuple[str, int]:
     """Choose a (family, severity) for one draw, deterministically from its key."""
     rng = rng_for(key, "pick", 0, seed)
-    return families[int(rng.integers(len(families)))], int(severities[int(rng.integers(len(severities)))])
+    return families[int(rng.integers(len(families)))], int(
+        severities[int(rng.integers(len(severities)))]
+    )
 
 
-def corrupt_one(image: np.ndarray, key: str, families: Sequence[str], severities: Sequence[int],
-                seed: int, size: int) -> np.ndarray:
+def corrupt_one(
+    image: np.ndarray,
+    key: str,
+    families: Sequence[str],
+    severities: Sequence[int],
+    seed: int,
+    size: int,
+) -> np.ndarray:
     """One corrupted, resized copy of an image; randomness from `key` only."""
     family, severity = pick(key, families, severities, seed)
     out = corrupt_image(image, family, severity, rng_for(key, family, severity, seed))
     return resize(out, size)
 
 
-def corrupted_batches(images: list[np.ndarray], shas: list[str], y: np.ndarray, *,
-                      families: Sequence[str], severities: Sequence[int], seed: int, size: int,
-                      batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def corrupted_batches(
+    images: list[np.ndarray],
+    shas: list[str],
+    y: np.ndarray,
+    *,
+    families: Sequence[str],
+    severities: Sequence[int],
+    seed: int,
+    size: int,
+    batch_size: int,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless shuffled batches of freshly corrupted training images, epoch after epoch."""
     n = len(images)
     with ThreadPoolExecutor(CORRUPT_THREADS) as pool:
@@ -87,8 +118,14 @@ def corrupted_batches(images: list[np.ndarray], shas: list[str], y: np.ndarray, 
             order = np.random.default_rng([seed, epoch]).permutation(n)
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]
-                xs = list(pool.map(lambda i: corrupt_one(images[i], f"{shas[i]}|train|{epoch}",
-                                                         families, severities, seed, size), idx))
+                keys = [f"{shas[i]}|train|{epoch}" for i in idx]
+                xs = list(
+                    pool.map(
+                        lambda i, k: corrupt_one(images[i], k, families, severities, seed, size),
+                        idx,
+                        keys,
+                    )
+                )
                 yield np.stack(xs)[..., None].astype("float32"), y[idx].astype("float32")
 
 
@@ -107,7 +144,9 @@ def finetune(
     p = params.finetune
     families = [f for f in params.corrupt.families if f not in HELD_OUT]
     if not families:
-        raise ValueError("corrupt.families: every family is held out; fine-tuning needs at least one")
+        raise ValueError(
+            "corrupt.families: every family is held out; fine-tuning needs at least one"
+        )
     severities = list(params.corrupt.severities)
     configure(p.seed, params.train.deterministic, params.train.threads)
     model, meta = load_model(base_path)
@@ -116,10 +155,16 @@ def finetune(
     table = freeze(model, p.trainable_layers, p.unfreeze_from)
     write_csv(layers_csv, table, ("index", "name", "type", "trainable", "params"))
     trainable = [r for r in table if r["trainable"] and r["params"]]
-    log.info("trainable layers (%d of %d, %d weights):\n%s", len(trainable), len(table),
-             sum(r["params"] for r in trainable),
-             "\n".join(f"  {r['index']:3d} {r['name']:<24} {r['type']:<20} {r['trainable']!s:<5} "
-                       f"{r['params']}" for r in table))
+    log.info(
+        "trainable layers (%d of %d, %d weights):\n%s",
+        len(trainable),
+        len(table),
+        sum(r["params"] for r in trainable),
+        "\n".join(
+            f"  {r['index']:3d} {r['name']:<24} {r['type']:<20} {r['trainable']!s:<5} {r['params']}"
+            for r in table
+        ),
+    )
     compile_model(model, p.learning_rate)
 
     train_rows = read_csv(splits_dir / "train.csv")
@@ -127,30 +172,62 @@ def finetune(
     images = load_images([RAW_DIR / r["path"] for r in train_rows], None)
     y_train = labels_of(train_rows, positive)
     val_raw = load_images([RAW_DIR / r["path"] for r in val_rows], None)
-    x_val = np.stack([corrupt_one(img, f"{r['sha256']}|val", families, severities, p.seed, size)
-                      for img, r in zip(val_raw, val_rows, strict=True)])[..., None]
+    x_val = np.stack(
+        [
+            corrupt_one(img, f"{r['sha256']}|val", families, severities, p.seed, size)
+            for img, r in zip(val_raw, val_rows, strict=True)
+        ]
+    )[..., None]
     y_val = labels_of(val_rows, positive)
 
-    signature = (tf.TensorSpec((None, size, size, 1), tf.float32), tf.TensorSpec((None,), tf.float32))
+    signature = (
+        tf.TensorSpec((None, size, size, 1), tf.float32),
+        tf.TensorSpec((None,), tf.float32),
+    )
     train_ds = tf.data.Dataset.from_generator(
-        lambda: corrupted_batches(images, [r["sha256"] for r in train_rows], y_train,
-                                  families=families, severities=severities, seed=p.seed, size=size,
-                                  batch_size=p.batch_size),
+        lambda: corrupted_batches(
+            images,
+            [r["sha256"] for r in train_rows],
+            y_train,
+            families=families,
+            severities=severities,
+            seed=p.seed,
+            size=size,
+            batch_size=p.batch_size,
+        ),
         output_signature=signature,
     ).prefetch(2)
     val_ds = make_dataset(x_val, y_val, p.batch_size)
     t0 = time.perf_counter()
-    summary = fit(model, train_ds, val_ds, epochs=p.epochs, patience=p.patience, live_dir=live_dir,
-                  work_dir=work_dir, class_weight=class_weights(y_train),
-                  steps_per_epoch=math.ceil(len(images) / p.batch_size))
+    summary = fit(
+        model,
+        train_ds,
+        val_ds,
+        epochs=p.epochs,
+        patience=p.patience,
+        live_dir=live_dir,
+        work_dir=work_dir,
+        class_weight=class_weights(y_train),
+        steps_per_epoch=math.ceil(len(images) / p.batch_size),
+    )
     seconds = time.perf_counter() - t0
     threshold = choose_threshold(y_val, predict(model, x_val, p.batch_size))
-    new_meta = {**read_meta(base_path), "threshold": threshold, "stage": "finetune",
-                "threshold_rule": "youden_j_on_corrupted_val",
-                "finetune_families": families, "finetune_severities": severities}
+    new_meta = {
+        **read_meta(base_path),
+        "threshold": threshold,
+        "stage": "finetune",
+        "threshold_rule": "youden_j_on_corrupted_val",
+        "finetune_families": families,
+        "finetune_severities": severities,
+    }
     save_model(model, model_path, new_meta)
-    log.info("fine-tuned in %.0fs (%d epochs), best corrupted-val AUC %.4f, threshold %.4f",
-             seconds, summary["epochs_run"], summary["best_val_auc"], threshold)
+    log.info(
+        "fine-tuned in %.0fs (%d epochs), best corrupted-val AUC %.4f, threshold %.4f",
+        seconds,
+        summary["epochs_run"],
+        summary["best_val_auc"],
+        threshold,
+    )
     return {**summary, "threshold": threshold, "seconds": seconds}
 
 

@@ -127,7 +127,9 @@ class CorruptParams(_Section):
             raise ValueError("list at least one family")
         unknown = [f for f in v if f not in FAMILIES]
         if unknown:
-            raise ValueError(f"unknown corruption family {unknown[0]!r} (known: {', '.join(FAMILIES)})")
+            raise ValueError(
+                f"unknown corruption family {unknown[0]!r} (known: {', '.join(FAMILIES)})"
+            )
         return v
 
     @field_validator("severities")

@@ -74,7 +74,11 @@ def assign(
         for k in order:
             group = groups[k]
             name = next(
-                (n for n in fractions if filled[n] < targets[n] and filled[n] + len(group) / 2 <= targets[n]),
+                (
+                    n
+                    for n in fractions
+                    if filled[n] < targets[n] and filled[n] + len(group) / 2 <= targets[n]
+                ),
                 "train",
             )
             if name != "train":
@@ -93,7 +97,9 @@ def check_disjoint(parts: dict[str, list[dict[str, str]]]) -> None:
             for row in rows:
                 other = seen.setdefault(row[key], name)
                 if other != name:
-                    raise SplitError(f"{key} {row[key]} is in both {other} and {name} ({row['path']})")
+                    raise SplitError(
+                        f"{key} {row[key]} is in both {other} and {name} ({row['path']})"
+                    )
 
 
 def split(
@@ -102,7 +108,7 @@ def split(
     out_dir: Path = SPLITS_DIR,
     counts_json: Path = COUNTS_JSON,
 ) -> dict[str, dict[str, int]]:
-    """Write out_dir/{train,val,test}.csv from the raw manifest; return counts per split and label."""
+    """Write out_dir/{train,val,test}.csv from the raw manifest; return counts per split."""
     rows = read_csv(manifest)
     by_source: dict[str, list[dict[str, str]]] = defaultdict(list)
     for row in rows:
@@ -111,20 +117,32 @@ def split(
     if params.merge_official_val:
         pool += by_source["val"]
     elif by_source["val"]:
-        log.info("dropping %d official val images (split.merge_official_val is false)", len(by_source["val"]))
+        log.info(
+            "dropping %d official val images (split.merge_official_val is false)",
+            len(by_source["val"]),
+        )
 
     if by_source["test"]:
         test = sorted(by_source["test"], key=lambda r: r["path"])
         test_patients = {r["patient_id"] for r in test}
         test_hashes = {r["sha256"] for r in test}
-        kept = [r for r in pool if r["patient_id"] not in test_patients and r["sha256"] not in test_hashes]
+        kept = [
+            r
+            for r in pool
+            if r["patient_id"] not in test_patients and r["sha256"] not in test_hashes
+        ]
         if len(kept) < len(pool):
-            log.warning("dropped %d train images that share a patient or content with test", len(pool) - len(kept))
+            log.warning(
+                "dropped %d train images that share a patient or content with test",
+                len(pool) - len(kept),
+            )
         parts = assign(kept, {"val": params.val_fraction}, params.seed)
         parts["test"] = test
     else:
         log.info("source has no test split: carving %.0f%% by patient", 100 * params.test_fraction)
-        parts = assign(pool, {"test": params.test_fraction, "val": params.val_fraction}, params.seed)
+        parts = assign(
+            pool, {"test": params.test_fraction, "val": params.val_fraction}, params.seed
+        )
     for name in SPLITS:
         if not parts[name]:
             raise SplitError(f"split: the {name} split is empty ({len(rows)} images in data/raw)")
@@ -135,8 +153,11 @@ def split(
         for name in SPLITS:
             write_csv(stage / f"{name}.csv", parts[name], MANIFEST_FIELDS)
             labels = Counter(r["label"] for r in parts[name])
-            counts[name] = {**dict(sorted(labels.items())), "images": len(parts[name]),
-                            "patients": len({r["patient_id"] for r in parts[name]})}
+            counts[name] = {
+                **dict(sorted(labels.items())),
+                "images": len(parts[name]),
+                "patients": len({r["patient_id"] for r in parts[name]}),
+            }
     write_json(counts_json, counts)
     log.info("split counts %s", counts)
     return counts

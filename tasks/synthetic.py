@@ -40,8 +40,12 @@ class Anatomy:
 
 def _anatomy(rng: np.random.Generator) -> Anatomy:
     return Anatomy(
-        torso=(rng.normal(0.5, 0.01), rng.normal(0.56, 0.015), rng.uniform(0.40, 0.46),
-               rng.uniform(0.48, 0.55)),
+        torso=(
+            rng.normal(0.5, 0.01),
+            rng.normal(0.56, 0.015),
+            rng.uniform(0.40, 0.46),
+            rng.uniform(0.48, 0.55),
+        ),
         lung_dx=rng.uniform(0.17, 0.21),
         lung_cy=rng.normal(0.47, 0.015),
         lung_rx=rng.uniform(0.12, 0.155),
@@ -52,7 +56,9 @@ def _anatomy(rng: np.random.Generator) -> Anatomy:
     )
 
 
-def _ellipse(x: np.ndarray, y: np.ndarray, cx: float, cy: float, rx: float, ry: float) -> np.ndarray:
+def _ellipse(
+    x: np.ndarray, y: np.ndarray, cx: float, cy: float, rx: float, ry: float
+) -> np.ndarray:
     return ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1.0
 
 
@@ -101,7 +107,11 @@ def render(anat: Anatomy, kind: str, size: int, rng: np.random.Generator) -> np.
     # clavicles
     for side in (-1.0, 1.0):
         clav = 0.2 + 0.12 * side * (x - 0.5)
-        band = np.exp(-(((y - clav) / 0.012) ** 2)) * (np.abs(x - 0.5) < 0.3) * (side * (x - 0.5) > 0.02)
+        band = (
+            np.exp(-(((y - clav) / 0.012) ** 2))
+            * (np.abs(x - 0.5) < 0.3)
+            * (side * (x - 0.5) > 0.02)
+        )
         img += 60.0 * band
     # spine and mediastinum, heart
     img += (BONE - SOFT_TISSUE) * np.exp(-(((x - 0.5) / 0.035) ** 2)) * torso
@@ -110,7 +120,7 @@ def render(anat: Anatomy, kind: str, size: int, rng: np.random.Generator) -> np.
 
     # vessel markings in every lung, brighter near the hila
     vessels = _blur(rng.normal(0.0, 1.0, (size, size)), 1.2 * size / 224)
-    hilum = np.exp(-(np.abs(x - 0.5) - 0.08) ** 2 / 0.02)
+    hilum = np.exp(-((np.abs(x - 0.5) - 0.08) ** 2) / 0.02)
     img += lungs * hilum * np.clip(vessels, 0, None) * rng.uniform(25.0, 40.0)
 
     if kind == "bacteria":  # lobar consolidation in one lung, variable size and density

@@ -35,27 +35,58 @@ def train_base(
     t0 = time.perf_counter()
     x_train, y_train, _ = load_split(splits_dir / "train.csv", p.image_size, positive)
     x_val, y_val, _ = load_split(splits_dir / "val.csv", p.image_size, positive)
-    log.info("loaded %d train / %d val images in %.1fs", len(x_train), len(x_val), time.perf_counter() - t0)
+    log.info(
+        "loaded %d train / %d val images in %.1fs",
+        len(x_train),
+        len(x_val),
+        time.perf_counter() - t0,
+    )
 
     model = build_model(p.arch, p.image_size)
     compile_model(model, p.learning_rate, p.weight_decay)
-    train_ds = make_dataset(x_train, y_train, p.batch_size, shuffle_seed=p.seed,
-                            augment=augmenter(p.seed) if p.augment else None)
+    train_ds = make_dataset(
+        x_train,
+        y_train,
+        p.batch_size,
+        shuffle_seed=p.seed,
+        augment=augmenter(p.seed) if p.augment else None,
+    )
     val_ds = make_dataset(x_val, y_val, p.batch_size)
     t0 = time.perf_counter()
-    summary = fit(model, train_ds, val_ds, epochs=p.epochs, patience=p.patience, live_dir=live_dir,
-                  work_dir=work_dir, class_weight=class_weights(y_train),
-                  steps_per_epoch=math.ceil(len(x_train) / p.batch_size))
+    summary = fit(
+        model,
+        train_ds,
+        val_ds,
+        epochs=p.epochs,
+        patience=p.patience,
+        live_dir=live_dir,
+        work_dir=work_dir,
+        class_weight=class_weights(y_train),
+        steps_per_epoch=math.ceil(len(x_train) / p.batch_size),
+    )
     seconds = time.perf_counter() - t0
 
     threshold = choose_threshold(y_val, predict(model, x_val, p.batch_size))
-    meta = {"arch": p.arch, "image_size": p.image_size, "channels": 1,
-            "classes": list(params.data.classes), "positive_class": positive,
-            "threshold": threshold, "threshold_rule": "youden_j_on_val", "stage": "train_base"}
+    meta = {
+        "arch": p.arch,
+        "image_size": p.image_size,
+        "channels": 1,
+        "classes": list(params.data.classes),
+        "positive_class": positive,
+        "threshold": threshold,
+        "threshold_rule": "youden_j_on_val",
+        "stage": "train_base",
+    }
     save_model(model, model_path, meta)
-    log.info("trained %s in %.0fs (%d epochs, %.1f images/s), best val AUC %.4f, threshold %.4f",
-             p.arch, seconds, summary["epochs_run"], summary["epochs_run"] * len(x_train) / seconds,
-             summary["best_val_auc"], threshold)
+    log.info(
+        "trained %s in %.0fs (%d epochs, %.1f images/s), best val AUC %.4f, threshold %.4f",
+        p.arch,
+        seconds,
+        summary["epochs_run"],
+        summary["epochs_run"] * len(x_train) / seconds,
+        summary["best_val_auc"],
+        threshold,
+    )
     return {**summary, "threshold": threshold, "seconds": seconds}
 
 

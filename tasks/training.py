@@ -17,8 +17,14 @@ MONITOR = "val_auc"
 LR_FACTOR = 0.5
 LR_PATIENCE = 2
 MIN_LR = 1e-6
-AUGMENT = {"rotation": 0.03, "zoom": 0.1, "translation": 0.05, "contrast": 0.3, "brightness": 0.25,
-           "noise": 0.015}
+AUGMENT = {
+    "rotation": 0.03,
+    "zoom": 0.1,
+    "translation": 0.05,
+    "contrast": 0.3,
+    "brightness": 0.25,
+    "noise": 0.015,
+}
 
 
 def configure(seed: int, deterministic: bool, threads: int) -> None:
@@ -41,8 +47,9 @@ def augmenter(seed: int) -> keras.Sequential:
             keras.layers.Rescaling(1.0 / 255.0),
             keras.layers.RandomRotation(a["rotation"], fill_mode="nearest", seed=seed),
             keras.layers.RandomZoom(a["zoom"], fill_mode="nearest", seed=seed + 1),
-            keras.layers.RandomTranslation(a["translation"], a["translation"], fill_mode="nearest",
-                                           seed=seed + 2),
+            keras.layers.RandomTranslation(
+                a["translation"], a["translation"], fill_mode="nearest", seed=seed + 2
+            ),
             keras.layers.RandomContrast(a["contrast"], value_range=(0, 1), seed=seed + 3),
             keras.layers.RandomBrightness(a["brightness"], value_range=(0, 1), seed=seed + 4),
             keras.layers.GaussianNoise(a["noise"], seed=seed + 5),
@@ -101,7 +108,9 @@ class LiveLogger(keras.callbacks.Callback):
         for name, value in sorted((logs or {}).items()):
             split = "eval" if name.startswith("val_") else "train"
             self.live.log_metric(f"{split}/{name.removeprefix('val_')}", float(value))
-        self.live.log_metric("lr", float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+        self.live.log_metric(
+            "lr", float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        )
         self.live.next_step()
 
 
@@ -128,18 +137,27 @@ def fit(
     if resuming:
         log.info("resuming from %s", work_dir / "backup")
     best = BestWeights(work_dir)
-    with Live(dir=str(work_dir / "live"), resume=resuming, dvcyaml=None, save_dvc_exp=False,
-              report=None) as live:
+    with Live(
+        dir=str(work_dir / "live"), resume=resuming, dvcyaml=None, save_dvc_exp=False, report=None
+    ) as live:
         callbacks = [
             keras.callbacks.BackupAndRestore(str(work_dir / "backup")),
             best,
-            keras.callbacks.ReduceLROnPlateau(MONITOR, mode="max", factor=LR_FACTOR,
-                                              patience=LR_PATIENCE, min_lr=MIN_LR),
+            keras.callbacks.ReduceLROnPlateau(
+                MONITOR, mode="max", factor=LR_FACTOR, patience=LR_PATIENCE, min_lr=MIN_LR
+            ),
             keras.callbacks.EarlyStopping(MONITOR, mode="max", patience=patience),
             LiveLogger(live),
         ]
-        history = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks,
-                            class_weight=class_weight, steps_per_epoch=steps_per_epoch, verbose=2)
+        history = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=epochs,
+            callbacks=callbacks,
+            class_weight=class_weight,
+            steps_per_epoch=steps_per_epoch,
+            verbose=2,
+        )
         best.restore()
         live.summary["best_val_auc"] = float(best.best)
     if live_dir.exists():
