@@ -13,6 +13,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.download import is_url
 from tasks.params import STAGES, load_params
 
 TAIL_LINES = 40
@@ -73,7 +74,7 @@ def pipeline(workdir: str = ".", stages: list[str] | None = None) -> list[dict[s
     root = Path(workdir).resolve()
     if not (root / "dvc.yaml").exists():
         raise FileNotFoundError(f"{root}: no dvc.yaml here (run inside the project)")
-    load_params(root / "params.yaml")
+    params = load_params(root / "params.yaml")
     selected = list(stages or STAGES)
     unknown = [s for s in selected if s not in STAGES]
     if unknown:
@@ -81,7 +82,7 @@ def pipeline(workdir: str = ".", stages: list[str] | None = None) -> list[dict[s
     results = []
     for stage in selected:
         options: dict[str, Any] = {"name": stage, "task_run_name": stage}
-        if stage == "download":  # the only stage that may touch the network
+        if stage == "download" and is_url(params.data.source):  # the only network access
             options |= {"retries": DOWNLOAD_RETRIES, "retry_delay_seconds": DOWNLOAD_RETRY_DELAY_S}
         results.append(run_stage.with_options(**options)(stage, str(root)))
     ran = [r["stage"] for r in results if r["ran"]]

@@ -1,0 +1,84 @@
+"""params.yaml is parsed once into pydantic models; a bad value is one line naming the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.params import Params, ParamsError, load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_committed_params_parse() -> None:
+    params = load_params(ROOT / "params.yaml")
+    assert isinstance(params, Params)
+    assert params.data.source == "synthetic"
+    assert params.data.positive_class == "PNEUMONIA"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"train": {"epochs": 0}}, "params.yaml: train.epochs: Input should be greater than 0"),
+        ({"train": {"epocs": 3}}, "params.yaml: unknown key 'train.epocs'"),
+        ({"bogus": {}}, "params.yaml: unknown key 'bogus'"),
+        ({"split": {"val_fraction": 0.6, "test_fraction": 0.5}}, "params.yaml: split: "),
+        ({"data": {"source": "ftp://example.org/x.zip"}}, "params.yaml: data.source: "),
+        ({"data": {"classes": ["NORMAL"]}}, "params.yaml: data.classes: "),
+        ({"data": {"sha256": "abc"}}, "params.yaml: data.sha256: "),
+        ({"corrupt": {"families": ["fog"]}}, "params.yaml: corrupt.families: "),
+        ({"corrupt": {"severities": [6]}}, "params.yaml: corrupt.severities.0: "),
+        ({"train": {"arch": "vgg99"}}, "params.yaml: train.arch: "),
+        ({"data": {"class_map": {"covid": "COVID"}}}, "params.yaml: data: "),
+    ],
+)
+def test_bad_values_give_one_line_naming_the_key(raw: dict, expected: str) -> None:
+    with pytest.raises(ParamsError) as info:
+        parse_params(raw)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(expected), message
+
+
+def test_unknown_family_message_lists_known_ones() -> None:
+    with pytest.raises(ParamsError, match=r"unknown corruption family 'fog' \(known: seed, "):
+        parse_params({"corrupt": {"families": ["seed", "fog"]}})
+
+
+def test_broken_yaml_and_missing_file(tmp_path: Path) -> None:
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ParamsError, match=r"params.yaml: line \d+ is not valid YAML"):
+        load_params(bad)
+    with pytest.raises(ParamsError, match="file not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_params_are_frozen() -> None:
+    params = parse_params({})
+    with pytest.raises(ValueError):
+        params.train.epochs = 3  # type: ignore[misc]
+
+
+def test_stage_fails_before_writing_anything(tmp_path: Path) -> None:
+    """A stage run with a bad params.yaml exits 1 with one line on stderr and writes nothing."""
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["split"]["val_fraction"] = 1.5
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    proc = subprocess.run(
+        [sys.executable, "-m", "tasks.download"],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("error: params.yaml: split.val_fraction: "), proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

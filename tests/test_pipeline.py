@@ -1,0 +1,100 @@
+"""End to end: `dvc repro` and the Prefect flow on a shrunk config, caching both ways."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import dvc
+
+from tasks.params import STAGES
+
+METRIC_KEYS = [
+    f"{model}.{dataset}.{metric}"
+    for model in ("base", "finetuned")
+    for dataset in ("clean", "corrupted")
+    for metric in ("accuracy", "auc")
+]
+
+
+def ran_stages(output: str) -> list[str]:
+    """Stage names DVC says it ran."""
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def lookup(tree: dict, dotted: str) -> object:
+    """Value at a dotted key of nested dicts."""
+    for part in dotted.split("."):
+        tree = tree[part]
+    return tree
+
+
+def test_dvc_stages_in_order() -> None:
+    spec = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text())
+    assert tuple(spec["stages"]) == STAGES
+    for name, stage in spec["stages"].items():
+        assert f"tasks/{name}.py" in stage["deps"], f"{name} does not list its own code"
+        assert stage["cmd"] == f"python -m tasks.{name}"
+
+
+@pytest.mark.slow
+def test_repro_then_flow_then_repro_cache_both_ways(make_project) -> None:
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.pipeline import pipeline
+
+    proj = make_project()
+    first = dvc(proj, "repro")
+    assert ran_stages(first.stdout) == list(STAGES)
+    metrics = json.loads((proj / "reports/metrics.json").read_text())
+    for key in METRIC_KEYS:
+        value = lookup(metrics, key)
+        assert isinstance(value, float) and 0.0 <= value <= 1.0, key
+    for out in (
+        "models/base.keras",
+        "models/finetuned.keras",
+        "reports/figures/history.png",
+        "reports/figures/confusion.png",
+        "reports/figures/samples.png",
+        "reports/plots/roc.csv",
+        "data/corrupted/manifest.csv",
+    ):
+        assert (proj / out).is_file(), out
+    lock = (proj / "dvc.lock").read_bytes()
+
+    second = dvc(proj, "repro")
+    assert ran_stages(second.stdout) == []
+    assert (proj / "dvc.lock").read_bytes() == lock
+
+    with prefect_test_harness():
+        results = pipeline(workdir=str(proj))
+        assert [r["stage"] for r in results] == list(STAGES)
+        assert [r["stage"] for r in results if r["ran"]] == []
+        assert (proj / "dvc.lock").read_bytes() == lock
+
+        # Changing only a finetune param reruns only finetune and evaluate, in the flow too.
+        params = yaml.safe_load((proj / "params.yaml").read_text())
+        params["finetune"]["learning_rate"] = 0.0005
+        (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        dry = dvc(proj, "repro", "--dry")  # evaluate's turn is known only once finetune ran
+        assert ran_stages(dry.stdout) == ["finetune"]
+        results = pipeline(workdir=str(proj))
+        assert [r["stage"] for r in results if r["ran"]] == ["finetune", "evaluate"]
+    assert ran_stages(dvc(proj, "repro").stdout) == []
+
+
+@pytest.mark.slow
+def test_flow_fails_with_the_stage_error(make_project) -> None:
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.pipeline import StageFailed, pipeline
+
+    proj = make_project({"data": {"source": "no/such/archive.zip"}})
+    with prefect_test_harness(), pytest.raises(StageFailed) as info:
+        pipeline(workdir=str(proj), stages=["download"])
+    assert "stage download failed" in str(info.value)
+    assert "no/such/archive.zip does not exist" in str(info.value)
+    assert not (proj / "data" / "raw").exists()
