@@ -38,6 +38,9 @@ PROBE_HINT = "run `xray probe` to record it"
 MAGIC_SUFFIXES = ((b"PK\x03\x04", ".zip"), (b"\x1f\x8b", ".tar.gz"))
 """Leading bytes -> archive suffix, for URLs whose name does not say the type."""
 URL_VALIDATORS = ("etag", "last_modified", "size")
+FETCH_RETRIES = 5
+FETCH_BACKOFF_S = 1.0
+"""First retry delay of a failed transfer (doubles per retry)."""
 QUARANTINE = Path("reports/quarantine.csv")
 DUPLICATES = Path("reports/duplicates.csv")
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
@@ -257,7 +260,13 @@ def source_root(
             if record is not None and not params.sha256:
                 now = identify(params)
                 _verify(recorded, {k: now[k] for k in URL_VALIDATORS}, record)
-            archive = fetch(source, work / _archive_name(source), sha256=params.sha256)
+            archive = fetch(
+                source,
+                work / _archive_name(source),
+                sha256=params.sha256,
+                retries=FETCH_RETRIES,
+                backoff=FETCH_BACKOFF_S,
+            )
         except FetchError as e:
             raise DownloadError(f"data.source: {e}") from None
         archive = _with_archive_suffix(archive)
