@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         "archive": args.archive.name,
         "archive_bytes": args.archive.stat().st_size,
         "cpu_count": os.cpu_count(),
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),
         "python": platform.python_version(),
         "params": "DataParams defaults (max_side 256), SplitParams defaults",
         "runs": runs,

@@ -45,6 +45,8 @@ QUARANTINE = Path("reports/quarantine.csv")
 DUPLICATES = Path("reports/duplicates.csv")
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
 CHUNK = 64
+INGEST_PNG_LEVEL = 1
+"""zlib level of the ingested PNGs: ~2.5x faster to encode than 6, ~15% larger files."""
 
 
 class DownloadError(RuntimeError):
@@ -311,7 +313,9 @@ def _ingest_one(found: ingest.Found, max_pixels: int, max_side: int | None) -> I
         image = ingest.load_image(found.path, max_pixels=max_pixels, max_side=max_side)
     except ingest.BadImage as e:
         return Ingested(found, sha, None, None, e.reason)
-    return Ingested(found, sha, png_bytes(image), (image.shape[1], image.shape[0]), None)
+    return Ingested(
+        found, sha, png_bytes(image, INGEST_PNG_LEVEL), (image.shape[1], image.shape[0]), None
+    )
 
 
 def _ingest_all(found: list[ingest.Found], params: DataParams, workers: int) -> list[Ingested]:

@@ -484,3 +484,87 @@ def test_real_archive_over_loopback(server: tuple[str, Served], tmp_path: Path) 
     assert len(s.gets()) == 1
     assert probe(params, out.record)[0] is False
     assert len(s.gets()) == 1
+
+
+# --------------------------------------------------------------------------- through DVC
+
+
+def _project(tmp_path: Path) -> Path:
+    """A throwaway git+DVC copy of this project's pipeline definition and code."""
+    import shutil
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    for name in ("dvc.yaml", "tasks"):
+        src = repo / name
+        if src.is_dir():
+            shutil.copytree(src, proj / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, proj / name)
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        subprocess.run(cmd, cwd=proj, check=True, env=_env())
+    return proj
+
+
+def _env() -> dict[str, str]:
+    """The environment of stage commands (this interpreter first on PATH)."""
+    from flows.pipeline import stage_env
+
+    return stage_env()
+
+
+def _repro(proj: Path, stage: str, *, ok: bool = True) -> str:
+    """`dvc repro STAGE` in proj; its combined output (asserting the exit status)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro", stage],
+        cwd=proj,
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert (r.returncode == 0) == ok, r.stdout + r.stderr
+    return r.stdout + r.stderr
+
+
+def _probe(proj: Path) -> bool:
+    """Probe the project copy's data.source; True when data/source.json changed."""
+    from tasks.params import load_params
+
+    return probe(load_params(proj / "params.yaml").data, proj / "data" / "source.json")[0]
+
+
+@pytest.mark.slow
+def test_dvc_repro_noop_when_source_unchanged(tmp_path: Path) -> None:
+    """Through DVC: a re-probe of an unchanged folder leaves download+split cached; a changed
+    folder reruns both; data.source edited without a probe fails with the one-line hint."""
+    proj = _project(tmp_path)
+    src = _folder(tmp_path / "export", good=30)
+    (proj / "params.yaml").write_text(
+        f"data:\n  source: {src}\nsplit:\n  val_fraction: 0.2\n  test_fraction: 0.2\n"
+    )
+    assert _probe(proj)
+    out = _repro(proj, "split")
+    assert "Running stage 'download'" in out and "Running stage 'split'" in out
+
+    assert _probe(proj) is False
+    assert "Running stage" not in _repro(proj, "split")
+
+    (src / "NORMAL" / "IM-0999-0001.jpeg").write_bytes(_jpeg(4242))
+    assert _probe(proj)
+    out = _repro(proj, "split")
+    assert "Running stage 'download'" in out and "Running stage 'split'" in out
+    assert len(read_csv(proj / "data" / "raw" / "manifest.csv")) == 61
+
+    (proj / "params.yaml").write_text("data:\n  source: synthetic\n")
+    out = _repro(proj, "download", ok=False)
+    errors = [ln for ln in out.splitlines() if ln.startswith("error:")]
+    assert errors == [
+        f"error: data.source is 'synthetic' but data/source.json records '{src}'; "
+        "run `xray probe` to record it"
+    ]
+    assert len(read_csv(proj / "data" / "raw" / "manifest.csv")) == 61
