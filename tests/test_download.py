@@ -567,4 +567,11 @@ def test_dvc_repro_noop_when_source_unchanged(tmp_path: Path) -> None:
         f"error: data.source is 'synthetic' but data/source.json records '{src}'; "
         "run `xray probe` to record it"
     ]
+    # DVC removed data/raw before the failed command; its cache still holds the last one
+    import subprocess
+    import sys
+
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "checkout", "download"], cwd=proj, env=_env(), check=True
+    )
     assert len(read_csv(proj / "data" / "raw" / "manifest.csv")) == 61
