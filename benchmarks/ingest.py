@@ -6,6 +6,7 @@ training archive) into a temporary folder, once per worker count, and then the
 reports/benchmarks/ingest.json.
 
     uv run --frozen python -m benchmarks.ingest [--archive PATH] [--workers 0 1]
+        [--png-levels 1 6]
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import tasks.download as stage
 from tasks.download import download, probe
 from tasks.io import write_json
 from tasks.params import DataParams, SplitParams
@@ -30,8 +32,9 @@ DEFAULT_WORKERS = (0,)
 """Worker counts to time; 0 = all cores (the stage's default)."""
 
 
-def run_once(archive: Path, workers: int, work: Path) -> dict[str, object]:
+def run_once(archive: Path, workers: int, work: Path, png_level: int) -> dict[str, object]:
     """Ingest the archive once with `workers` processes; return timings and counts."""
+    stage.INGEST_PNG_LEVEL = png_level  # read by the (forked) workers at call time
     params = DataParams(source=str(archive))
     record = work / "source.json"
     t0 = time.perf_counter()
@@ -49,6 +52,7 @@ def run_once(archive: Path, workers: int, work: Path) -> dict[str, object]:
     seconds = time.perf_counter() - t0
     return {
         "workers": workers or os.cpu_count(),
+        "png_level": png_level,
         "probe_seconds": round(t_probe, 3),
         "seconds": round(seconds, 2),
         "images_per_s": round(counts["images"] / seconds, 1),
@@ -61,17 +65,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--archive", type=Path, default=REAL_ZIP)
     ap.add_argument("--workers", type=int, nargs="+", default=list(DEFAULT_WORKERS))
+    ap.add_argument("--png-levels", type=int, nargs="+", default=[stage.INGEST_PNG_LEVEL])
     ap.add_argument("--out", type=Path, default=OUT_JSON)
     args = ap.parse_args(argv)
     if not args.archive.exists():
         print(f"error: {args.archive}: not found", file=sys.stderr)
         return 2
+    default_level = stage.INGEST_PNG_LEVEL
     runs = []
     split_counts: dict[str, dict[str, int]] = {}
-    for workers in args.workers:
+    for level, workers in [(lv, w) for lv in args.png_levels for w in args.workers]:
         with tempfile.TemporaryDirectory(prefix="xray-bench-ingest-") as tmp:
             work = Path(tmp)
-            runs.append(run_once(args.archive, workers, work))
+            runs.append(run_once(args.archive, workers, work, level))
             if not split_counts:
                 split_counts = split(
                     SplitParams(),
@@ -80,12 +86,14 @@ def main(argv: list[str] | None = None) -> int:
                     counts_json=work / "split.json",
                     counts_csv=work / "split.csv",
                 )
+    stage.INGEST_PNG_LEVEL = default_level
     result = {
         "benchmark": "ingest",
         "archive": args.archive.name,
         "archive_bytes": args.archive.stat().st_size,
         "cpu_count": os.cpu_count(),
         "load_average_1m_at_end": round(os.getloadavg()[0], 2),
+        "stage_default": {"workers": os.cpu_count(), "png_level": default_level},
         "python": platform.python_version(),
         "params": "DataParams defaults (max_side 256), SplitParams defaults",
         "runs": runs,
