@@ -34,7 +34,7 @@ DEFAULT_WORKERS = (0,)
 
 def run_once(archive: Path, workers: int, work: Path, png_level: int) -> dict[str, object]:
     """Ingest the archive once with `workers` processes; return timings and counts."""
-    stage.INGEST_PNG_LEVEL = png_level  # read by the (forked) workers at call time
+    stage.INGEST_PNG_LEVEL = png_level  # read by the stage when it starts its workers
     params = DataParams(source=str(archive))
     record = work / "source.json"
     t0 = time.perf_counter()

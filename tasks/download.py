@@ -306,26 +306,27 @@ def source_root(
     return root, identity
 
 
-def _ingest_one(found: ingest.Found, max_pixels: int, max_side: int | None) -> Ingested:
+def _ingest_one(
+    found: ingest.Found, max_pixels: int, max_side: int | None, png_level: int
+) -> Ingested:
     """Hash, decode and re-encode one file (runs in a worker process)."""
     sha = ingest.sha256_file(found.path)
     try:
         image = ingest.load_image(found.path, max_pixels=max_pixels, max_side=max_side)
     except ingest.BadImage as e:
         return Ingested(found, sha, None, None, e.reason)
-    return Ingested(
-        found, sha, png_bytes(image, INGEST_PNG_LEVEL), (image.shape[1], image.shape[0]), None
-    )
+    return Ingested(found, sha, png_bytes(image, png_level), (image.shape[1], image.shape[0]), None)
 
 
 def _ingest_all(found: list[ingest.Found], params: DataParams, workers: int) -> list[Ingested]:
     """Run _ingest_one over all files, in order, on `workers` processes."""
-    args = (params.max_pixels, params.max_side)
+    args = (params.max_pixels, params.max_side, INGEST_PNG_LEVEL)
     if workers <= 1 or len(found) < 2 * CHUNK:
         return [_ingest_one(f, *args) for f in found]
+    n = len(found)
     with ProcessPoolExecutor(workers) as pool:
-        n = len(found)
-        return list(pool.map(_ingest_one, found, [args[0]] * n, [args[1]] * n, chunksize=CHUNK))
+        columns = [[a] * n for a in args]
+        return list(pool.map(_ingest_one, found, *columns, chunksize=CHUNK))
 
 
 def _unique_name(folder_names: set[str], stem: str) -> str:

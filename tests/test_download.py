@@ -371,6 +371,19 @@ def test_salted_folder_runs_to_the_end(tmp_path: Path) -> None:
     assert not any(r["path"].split("/")[-1].startswith(("zero", "text", "truncated")) for r in rows)
 
 
+def test_process_pool_matches_serial(tmp_path: Path) -> None:
+    """The process pool (enough files to use it) writes exactly what the serial path writes."""
+    n_per_class = dl.CHUNK + 2  # 2 * CHUNK files in all, plus the broken ones
+    src = _folder(tmp_path / "export", good=n_per_class, bad=BROKEN)
+    params = DataParams(source=str(src), max_bad_fraction=0.1)
+    serial, pooled = Outs(tmp_path / "serial"), Outs(tmp_path / "pooled")
+    for out, workers in ((serial, 1), (pooled, 2)):
+        probe(params, out.record)
+        assert out.run(params, workers=workers)["images"] == 2 * n_per_class
+    assert pooled.snapshot() == serial.snapshot()
+    assert pooled.quarantine.read_bytes() == serial.quarantine.read_bytes()
+
+
 def test_too_many_broken_keeps_previous_data(tmp_path: Path) -> None:
     """Above max_bad_fraction: one line naming the key; the earlier data/raw untouched."""
     out = Outs(tmp_path)
