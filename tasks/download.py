@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tasks import ingest
 from tasks.io import MANIFEST_FIELDS, png_bytes, staged_dir, write_csv, write_json
-from tasks.params import PARAMS_FILE, DataParams, load_params
+from tasks.params import PARAMS_FILE, DataParams, load_params, parse_params
 
 log = logging.getLogger("xray.download")
 
@@ -164,11 +164,9 @@ def probe(
 def probe_project(workdir: Path = Path("."), source: str | None = None) -> str:
     """Probe data.source of the project in workdir (or `source` instead); one-line summary."""
     data = load_params(workdir / PARAMS_FILE).data
-    if source is not None:
-        try:
-            data = DataParams.model_validate({**data.model_dump(), "source": source})
-        except ValueError as e:
-            raise DownloadError(f"data.source: {source!r} is not a valid source ({e})") from None
+    if source is not None:  # validated like params.yaml: a ParamsError naming data.source
+        raw = {"data": {**data.model_dump(mode="json"), "source": source}}
+        data = parse_params(raw, "--source").data
     changed, identity = probe(data, workdir / SOURCE_RECORD, base=workdir)
     state = "changed, recorded" if changed else "unchanged"
     shown = {k: v for k, v in identity.items() if k != "source"}
