@@ -130,12 +130,10 @@ def identify(params: DataParams, base: Path = Path(".")) -> dict[str, object]:
     if path.is_dir():
         digest, n = tree_sha256(path)
         return {"source": source, "kind": "folder", "tree_sha256": digest, "files": n}
-    return {
-        "source": source,
-        "kind": "archive",
-        "sha256": ingest.sha256_file(path),
-        "size": path.stat().st_size,
-    }
+    digest = ingest.sha256_file(path)
+    if params.sha256 and digest != params.sha256.lower():
+        raise DownloadError(f"data.sha256: {source} has sha256 {digest}, expected {params.sha256}")
+    return {"source": source, "kind": "archive", "sha256": digest, "size": path.stat().st_size}
 
 
 def read_record(record: Path) -> dict[str, object] | None:

@@ -433,6 +433,22 @@ def test_folder_and_archive_identity(tmp_path: Path) -> None:
     }
 
 
+def test_local_archive_checksum_mismatch(tmp_path: Path) -> None:
+    """A pinned sha256 that a local archive does not have: probe and stage name data.sha256."""
+    arc = tmp_path / "data.zip"
+    arc.write_bytes(_kaggle_zip())
+    params = DataParams(source=str(arc), sha256="0" * 64)
+    out = Outs(tmp_path / "project")
+    with pytest.raises(DownloadError, match=r"^data\.sha256: .*data\.zip has sha256 [0-9a-f]{64}"):
+        probe(params, out.record)
+    assert not out.root.exists()
+    out.record.parent.mkdir(parents=True)
+    out.record.write_text(f'{{"source": "{arc}"}}')
+    with pytest.raises(DownloadError, match=r"^data\.sha256: "):
+        out.run(params)
+    assert sorted(p.name for p in out.root.rglob("*")) == ["data", "source.json"]
+
+
 def test_changed_folder_after_probe_is_refused(tmp_path: Path) -> None:
     """A folder edited after `xray probe` stops the stage (the record would lie)."""
     src = _folder(tmp_path / "export", good=2)
