@@ -40,6 +40,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return predict_paths(args.paths, args.model, as_json=args.json, batch_size=args.batch_size)
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    """Record data.source's identity in data/source.json when it changed (before `dvc repro`)."""
+    from tasks.download import DownloadError, probe_project
+
+    try:
+        print(probe_project(args.workdir, args.source))
+    except (DownloadError, ParamsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `xray`."""
     parser = argparse.ArgumentParser(prog="xray", description=__doc__)
@@ -57,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     par = sub.add_parser("params", help="validate params.yaml")
     par.add_argument("--file", type=Path, default=Path("params.yaml"))
     par.set_defaults(func=cmd_params)
+    prb = sub.add_parser("probe", help="record the data source's identity (run before dvc repro)")
+    prb.add_argument("--workdir", type=Path, default=Path("."), help="project folder (default: .)")
+    prb.add_argument("--source", help="probe this source instead of data.source (for dvc exp run)")
+    prb.set_defaults(func=cmd_probe)
     pred = sub.add_parser("predict", help="classify images with a trained model")
     pred.add_argument("paths", nargs="+", type=Path, help="image files or folders")
     pred.add_argument("--model", type=Path, default=Path("models/finetuned.keras"))

@@ -65,6 +65,13 @@ def dvc_repro(stage: str, workdir: Path, log: Any) -> dict[str, Any]:
 @task(cache_policy=NO_CACHE, persist_result=False)
 def run_stage(stage: str, workdir: str) -> dict[str, Any]:
     """Run one DVC stage (skipped by DVC when cached)."""
+    if stage == "download":  # record the source's identity: unchanged -> DVC skips the stage
+        from tasks.download import DownloadError, probe_project
+
+        try:
+            get_run_logger().info(probe_project(Path(workdir)))
+        except DownloadError as e:
+            raise StageFailed(f"stage download: {e}") from None
     return dvc_repro(stage, Path(workdir), get_run_logger())
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 MANIFEST_FIELDS = ("path", "label", "source_split", "patient_id", "sha256", "width", "height")
+PNG_COMPRESS_LEVEL = 6
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -25,12 +26,14 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def png_bytes(image: np.ndarray) -> bytes:
+def png_bytes(image: np.ndarray, compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
     """Encode a 2-D uint8 image as a deterministic PNG (no metadata, fixed compression)."""
     if image.ndim != 2 or image.dtype != np.uint8:
         raise ValueError(f"expected a 2-D uint8 image, got {image.dtype} {image.shape}")
     buf = io.BytesIO()
-    Image.fromarray(image, mode="L").save(buf, format="PNG", compress_level=6, optimize=False)
+    Image.fromarray(image, mode="L").save(
+        buf, format="PNG", compress_level=compress_level, optimize=False
+    )
     return buf.getvalue()
 
 

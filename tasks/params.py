@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 PARAMS_FILE = Path("params.yaml")
 STAGES = ("download", "split", "corrupt", "train_base", "finetune", "evaluate")
 
 PosInt = Annotated[int, Field(gt=0)]
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
+CLASS_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+"""A class name is also a folder name: letters, digits, '_', '.', '-'."""
+URL_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
+"""A leading URL scheme (two letters or more, so Windows drive letters are paths)."""
+HTTP_SCHEMES = ("http", "https")
 
 
 class ParamsError(ValueError):
@@ -56,8 +69,11 @@ class DataParams(_Section):
     def _source(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("must not be empty")
-        if "://" in v and not v.lower().startswith(("http://", "https://")):
-            raise ValueError(f"URL scheme of {v!r} is not http(s)")
+        m = URL_SCHEME_RE.match(v)
+        if m and m.group(1).lower() not in HTTP_SCHEMES:
+            raise ValueError(f"URL scheme {m.group(1)!r} is not http or https")
+        if m and not re.match(r"^https?://[^/?#\s]+", v, re.IGNORECASE):
+            raise ValueError("URL has no host")
         return v
 
     @field_validator("classes")
@@ -65,31 +81,54 @@ class DataParams(_Section):
     def _classes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         if len(v) != 2:
             raise ValueError(f"need exactly two classes (negative, positive), got {list(v)}")
+        for name in v:
+            if not CLASS_NAME_RE.match(name):
+                raise ValueError(f"{name!r} is not a valid class (folder) name")
         if len({c.upper() for c in v}) != len(v):
             raise ValueError(f"duplicate class names in {list(v)}")
+        return v
+
+    @field_validator("class_map")
+    @classmethod
+    def _class_map(cls, v: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        classes = info.data.get("classes")
+        if classes is None:  # classes itself failed; that error is reported
+            return v
+        canonical = {c.upper(): c for c in classes}
+        out = {}
+        for folder, name in v.items():
+            target = canonical.get(name.upper())
+            if target is None:
+                raise ValueError(f"{folder!r} -> {name!r}: {name!r} is not one of {list(classes)}")
+            mapped = canonical.get(folder.upper())
+            if mapped is not None and mapped != target:
+                raise ValueError(
+                    f"{folder!r} is itself the class {mapped!r}; it cannot map to {target!r}"
+                )
+            out[folder] = target
+        return out
+
+    @field_validator("ignore")
+    @classmethod
+    def _ignore(cls, v: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        used = {c.upper(): "a configured class" for c in info.data.get("classes") or ()}
+        used |= {f.upper(): "mapped in class_map" for f in info.data.get("class_map") or {}}
+        for name in v:
+            if name.upper() in used:
+                raise ValueError(f"{name!r} is {used[name.upper()]}; it cannot be ignored")
         return v
 
     @field_validator("patient_pattern")
     @classmethod
     def _pattern(cls, v: str | None) -> str | None:
         if v is not None:
-            import re
-
             try:
-                re.compile(v)
+                rx = re.compile(v)
             except re.error as e:
                 raise ValueError(f"not a valid regex: {e}") from None
+            if "patient" not in rx.groupindex and rx.groups < 1:
+                raise ValueError("the regex needs a group, e.g. (?P<patient>...)")
         return v
-
-    @model_validator(mode="after")
-    def _class_map(self) -> DataParams:
-        known = {c.upper() for c in self.classes}
-        for folder, cls_name in self.class_map.items():
-            if cls_name.upper() not in known:
-                raise ValueError(
-                    f"class_map.{folder}: {cls_name!r} is not one of {list(self.classes)}"
-                )
-        return self
 
     @property
     def positive_class(self) -> str:
@@ -102,14 +141,13 @@ class SplitParams(_Section):
     test_fraction: Fraction = 0.15
     merge_official_val: bool = True
 
-    @model_validator(mode="after")
-    def _sum(self) -> SplitParams:
-        if self.val_fraction + self.test_fraction >= 1.0:
-            raise ValueError(
-                f"val_fraction + test_fraction must be below 1 "
-                f"(got {self.val_fraction} + {self.test_fraction})"
-            )
-        return self
+    @field_validator("test_fraction")
+    @classmethod
+    def _sum(cls, v: float, info: ValidationInfo) -> float:
+        val = info.data.get("val_fraction")
+        if val is not None and val + v >= 1.0:
+            raise ValueError(f"val_fraction ({val}) + test_fraction must be below 1")
+        return v
 
 
 class CorruptParams(_Section):

@@ -22,6 +22,9 @@ log = logging.getLogger("xray.split")
 RAW_MANIFEST = Path("data/raw/manifest.csv")
 SPLITS_DIR = Path("data/splits")
 COUNTS_JSON = Path("reports/split.json")
+COUNTS_CSV = Path("reports/split.csv")
+COUNTS_FIELDS = ("split", "label", "images", "patients")
+ALL_LABELS = "all"
 SPLITS = ("train", "val", "test")
 
 
@@ -107,8 +110,13 @@ def split(
     manifest: Path = RAW_MANIFEST,
     out_dir: Path = SPLITS_DIR,
     counts_json: Path = COUNTS_JSON,
+    counts_csv: Path = COUNTS_CSV,
 ) -> dict[str, dict[str, int]]:
-    """Write out_dir/{train,val,test}.csv from the raw manifest; return counts per split."""
+    """Write out_dir/{train,val,test}.csv from the raw manifest; return counts per split.
+
+    Counts also go to `counts_json` (DVC metrics) and `counts_csv` (one row per split
+    and class, plus an `all` row per split: images and patients).
+    """
     rows = read_csv(manifest)
     by_source: dict[str, list[dict[str, str]]] = defaultdict(list)
     for row in rows:
@@ -149,6 +157,7 @@ def split(
     check_disjoint(parts)
 
     counts: dict[str, dict[str, int]] = {}
+    table: list[dict[str, object]] = []
     with staged_dir(out_dir) as stage:
         for name in SPLITS:
             write_csv(stage / f"{name}.csv", parts[name], MANIFEST_FIELDS)
@@ -158,7 +167,18 @@ def split(
                 "images": len(parts[name]),
                 "patients": len({r["patient_id"] for r in parts[name]}),
             }
+            for label in [*sorted(labels), ALL_LABELS]:
+                chosen = [r for r in parts[name] if label in (ALL_LABELS, r["label"])]
+                table.append(
+                    {
+                        "split": name,
+                        "label": label,
+                        "images": len(chosen),
+                        "patients": len({r["patient_id"] for r in chosen}),
+                    }
+                )
     write_json(counts_json, counts)
+    write_csv(counts_csv, table, COUNTS_FIELDS)
     log.info("split counts %s", counts)
     return counts
 
