@@ -45,7 +45,8 @@ REFERENCE = ("seed", 3)  # the blog's perturbations: the `corrupted` numbers in 
 ROC_POINTS = 101
 BASELINE = "base"  # the model whose errors normalize the balanced-error scores
 SCORES = ("accuracy", "balanced_accuracy", "auc")  # averaged over families and severities
-GRID_SEVERITIES = (1, 3, 5)  # columns of the corruption sample grid
+GRID_SEVERITIES = (1, 3, 5)  # rows of the corruption sample grid
+GRID_COLUMNS = 9  # panels per row of the corruption sample grid
 FORMULAS = {
     "balanced_error": "E(model, family, s) = 1 - balanced_accuracy(model, family, s) at the "
     "model's validation threshold; E_clean(model) likewise on the clean test set",
@@ -59,6 +60,9 @@ FORMULAS = {
     "(mean_s E(base, family, s) - E_clean(base)) (MedMNIST-C's relative balanced error)",
     "mbe": "mBE = mean over families of BE; rmBE = mean over families of rBE; "
     "mean_balanced_error = mean over families of mean_s E (unnormalized)",
+    "be_pooled": "be_pooled = mean_balanced_error(model) / mean_balanced_error(base) over the "
+    "same families: a ratio of means, robust to families where the base model's error is "
+    "near zero (which inflate BE and hence mBE)",
     "groups": "suite = listed families fine-tuned on; held_out = families never fine-tuned on "
     "(corrupt.held_out); all = both; a null is an undefined value (zero denominator, one class)",
 }
@@ -208,6 +212,10 @@ def summarize(
     def fam_error(g: dict[tuple[str, int], dict[str, Any]], family: str) -> float | None:
         return _mean([_scores(g[(family, s)])["balanced_error"] for s in severities])
 
+    base_means: dict[tuple[str, str], float | None] = {}
+    if base is not None:
+        for set_name, members in sets.items():
+            base_means[(set_name, "error")] = _mean([fam_error(base, f) for f in members])
     report: dict[str, Any] = {}
     for name, g in groups.items():
         c = _scores(clean[name])
@@ -269,6 +277,9 @@ def summarize(
                     for k in SCORES
                 },
                 "mbe": _mean([fams[f]["be"] for f in members]),
+                "be_pooled": _ratio(
+                    means["mean_balanced_error"], base_means.get((set_name, "error"))
+                ),
                 "rmbe": _mean([fams[f]["rbe"] for f in members]),
             }
         report[name] = {
@@ -292,7 +303,12 @@ def suite_metrics(summary: dict[str, Any]) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for set_name, prefix in (("suite", ""), ("held_out", "heldout_"), ("all", "all_")):
         block = summary[set_name]
-        for key in (*(f"mean_{k}" for k in (*SCORES, "balanced_error")), "mbe", "rmbe"):
+        for key in (
+            *(f"mean_{k}" for k in (*SCORES, "balanced_error")),
+            "mbe",
+            "rmbe",
+            "be_pooled",
+        ):
             out[f"{prefix}{key}"] = block[key]
     return out
 
@@ -409,32 +425,40 @@ def plot_corruption_grid(
     held_out: Sequence[str],
     path: Path,
 ) -> None:
-    """One test image under every family (columns) at GRID_SEVERITIES (rows), clean first."""
+    """One test image, clean and under every family at GRID_SEVERITIES, in blocks of columns."""
+    items = ["clean", *families]
+    ncols = min(len(items), GRID_COLUMNS)
+    blocks = math.ceil(len(items) / ncols)
+    nsev = len(GRID_SEVERITIES)
     fig, axes = plt.subplots(
-        len(GRID_SEVERITIES),
-        len(families) + 1,
-        figsize=(1.25 * (len(families) + 1), 1.4 * len(GRID_SEVERITIES) + 0.4),
+        blocks * nsev,
+        ncols,
+        figsize=(1.7 * ncols, (1.75 * nsev + 0.3) * blocks),
         squeeze=False,
     )
-    for r, s in enumerate(GRID_SEVERITIES):
-        for c, f in enumerate(["clean", *families]):
-            ax = axes[r][c]
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.axis("off")
+    for k, f in enumerate(items):
+        block, col = divmod(k, ncols)
+        for r, s in enumerate(GRID_SEVERITIES):
+            ax = axes[block * nsev + r][col]
             img = clean if f == "clean" else cells.get((f, s))
-            if img is not None and (f != "clean" or r == 0):
+            if f == "clean" and r > 0:
+                continue
+            ax.axis("on")
+            if img is not None:
                 ax.imshow(img, cmap="gray", vmin=0, vmax=255)
-            elif f != "clean":
+            else:
                 ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_visible(f != "clean" or r == 0)
             if r == 0:
-                title = f.replace("_", " ") + ("\n(held out)" if f in held_out else "")
-                ax.set_title(title, fontsize=6.5)
-            if c == 1:
-                ax.set_ylabel(f"severity {s}", fontsize=8)
+                name = f.replace("_", " ") + (" (held out)" if f in held_out else "")
+                ax.set_title(name, fontsize=8)
+            if f != "clean":
+                ax.set_ylabel(f"s{s}", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
