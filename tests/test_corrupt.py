@@ -195,3 +195,38 @@ def test_params_errors(section: dict[str, object], needle: str) -> None:
         parse_params({"corrupt": section})
     assert needle in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_sigterm_mid_run_leaves_previous_output(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    raw, _ = make_split(tmp_path / "data", n=40)
+    assert raw == tmp_path / "data" / "raw"
+    out = tmp_path / "data" / "corrupted"
+    out.mkdir()
+    (out / "previous.txt").write_text("kept")
+    params = {"corrupt": {"families": list(FAMILIES), "severities": [1, 2, 3, 4, 5], "workers": 2}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tasks.corrupt"], cwd=tmp_path, env=env, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        stages = list((tmp_path / "data").glob(".corrupted.*.tmp"))
+        if stages and any(stages[0].rglob("*.png")):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0, err.decode()
+    assert leftovers(tmp_path / "data") == []
+    assert tree(out) == {"previous.txt": b"kept"}
