@@ -1,16 +1,22 @@
 """Stage `evaluate`: both models on the clean and the corrupted test set, at their val thresholds.
 
-Writes ``reports/metrics.json`` (``<model>.clean`` and ``<model>.corrupted``, the latter
-the ``seed`` family at severity 3 when materialized: comparable with the blog),
-``reports/robustness.json`` (every family and severity), plot data for ``dvc plots``
-and figures under ``reports/figures/``.
+Writes ``reports/metrics.json`` (``<model>.clean``, ``<model>.corrupted`` = the ``seed`` family
+at severity 3 when materialized, comparable with the blog, and ``<model>.suite`` = the
+corruption suite's means), ``reports/robustness.json`` (every family and severity, means over
+families per severity and overall, drops from clean, MedMNIST-C-style balanced-error scores
+normalized by the base model, held-out families marked and averaged apart), plot data for
+``dvc plots`` and figures under ``reports/figures/``. Each group of images is decoded once
+and scored by both models.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import math
+import time
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from tasks.corruptions import HELD_OUT
 from tasks.data import RAW_DIR, labels_of, load_images
 from tasks.io import read_csv, read_gray, write_csv, write_json
 from tasks.metrics import binary_metrics
@@ -36,6 +43,29 @@ REPORTS = Path("reports")
 LIVE = {"base": Path("dvclive/train_base"), "finetuned": Path("dvclive/finetune")}
 REFERENCE = ("seed", 3)  # the blog's perturbations: the `corrupted` numbers in metrics.json
 ROC_POINTS = 101
+BASELINE = "base"  # the model whose errors normalize the balanced-error scores
+SCORES = ("accuracy", "balanced_accuracy", "auc")  # averaged over families and severities
+GRID_SEVERITIES = (1, 3, 5)  # rows of the corruption sample grid
+GRID_COLUMNS = 9  # panels per row of the corruption sample grid
+FORMULAS = {
+    "balanced_error": "E(model, family, s) = 1 - balanced_accuracy(model, family, s) at the "
+    "model's validation threshold; E_clean(model) likewise on the clean test set",
+    "drop": "drop_<metric>(family, s) = <metric>(clean) - <metric>(family, s); positive = worse",
+    "family_mean": "<metric>(family) = mean over severities s of <metric>(family, s)",
+    "mean": "mean_<metric> = mean over families of <metric>(family) (families weighted equally)",
+    "be": "BE(model, family) = mean_s E(model, family, s) / mean_s E(base, family, s) "
+    "(MedMNIST-C's normalized balanced error, ImageNet-C's CE; here the baseline is the base "
+    "model instead of AlexNet, so BE(base) = 1)",
+    "rbe": "rBE(model, family) = (mean_s E(model, family, s) - E_clean(model)) / "
+    "(mean_s E(base, family, s) - E_clean(base)) (MedMNIST-C's relative balanced error)",
+    "mbe": "mBE = mean over families of BE; rmBE = mean over families of rBE; "
+    "mean_balanced_error = mean over families of mean_s E (unnormalized)",
+    "be_pooled": "be_pooled = mean_balanced_error(model) / mean_balanced_error(base) over the "
+    "same families: a ratio of means, robust to families where the base model's error is "
+    "near zero (which inflate BE and hence mBE)",
+    "groups": "suite = listed families fine-tuned on; held_out = families never fine-tuned on "
+    "(corrupt.held_out); all = both; a null is an undefined value (zero denominator, one class)",
+}
 
 
 def _roc_rows(model: str, dataset: str, y: np.ndarray, p: np.ndarray) -> list[dict[str, Any]]:
@@ -133,6 +163,305 @@ def plot_samples(pairs: list[tuple[np.ndarray, np.ndarray, str]], title: str, pa
     plt.close(fig)
 
 
+def _num(x: float | None) -> float | None:
+    """A finite float rounded for JSON, or None for NaN/None."""
+    if x is None or not math.isfinite(float(x)):
+        return None
+    return round(float(x), 6)
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    """Mean of the defined values, None when none is defined."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return _num(sum(vals) / len(vals)) if vals else None
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    """num / den, None when either is undefined or den is zero."""
+    if num is None or den is None or den == 0.0:
+        return None
+    return _num(num / den)
+
+
+def _scores(m: dict[str, Any]) -> dict[str, float | None]:
+    """The summary scores of one metrics dict, plus its balanced error."""
+    out = {k: _num(m[k]) for k in SCORES}
+    ba = out["balanced_accuracy"]
+    out["balanced_error"] = None if ba is None else _num(1.0 - ba)
+    return out
+
+
+def summarize(
+    clean: dict[str, dict[str, Any]],
+    groups: dict[str, dict[tuple[str, int], dict[str, Any]]],
+    held_out: Sequence[str],
+    baseline: str = BASELINE,
+) -> dict[str, Any]:
+    """Robustness report from clean and per-(family, severity) metrics of every model (pure)."""
+    keys = list(next(iter(groups.values())))
+    families = list(dict.fromkeys(f for f, _ in keys))
+    severities = sorted({s for _, s in keys})
+    sets = {
+        "suite": [f for f in families if f not in held_out],
+        "held_out": [f for f in families if f in held_out],
+        "all": families,
+    }
+    base = groups.get(baseline)
+    base_clean_err = _scores(clean[baseline])["balanced_error"] if baseline in clean else None
+
+    def fam_error(g: dict[tuple[str, int], dict[str, Any]], family: str) -> float | None:
+        return _mean([_scores(g[(family, s)])["balanced_error"] for s in severities])
+
+    base_means: dict[tuple[str, str], float | None] = {}
+    if base is not None:
+        for set_name, members in sets.items():
+            base_means[(set_name, "error")] = _mean([fam_error(base, f) for f in members])
+    report: dict[str, Any] = {}
+    for name, g in groups.items():
+        c = _scores(clean[name])
+        fams: dict[str, Any] = {}
+        for family in families:
+            per_sev = {}
+            for s in severities:
+                sc = _scores(g[(family, s)])
+                drops = {
+                    f"drop_{k}": _num(c[k] - sc[k]) if None not in (c[k], sc[k]) else None
+                    for k in SCORES
+                }
+                per_sev[str(s)] = {**g[(family, s)], **sc, **drops}
+            mean = {
+                k: _mean([per_sev[str(s)][k] for s in severities])
+                for k in (*SCORES, "balanced_error")
+            }
+            err = mean["balanced_error"]
+            base_err = fam_error(base, family) if base is not None else None
+            fams[family] = {
+                "held_out": family in held_out,
+                "severities": per_sev,
+                "mean": mean,
+                "drop": {
+                    f"drop_{k}": _num(c[k] - mean[k]) if None not in (c[k], mean[k]) else None
+                    for k in SCORES
+                },
+                "be": _ratio(err, base_err),
+                "rbe": _ratio(
+                    None
+                    if err is None or c["balanced_error"] is None
+                    else err - c["balanced_error"],
+                    None
+                    if base_err is None or base_clean_err is None
+                    else base_err - base_clean_err,
+                ),
+            }
+        per_severity: dict[str, Any] = {}
+        summary: dict[str, Any] = {}
+        for set_name, members in sets.items():
+            per_severity[set_name] = {
+                str(s): {
+                    k: _mean([fams[f]["severities"][str(s)][k] for f in members])
+                    for k in (*SCORES, "balanced_error")
+                }
+                for s in severities
+            }
+            means = {
+                f"mean_{k}": _mean([fams[f]["mean"][k] for f in members])
+                for k in (*SCORES, "balanced_error")
+            }
+            summary[set_name] = {
+                "families": members,
+                **means,
+                **{
+                    f"drop_{k}": _num(c[k] - means[f"mean_{k}"])
+                    if None not in (c[k], means[f"mean_{k}"])
+                    else None
+                    for k in SCORES
+                },
+                "mbe": _mean([fams[f]["be"] for f in members]),
+                "be_pooled": _ratio(
+                    means["mean_balanced_error"], base_means.get((set_name, "error"))
+                ),
+                "rmbe": _mean([fams[f]["rbe"] for f in members]),
+            }
+        report[name] = {
+            "clean": {**clean[name], **c},
+            "families": fams,
+            "per_severity": per_severity,
+            "summary": summary,
+        }
+    return {
+        "formula": FORMULAS,
+        "baseline_model": baseline,
+        "families": families,
+        "held_out": sets["held_out"],
+        "severities": severities,
+        "models": report,
+    }
+
+
+def suite_metrics(summary: dict[str, Any]) -> dict[str, float | None]:
+    """The flat `<model>.suite` block of metrics.json from one model's robustness summary."""
+    out: dict[str, float | None] = {}
+    for set_name, prefix in (("suite", ""), ("held_out", "heldout_"), ("all", "all_")):
+        block = summary[set_name]
+        for key in (
+            *(f"mean_{k}" for k in (*SCORES, "balanced_error")),
+            "mbe",
+            "rmbe",
+            "be_pooled",
+        ):
+            out[f"{prefix}{key}"] = block[key]
+    return out
+
+
+def _family_label(family: str, held_out: Sequence[str]) -> str:
+    """Row label of a family, marked when held out of fine-tuning."""
+    return f"{family} (held out)" if family in held_out else family
+
+
+def plot_heatmaps(robustness: dict[str, Any], metric: str, path: Path) -> None:
+    """Family x severity heatmaps of `metric` per model and of finetuned - base (clean first)."""
+    families, severities = robustness["families"], robustness["severities"]
+    held = robustness["held_out"]
+    models = robustness["models"]
+
+    def grid(name: str) -> np.ndarray:
+        m = models[name]
+        rows = []
+        for f in families:
+            vals = [m["clean"][metric]] + [
+                m["families"][f]["severities"][str(s)][metric] for s in severities
+            ]
+            rows.append([np.nan if v is None else v for v in vals])
+        return np.array(rows, dtype=float)
+
+    panels = [(n, grid(n), "viridis", (0.0, 1.0)) for n in models]
+    if "base" in models and "finetuned" in models:
+        diff = grid("finetuned") - grid("base")
+        lim = max(0.05, float(np.nanmax(np.abs(diff))) if np.isfinite(diff).any() else 0.05)
+        panels.append(("finetuned - base", diff, "RdBu", (-lim, lim)))
+    cols = ["clean", *(f"s{s}" for s in severities)]
+    fig, axes = plt.subplots(
+        1,
+        len(panels),
+        figsize=(2.2 + 0.75 * len(cols) * len(panels), 0.42 * len(families) + 1.6),
+        squeeze=False,
+    )
+    for k, (ax, (title, data, cmap, (lo, hi))) in enumerate(zip(axes[0], panels, strict=True)):
+        im = ax.imshow(data, cmap=cmap, vmin=lo, vmax=hi, aspect="auto")
+        for (i, j), v in np.ndenumerate(data):
+            if np.isfinite(v):
+                ax.text(
+                    j,
+                    i,
+                    f"{v:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=6.5,
+                    color="white" if cmap == "viridis" and v < 0.6 else "black",
+                )
+        ax.set_xticks(range(len(cols)), cols, fontsize=8)
+        ax.set_yticks(
+            range(len(families)),
+            [_family_label(f, held) if k == 0 else "" for f in families],
+            fontsize=8,
+        )
+        ax.set_title(f"{title}: {metric}", fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.05)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_curves(robustness: dict[str, Any], metric: str, path: Path) -> None:
+    """`metric` vs severity (0 = clean) per family, one panel per model, suite means in bold."""
+    families, severities = robustness["families"], robustness["severities"]
+    held = robustness["held_out"]
+    models = robustness["models"]
+    xs = [0, *severities]
+    fig, axes = plt.subplots(
+        1, len(models), figsize=(6.5 * len(models), 4.6), squeeze=False, sharey=True
+    )
+    cmap = plt.get_cmap("tab20")
+    for ax, (name, m) in zip(axes[0], models.items(), strict=True):
+        for i, f in enumerate(families):
+            ys = [m["clean"][metric]] + [
+                m["families"][f]["severities"][str(s)][metric] for s in severities
+            ]
+            ax.plot(
+                xs,
+                [np.nan if v is None else v for v in ys],
+                ":" if f in held else "-",
+                color=cmap(i % 20),
+                lw=1,
+                label=_family_label(f, held),
+            )
+        for set_name, style in (("suite", "k-"), ("held_out", "k--")):
+            if m["summary"][set_name]["families"]:
+                ys = [m["clean"][metric]] + [
+                    m["per_severity"][set_name][str(s)][metric] for s in severities
+                ]
+                ax.plot(
+                    xs,
+                    [np.nan if v is None else v for v in ys],
+                    style,
+                    lw=2.5,
+                    label=f"mean: {set_name}",
+                )
+        ax.set_xticks(xs, ["clean", *map(str, severities)])
+        ax.set_xlabel("severity")
+        ax.set_ylabel(metric)
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_corruption_grid(
+    clean: np.ndarray,
+    cells: dict[tuple[str, int], np.ndarray],
+    families: Sequence[str],
+    held_out: Sequence[str],
+    path: Path,
+) -> None:
+    """One test image, clean and under every family at GRID_SEVERITIES, in blocks of columns."""
+    items = ["clean", *families]
+    ncols = min(len(items), GRID_COLUMNS)
+    blocks = math.ceil(len(items) / ncols)
+    nsev = len(GRID_SEVERITIES)
+    fig, axes = plt.subplots(
+        blocks * nsev,
+        ncols,
+        figsize=(1.7 * ncols, (1.75 * nsev + 0.3) * blocks),
+        squeeze=False,
+    )
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.axis("off")
+    for k, f in enumerate(items):
+        block, col = divmod(k, ncols)
+        for r, s in enumerate(GRID_SEVERITIES):
+            ax = axes[block * nsev + r][col]
+            img = clean if f == "clean" else cells.get((f, s))
+            if f == "clean" and r > 0:
+                continue
+            ax.axis("on")
+            if img is not None:
+                ax.imshow(img, cmap="gray", vmin=0, vmax=255)
+            else:
+                ax.text(0.5, 0.5, "n/a", ha="center", va="center", transform=ax.transAxes)
+            if r == 0:
+                name = f.replace("_", " ") + (" (held out)" if f in held_out else "")
+                ax.set_title(name, fontsize=8)
+            if f != "clean":
+                ax.set_ylabel(f"s{s}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def evaluate(
     params: EvaluateParams,
     classes: tuple[str, ...],
@@ -141,6 +470,8 @@ def evaluate(
     corrupted_dir: Path = CORRUPTED_DIR,
     reports: Path = REPORTS,
     live: dict[str, Path] | None = None,
+    held_out: Sequence[str] = HELD_OUT,
+    raw_dir: Path = RAW_DIR,
 ) -> dict[str, Any]:
     """Evaluate every model; write metrics, robustness, plot data and figures."""
     models = models or MODELS
@@ -152,45 +483,85 @@ def evaluate(
     by_group: dict[tuple[str, int], list[dict[str, str]]] = defaultdict(list)
     for r in bad_rows:
         by_group[(r["family"], int(r["severity"]))].append(r)
+    if not by_group:
+        raise ValueError(f"{corrupted_dir / 'manifest.csv'}: no corrupted images listed")
     groups = list(by_group)
     ref = _reference_group(groups)
-    cache: dict[tuple[str, int, int], np.ndarray] = {}
+    baseline = BASELINE if BASELINE in models else next(iter(models))
 
-    def images(key: tuple[str, int], size: int) -> np.ndarray:
-        if (*key, size) not in cache:
-            if key == ("clean", 0):
-                paths = [RAW_DIR / r["path"] for r in test_rows]
-            else:
-                paths = [corrupted_dir / r["path"] for r in by_group[key]]
-            cache[(*key, size)] = load_images(paths, size)
-        return cache[(*key, size)]
-
-    metrics: dict[str, dict[str, dict[str, Any]]] = {}
-    robustness: dict[str, Any] = {"reference": {"family": ref[0], "severity": ref[1]}, "models": {}}
-    roc_rows: list[dict[str, Any]] = []
+    loaded = {}
     for name, path in models.items():
         model, meta = load_model(path)
-        size, threshold = int(meta["image_size"]), float(meta["threshold"])
-        p_clean = predict(model, images(("clean", 0), size), params.batch_size)
-        metrics[name] = {"clean": binary_metrics(y, p_clean, threshold)}
-        roc_rows += _roc_rows(name, "clean", y, p_clean)
-        per_group: dict[str, dict[str, Any]] = defaultdict(dict)
-        for key in groups:
+        loaded[name] = (model, int(meta["image_size"]), float(meta["threshold"]))
+    sizes = sorted({size for _, size, _ in loaded.values()})
+
+    t0 = time.perf_counter()
+    n_scored = 0
+
+    def score(paths: list[Path]) -> dict[str, np.ndarray]:
+        """Decode the images once per input size and predict with every model."""
+        nonlocal n_scored
+        x = {size: load_images(paths, size) for size in sizes}
+        n_scored += len(paths)
+        return {
+            name: predict(model, x[size], params.batch_size)
+            for name, (model, size, _) in loaded.items()
+        }
+
+    metrics: dict[str, dict[str, Any]] = {name: {} for name in models}
+    clean: dict[str, dict[str, Any]] = {}
+    per_group: dict[str, dict[tuple[str, int], dict[str, Any]]] = {n: {} for n in models}
+    roc_rows: list[dict[str, Any]] = []
+    p_clean = score([raw_dir / r["path"] for r in test_rows])
+    for name, (_, _, threshold) in loaded.items():
+        clean[name] = binary_metrics(y, p_clean[name], threshold)
+        metrics[name]["clean"] = clean[name]
+        roc_rows += _roc_rows(name, "clean", y, p_clean[name])
+    # One predict call per family (all its severities) keeps per-call overhead low.
+    by_family: dict[str, list[tuple[str, int]]] = defaultdict(list)
+    for key in groups:
+        by_family[key[0]].append(key)
+    for keys in by_family.values():
+        rows = [r for key in keys for r in by_group[key]]
+        probs = score([corrupted_dir / r["path"] for r in rows])
+        start = 0
+        for key in keys:
+            n = len(by_group[key])
             y_g = labels_of(by_group[key], positive)
-            p_g = predict(model, images(key, size), params.batch_size)
-            per_group[key[0]][str(key[1])] = binary_metrics(y_g, p_g, threshold)
-            if key == ref:
-                metrics[name]["corrupted"] = per_group[key[0]][str(key[1])]
-                roc_rows += _roc_rows(name, "corrupted", y_g, p_g)
-        robustness["models"][name] = per_group
+            for name, (_, _, threshold) in loaded.items():
+                p_g = probs[name][start : start + n]
+                per_group[name][key] = binary_metrics(y_g, p_g, threshold)
+                if key == ref:
+                    metrics[name]["corrupted"] = per_group[name][key]
+                    roc_rows += _roc_rows(name, "corrupted", y_g, p_g)
+            start += n
+    seconds = time.perf_counter() - t0
+    log.info(
+        "scored %d images x %d models in %.1fs (%.0f images/s decoded, %.0f predictions/s)",
+        n_scored,
+        len(models),
+        seconds,
+        n_scored / seconds,
+        n_scored * len(models) / seconds,
+    )
+
+    robustness = summarize(clean, per_group, held_out, baseline)
+    robustness["reference"] = {"family": ref[0], "severity": ref[1]}
+    for name in models:
+        metrics[name]["suite"] = suite_metrics(robustness["models"][name]["summary"])
+        s = metrics[name]["suite"]
         log.info(
-            "%s: clean acc %.4f auc %.4f | corrupted (%s/%d) acc %.4f auc %.4f",
+            "%s: clean acc %.4f auc %.4f | corrupted (%s/%d) acc %.4f auc %.4f | "
+            "suite mean acc %s, held-out mean acc %s, mBE %s",
             name,
             metrics[name]["clean"]["accuracy"],
             metrics[name]["clean"]["auc"],
             *ref,
             metrics[name]["corrupted"]["accuracy"],
             metrics[name]["corrupted"]["auc"],
+            s["mean_accuracy"],
+            s["heldout_mean_accuracy"],
+            s["mbe"],
         )
 
     figures = reports / "figures"
@@ -199,25 +570,44 @@ def evaluate(
     write_json(reports / "robustness.json", robustness)
     write_csv(reports / "plots" / "roc.csv", roc_rows, ("model", "dataset", "fpr", "tpr"))
     plot_history(live, figures / "history.png")
-    plot_confusions(metrics, list(classes), figures / "confusion.png")
+    confusions = {m: {d: metrics[m][d] for d in ("clean", "corrupted")} for m in metrics}
+    plot_confusions(confusions, list(classes), figures / "confusion.png")
+    plot_heatmaps(robustness, "accuracy", figures / "robustness_heatmap_accuracy.png")
+    plot_heatmaps(
+        robustness, "balanced_accuracy", figures / "robustness_heatmap_balanced_accuracy.png"
+    )
+    plot_curves(robustness, "accuracy", figures / "robustness_curves_accuracy.png")
     ref_rows = by_group[ref][: params.grid_images]
     by_path = {r["path"]: r for r in test_rows}
     pairs = [
         (
-            read_gray(RAW_DIR / r["source_path"]),
+            read_gray(raw_dir / r["source_path"]),
             read_gray(corrupted_dir / r["path"]),
             by_path[r["source_path"]]["label"],
         )
         for r in ref_rows
     ]
     plot_samples(pairs, f"{ref[0]} s{ref[1]}", figures / "samples.png")
+    sample = by_group[ref][0]["source_path"]
+    cells = {
+        (r["family"], int(r["severity"])): read_gray(corrupted_dir / r["path"])
+        for r in bad_rows
+        if r["source_path"] == sample and int(r["severity"]) in GRID_SEVERITIES
+    }
+    plot_corruption_grid(
+        read_gray(raw_dir / sample),
+        cells,
+        robustness["families"],
+        robustness["held_out"],
+        figures / "corruption_grid.png",
+    )
     return metrics
 
 
 def main() -> None:
     """Run the stage from params.yaml."""
     params = load_params()
-    evaluate(params.evaluate, params.data.classes)
+    evaluate(params.evaluate, params.data.classes, held_out=params.corrupt.held_out)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from tasks.corruptions import HELD_OUT, corrupt_image, rng_for
+from tasks.corruptions import corrupt_image, rng_for
 from tasks.data import RAW_DIR, class_weights, labels_of, load_images, make_dataset, resize
 from tasks.io import read_csv, write_csv
 from tasks.models import load_model, read_meta, save_model
@@ -142,7 +142,7 @@ def finetune(
     import tensorflow as tf
 
     p = params.finetune
-    families = [f for f in params.corrupt.families if f not in HELD_OUT]
+    families = list(params.corrupt.finetune_families)
     if not families:
         raise ValueError(
             "corrupt.families: every family is held out; fine-tuning needs at least one"

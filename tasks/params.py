@@ -150,25 +150,65 @@ class SplitParams(_Section):
         return v
 
 
+def _known_families(v: tuple[str, ...]) -> tuple[str, ...]:
+    """Raise ValueError naming the first family that is not in the corruption registry."""
+    from tasks.corruptions import FAMILIES
+
+    unknown = [f for f in v if f not in FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown corruption family {unknown[0]!r} (known: {', '.join(FAMILIES)})")
+    if len(set(v)) != len(v):
+        dup = next(f for f in v if v.count(f) > 1)
+        raise ValueError(f"family {dup!r} is listed twice")
+    return v
+
+
+def _all_families() -> tuple[str, ...]:
+    """Every family of the corruption registry, in registry order."""
+    from tasks.corruptions import FAMILIES
+
+    return tuple(FAMILIES)
+
+
+def _held_out_families() -> tuple[str, ...]:
+    """The registry's default held-out families (evaluation only, never fine-tuned on)."""
+    from tasks.corruptions import HELD_OUT
+
+    return HELD_OUT
+
+
 class CorruptParams(_Section):
     seed: int = 2024
-    families: tuple[str, ...] = ("seed",)
-    severities: tuple[Annotated[int, Field(ge=1, le=5)], ...] = (3,)
+    families: tuple[str, ...] = Field(default_factory=_all_families)
+    severities: tuple[Annotated[int, Field(ge=1, le=5)], ...] = (1, 2, 3, 4, 5)
+    held_out: tuple[str, ...] = Field(default_factory=_held_out_families)
     workers: Annotated[int, Field(ge=0)] = 0
 
     @field_validator("families")
     @classmethod
     def _families(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        from tasks.corruptions import FAMILIES
-
         if not v:
             raise ValueError("list at least one family")
-        unknown = [f for f in v if f not in FAMILIES]
-        if unknown:
+        return _known_families(v)
+
+    @field_validator("held_out")
+    @classmethod
+    def _held_out(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return _known_families(v)
+
+    @model_validator(mode="after")
+    def _trainable(self) -> CorruptParams:
+        if all(f in self.held_out for f in self.families):
             raise ValueError(
-                f"unknown corruption family {unknown[0]!r} (known: {', '.join(FAMILIES)})"
+                "held_out: every family in corrupt.families is held out; "
+                "fine-tuning needs at least one"
             )
-        return v
+        return self
+
+    @property
+    def finetune_families(self) -> tuple[str, ...]:
+        """The listed families fine-tuning trains on (all but the held-out ones)."""
+        return tuple(f for f in self.families if f not in self.held_out)
 
     @field_validator("severities")
     @classmethod

@@ -1,0 +1,232 @@
+"""Tests for the corrupt stage: determinism across runs and worker counts, atomicity, params."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks.corrupt import FIELDS, MANIFEST, corrupt
+from tasks.corruptions import FAMILIES, HELD_OUT, corrupt_image, rng_for
+from tasks.io import png_bytes, read_csv, read_gray, write_csv
+from tasks.params import CorruptParams, ParamsError, parse_params
+
+N_IMAGES = 12
+SIZE = 64
+CLASSES = ("NORMAL", "PNEUMONIA")
+SPLIT_FIELDS = ("path", "label", "source_split", "patient_id", "sha256", "width", "height")
+
+
+def make_split(root: Path, n: int = N_IMAGES, seed: int = 0) -> tuple[Path, Path]:
+    """A tiny raw folder and test.csv of n generated grayscale images (both classes)."""
+    raw = root / "raw"
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        label = CLASSES[i % 2]
+        _, xx = np.mgrid[0:SIZE, 0:SIZE]
+        img = (96 + 60 * np.sin(xx / (3 + i)) + rng.integers(0, 40, (SIZE, SIZE))).clip(0, 255)
+        data = png_bytes(img.astype(np.uint8))
+        rel = Path("images") / "test" / label / f"IM-{i:04d}-0001.png"
+        (raw / rel).parent.mkdir(parents=True, exist_ok=True)
+        (raw / rel).write_bytes(data)
+        rows.append(
+            {
+                "path": rel.as_posix(),
+                "label": label,
+                "source_split": "test",
+                "patient_id": f"IM-{i:04d}",
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "width": SIZE,
+                "height": SIZE,
+            }
+        )
+    csv = root / "splits" / "test.csv"
+    write_csv(csv, rows, SPLIT_FIELDS)
+    return raw, csv
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file under folder, by relative path, with its bytes."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def leftovers(parent: Path) -> list[str]:
+    """Hidden staging folders left beside the output."""
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+@pytest.fixture
+def split(tmp_path: Path) -> tuple[Path, Path]:
+    return make_split(tmp_path)
+
+
+def test_byte_identical_across_runs_and_worker_counts(
+    tmp_path: Path, split: tuple[Path, Path]
+) -> None:
+    raw, csv = split
+    params = CorruptParams(families=tuple(FAMILIES), severities=(1, 5), seed=11)
+    n1 = corrupt(params, csv, raw, tmp_path / "a" / "corrupted", workers=1)
+    n2 = corrupt(params, csv, raw, tmp_path / "b" / "corrupted", workers=2)
+    n3 = corrupt(params, csv, raw, tmp_path / "c" / "corrupted", workers=2)
+    expected = N_IMAGES * len(FAMILIES) * 2
+    assert n1 == n2 == n3 == expected
+    a = tree(tmp_path / "a" / "corrupted")
+    b = tree(tmp_path / "b" / "corrupted")
+    c = tree(tmp_path / "c" / "corrupted")
+    assert len(a) == expected + 1  # + manifest
+    assert a.keys() == b.keys() == c.keys()
+    differing = [k for k in a if not a[k] == b[k] == c[k]]
+    assert differing == []
+    # A different seed changes the random families (and only those stay equal that ignore rng).
+    other = CorruptParams(families=("gaussian_noise",), severities=(1,), seed=12)
+    corrupt(other, csv, raw, tmp_path / "d" / "corrupted", workers=1)
+    d = tree(tmp_path / "d" / "corrupted")
+    noisy = [k for k in d if k.startswith("gaussian_noise/")]
+    assert noisy and all(d[k] != a[k] for k in noisy)
+
+
+def test_manifest_and_labels(tmp_path: Path, split: tuple[Path, Path]) -> None:
+    raw, csv = split
+    params = CorruptParams(families=("seed", "jpeg", "elastic"), severities=(3, 1), seed=5)
+    out = tmp_path / "corrupted"
+    corrupt(params, csv, raw, out, workers=2)
+    source = {r["path"]: r for r in read_csv(csv)}
+    rows = read_csv(out / MANIFEST)
+    assert list(rows[0]) == list(FIELDS)
+    assert len(rows) == N_IMAGES * 3 * 2
+    # Ordered by family, then severity (sorted by the schema), then test order.
+    assert [(r["family"], r["severity"]) for r in rows[:: N_IMAGES]] == [
+        ("seed", "1"), ("seed", "3"), ("jpeg", "1"), ("jpeg", "3"), ("elastic", "1"),
+        ("elastic", "3"),
+    ]  # fmt: skip
+    for r in rows:
+        src = source[r["source_path"]]
+        assert r["label"] == src["label"] == Path(r["path"]).parent.name
+        assert r["sha256"] == src["sha256"] and r["patient_id"] == src["patient_id"]
+        img = read_gray(out / r["path"])
+        assert img.shape == (SIZE, SIZE) and img.dtype == np.uint8
+
+
+def test_output_is_a_function_of_content_not_of_path(
+    tmp_path: Path, split: tuple[Path, Path]
+) -> None:
+    raw, csv = split
+    params = CorruptParams(families=("elastic", "impulse_noise"), severities=(2,), seed=3)
+    out = tmp_path / "corrupted"
+    corrupt(params, csv, raw, out, workers=1)
+    for r in read_csv(out / MANIFEST)[:4]:
+        fam, sev = r["family"], int(r["severity"])
+        image = read_gray(raw / r["source_path"])
+        expected = corrupt_image(image, fam, sev, rng_for(r["sha256"], fam, sev, params.seed))
+        assert (out / r["path"]).read_bytes() == png_bytes(expected)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_failure_mid_run_keeps_previous_output(
+    tmp_path: Path, split: tuple[Path, Path], workers: int
+) -> None:
+    raw, csv = split
+    out = tmp_path / "data" / "corrupted"
+    params = CorruptParams(families=("seed", "gaussian_blur"), severities=(1, 2), seed=1)
+    corrupt(params, csv, raw, out, workers=1)
+    before = tree(out)
+    # A second run with another seed over a split whose 9th image is broken: it fails after
+    # earlier images were already written into the staging folder.
+    rows = read_csv(csv)
+    (raw / rows[8]["path"]).write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="cannot read image"):
+        corrupt(params.model_copy(update={"seed": 2}), csv, raw, out, workers=workers)
+    assert tree(out) == before
+    assert leftovers(out.parent) == []
+
+
+def test_stale_staging_folder_is_removed(tmp_path: Path, split: tuple[Path, Path]) -> None:
+    raw, csv = split
+    out = tmp_path / "data" / "corrupted"
+    stale = out.parent / ".corrupted.abc123.tmp"
+    (stale / "seed" / "1").mkdir(parents=True)
+    (stale / "seed" / "1" / "half.png").write_bytes(b"\x89PNG")
+    corrupt(CorruptParams(families=("jpeg",), severities=(1,)), csv, raw, out, workers=1)
+    assert leftovers(out.parent) == []
+    assert (out / MANIFEST).exists()
+
+
+def test_colliding_output_names_are_an_error(tmp_path: Path, split: tuple[Path, Path]) -> None:
+    raw, csv = split
+    rows = read_csv(csv)
+    twin = dict(rows[0], path=rows[0]["path"].replace("/test/", "/train/"))
+    (raw / twin["path"]).parent.mkdir(parents=True, exist_ok=True)
+    (raw / twin["path"]).write_bytes((raw / rows[0]["path"]).read_bytes())
+    write_csv(csv, [*rows, twin], SPLIT_FIELDS)
+    out = tmp_path / "corrupted"
+    with pytest.raises(ValueError, match="would both be written"):
+        corrupt(CorruptParams(families=("jpeg",), severities=(1,)), csv, raw, out, workers=1)
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_params_defaults_and_held_out() -> None:
+    p = parse_params({}).corrupt
+    assert p.families == tuple(FAMILIES)
+    assert p.severities == (1, 2, 3, 4, 5)
+    assert p.held_out == HELD_OUT
+    assert p.finetune_families == tuple(f for f in FAMILIES if f not in HELD_OUT)
+    custom = parse_params({"corrupt": {"held_out": ["jpeg"]}}).corrupt
+    assert "jpeg" not in custom.finetune_families and "elastic" in custom.finetune_families
+
+
+@pytest.mark.parametrize(
+    ("section", "needle"),
+    [
+        ({"held_out": ["warp"]}, "corrupt.held_out: unknown corruption family 'warp'"),
+        ({"families": ["seed", "fog"]}, "corrupt.families: unknown corruption family 'fog'"),
+        ({"families": ["jpeg", "jpeg"]}, "corrupt.families: family 'jpeg' is listed twice"),
+        ({"families": ["elastic"], "held_out": ["elastic"]}, "every family"),
+        ({"severities": [0]}, "corrupt.severities.0"),
+        ({"workers": -1}, "corrupt.workers"),
+    ],
+)
+def test_params_errors(section: dict[str, object], needle: str) -> None:
+    with pytest.raises(ParamsError) as err:
+        parse_params({"corrupt": section})
+    assert needle in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_sigterm_mid_run_leaves_previous_output(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    raw, _ = make_split(tmp_path / "data", n=40)
+    assert raw == tmp_path / "data" / "raw"
+    out = tmp_path / "data" / "corrupted"
+    out.mkdir()
+    (out / "previous.txt").write_text("kept")
+    params = {"corrupt": {"families": list(FAMILIES), "severities": [1, 2, 3, 4, 5], "workers": 2}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tasks.corrupt"], cwd=tmp_path, env=env, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        stages = list((tmp_path / "data").glob(".corrupted.*.tmp"))
+        if stages and any(stages[0].rglob("*.png")):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0, err.decode()
+    assert leftovers(tmp_path / "data") == []
+    assert tree(out) == {"previous.txt": b"kept"}

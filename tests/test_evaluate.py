@@ -1,0 +1,181 @@
+"""Tests for the evaluate stage: the robustness summary (pure) and a tiny end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from test_corrupt import make_split
+
+import tasks.evaluate as ev
+from tasks.corrupt import corrupt
+from tasks.data import resize
+from tasks.io import read_csv, read_gray
+from tasks.params import CorruptParams, EvaluateParams
+
+FAMILIES = ("seed", "jpeg", "elastic")
+HELD = ("elastic",)
+SEVERITIES = (1, 3)
+
+
+def m(ba: float, acc: float | None = None, auc: float = 0.9) -> dict[str, Any]:
+    """A metrics dict as binary_metrics returns it (only the fields summarize reads)."""
+    return {"accuracy": ba if acc is None else acc, "balanced_accuracy": ba, "auc": auc}
+
+
+def grid(values: dict[str, tuple[float, float]]) -> dict[tuple[str, int], dict[str, Any]]:
+    """Per-(family, severity) metrics from balanced accuracies at severities 1 and 3."""
+    return {(f, s): m(v[i]) for f, v in values.items() for i, s in enumerate(SEVERITIES)}
+
+
+def test_summarize_formulas() -> None:
+    clean = {"base": m(0.9), "finetuned": m(0.95)}
+    groups = {
+        "base": grid({"seed": (0.8, 0.6), "jpeg": (0.9, 0.9), "elastic": (0.7, 0.5)}),
+        "finetuned": grid({"seed": (0.9, 0.8), "jpeg": (0.95, 0.85), "elastic": (0.8, 0.8)}),
+    }
+    r = ev.summarize(clean, groups, HELD)
+    assert r["families"] == list(FAMILIES) and r["held_out"] == ["elastic"]
+    assert r["severities"] == [1, 3] and "be" in r["formula"] and "rbe" in r["formula"]
+    base, ft = r["models"]["base"], r["models"]["finetuned"]
+    # Base model is its own baseline.
+    assert all(base["families"][f]["be"] == 1.0 for f in FAMILIES)
+    assert base["families"]["jpeg"]["rbe"] is None  # zero denominator: E(jpeg) == E(clean)
+    # seed: mean errors base (0.2 + 0.4) / 2 = 0.3, finetuned (0.1 + 0.2) / 2 = 0.15.
+    seed = ft["families"]["seed"]
+    assert seed["mean"]["balanced_error"] == pytest.approx(0.15)
+    assert seed["be"] == pytest.approx(0.5)
+    assert seed["rbe"] == pytest.approx((0.15 - 0.05) / (0.3 - 0.1))
+    assert seed["severities"]["3"]["drop_accuracy"] == pytest.approx(0.95 - 0.8)
+    assert seed["drop"]["drop_balanced_accuracy"] == pytest.approx(0.95 - 0.85)
+    assert seed["held_out"] is False and ft["families"]["elastic"]["held_out"] is True
+    # Suite (seed, jpeg) apart from held out (elastic).
+    suite, held = ft["summary"]["suite"], ft["summary"]["held_out"]
+    assert suite["families"] == ["seed", "jpeg"] and held["families"] == ["elastic"]
+    assert suite["mean_balanced_accuracy"] == pytest.approx((0.85 + 0.9) / 2)
+    assert held["mean_balanced_accuracy"] == pytest.approx(0.8)
+    assert suite["mbe"] == pytest.approx((0.5 + 0.1 / 0.1) / 2)
+    assert held["mbe"] == pytest.approx(0.2 / 0.4)
+    assert suite["be_pooled"] == pytest.approx(((0.15 + 0.1) / 2) / ((0.3 + 0.1) / 2))
+    assert suite["drop_accuracy"] == pytest.approx(0.95 - 0.875)
+    per_sev = ft["per_severity"]["suite"]["3"]
+    assert per_sev["balanced_accuracy"] == pytest.approx((0.8 + 0.85) / 2)
+    assert ft["per_severity"]["all"]["1"]["balanced_accuracy"] == pytest.approx(2.65 / 3)
+    flat = ev.suite_metrics(ft["summary"])
+    assert flat["mean_accuracy"] == suite["mean_accuracy"]
+    assert flat["heldout_mean_accuracy"] == held["mean_accuracy"]
+    assert flat["all_mbe"] == ft["summary"]["all"]["mbe"]
+
+
+def test_summarize_undefined_values_are_null() -> None:
+    clean = {"base": m(0.9)}
+    groups = {"base": grid({"seed": (float("nan"), 0.5)})}
+    groups["base"][("seed", 1)]["auc"] = float("nan")
+    r = ev.summarize(clean, groups, ())
+    fam = r["models"]["base"]["families"]["seed"]
+    assert fam["severities"]["1"]["balanced_error"] is None
+    assert fam["mean"]["balanced_accuracy"] == 0.5  # the defined severity only
+    assert fam["mean"]["auc"] == 0.9
+    assert r["models"]["base"]["summary"]["held_out"]["mean_accuracy"] is None
+    json.dumps(r, allow_nan=False)  # strict JSON: no NaN anywhere in the new fields
+
+
+def _tiny_model(path: Path, weight: float, threshold: float, size: int) -> None:
+    """p = sigmoid(weight * (mean pixel / 255 - 0.4)), saved as the pipeline saves models."""
+    import keras
+
+    from tasks.models import save_model
+
+    inputs = keras.Input((size, size, 1))
+    x = keras.layers.Rescaling(1.0 / 255)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    out = keras.layers.Dense(1, activation="sigmoid")(x)
+    model = keras.Model(inputs, out)
+    model.layers[-1].set_weights([np.array([[weight]]), np.array([-0.4 * weight])])
+    meta = {"image_size": size, "threshold": threshold, "positive_class": "PNEUMONIA"}
+    save_model(model, path, meta)
+
+
+def _expected_probs(paths: list[Path], weight: float, size: int) -> np.ndarray:
+    """The tiny model's probabilities, computed without Keras."""
+    means = np.array([resize(read_gray(p), size).astype(np.float64).mean() / 255 for p in paths])
+    return 1.0 / (1.0 + np.exp(-weight * (means - 0.4)))
+
+
+def test_evaluate_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    raw, csv = make_split(tmp_path)
+    corrupted = tmp_path / "corrupted"
+    corrupt(CorruptParams(families=FAMILIES, severities=SEVERITIES), csv, raw, corrupted, 1)
+    size = 32
+    models = {"base": tmp_path / "base.keras", "finetuned": tmp_path / "finetuned.keras"}
+    _tiny_model(models["base"], 8.0, 0.5, size)
+    _tiny_model(models["finetuned"], -5.0, 0.45, size)
+
+    decoded: list[Path] = []
+    real_load = ev.load_images
+
+    def counting_load(paths: list[Path], size: int | None) -> Any:
+        decoded.extend(paths)
+        return real_load(paths, size)
+
+    monkeypatch.setattr(ev, "load_images", counting_load)
+    reports = tmp_path / "reports"
+    live = {"base": tmp_path / "live_b", "finetuned": tmp_path / "live_f"}
+    metrics = ev.evaluate(
+        EvaluateParams(batch_size=7, grid_images=3),
+        ("NORMAL", "PNEUMONIA"),
+        models=models,
+        test_csv=csv,
+        corrupted_dir=corrupted,
+        reports=reports,
+        live=live,
+        held_out=HELD,
+        raw_dir=raw,
+    )
+    manifest = read_csv(corrupted / "manifest.csv")
+    # Every image decoded exactly once, shared by both models.
+    assert len(decoded) == len(set(decoded)) == len(read_csv(csv)) + len(manifest)
+
+    robust = json.loads((reports / "robustness.json").read_text())
+    on_disk = json.loads((reports / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(metrics))
+    assert robust["reference"] == {"family": "seed", "severity": 3}
+    assert robust["held_out"] == ["elastic"] and robust["families"] == list(FAMILIES)
+    for name, weight in (("base", 8.0), ("finetuned", -5.0)):
+        rep = robust["models"][name]
+        threshold = 0.5 if name == "base" else 0.45
+        # The reference group's accuracy, recomputed without Keras.
+        rows = [r for r in manifest if r["family"] == "seed" and r["severity"] == "3"]
+        p = _expected_probs([corrupted / r["path"] for r in rows], weight, size)
+        y = np.array([r["label"] == "PNEUMONIA" for r in rows])
+        acc = float(((p >= threshold) == y).mean())
+        assert on_disk[name]["corrupted"]["accuracy"] == pytest.approx(acc, abs=1e-6)
+        seed3 = rep["families"]["seed"]["severities"]["3"]
+        assert seed3["accuracy"] == on_disk[name]["corrupted"]["accuracy"]
+        # Suite means beside `corrupted` in metrics.json, equal to the robustness summary.
+        suite = on_disk[name]["suite"]
+        accs = {
+            f: [rep["families"][f]["severities"][str(s)]["accuracy"] for s in SEVERITIES]
+            for f in FAMILIES
+        }
+        assert suite["mean_accuracy"] == pytest.approx(
+            (sum(accs["seed"]) / 2 + sum(accs["jpeg"]) / 2) / 2, abs=1e-6
+        )
+        assert suite["heldout_mean_accuracy"] == pytest.approx(sum(accs["elastic"]) / 2, abs=1e-6)
+        assert rep["clean"]["accuracy"] == on_disk[name]["clean"]["accuracy"]
+    assert all(robust["models"]["base"]["families"][f]["be"] in (1.0, None) for f in FAMILIES)
+    be = robust["models"]["finetuned"]["families"]["seed"]["be"]
+    assert be is None or math.isfinite(be)
+    for fig in (
+        "robustness_heatmap_accuracy.png",
+        "robustness_heatmap_balanced_accuracy.png",
+        "robustness_curves_accuracy.png",
+        "corruption_grid.png",
+        "samples.png",
+        "confusion.png",
+    ):
+        assert (reports / "figures" / fig).stat().st_size > 1000
