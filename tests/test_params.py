@@ -27,14 +27,14 @@ def test_committed_params_parse() -> None:
         ({"train": {"epochs": 0}}, "params.yaml: train.epochs: Input should be greater than 0"),
         ({"train": {"epocs": 3}}, "params.yaml: unknown key 'train.epocs'"),
         ({"bogus": {}}, "params.yaml: unknown key 'bogus'"),
-        ({"split": {"val_fraction": 0.6, "test_fraction": 0.5}}, "params.yaml: split: "),
+        ({"split": {"val_fraction": 0.6, "test_fraction": 0.5}}, "params.yaml: split.test_fraction: "),
         ({"data": {"source": "ftp://example.org/x.zip"}}, "params.yaml: data.source: "),
         ({"data": {"classes": ["NORMAL"]}}, "params.yaml: data.classes: "),
         ({"data": {"sha256": "abc"}}, "params.yaml: data.sha256: "),
         ({"corrupt": {"families": ["fog"]}}, "params.yaml: corrupt.families: "),
         ({"corrupt": {"severities": [6]}}, "params.yaml: corrupt.severities.0: "),
         ({"train": {"arch": "vgg99"}}, "params.yaml: train.arch: "),
-        ({"data": {"class_map": {"covid": "COVID"}}}, "params.yaml: data: "),
+        ({"data": {"class_map": {"covid": "COVID"}}}, "params.yaml: data.class_map: "),
     ],
 )
 def test_bad_values_give_one_line_naming_the_key(raw: dict, expected: str) -> None:
