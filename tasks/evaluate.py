@@ -22,6 +22,7 @@ import numpy as np
 
 from tasks.data import RAW_DIR, labels_of, load_images
 from tasks.io import read_csv, read_gray, write_csv, write_json
+from tasks.lineage import write_model_card
 from tasks.metrics import binary_metrics
 from tasks.models import load_model
 from tasks.params import EvaluateParams, load_params
@@ -211,6 +212,7 @@ def evaluate(
         for r in ref_rows
     ]
     plot_samples(pairs, f"{ref[0]} s{ref[1]}", figures / "samples.png")
+    write_model_card(reports)
     return metrics
 
 
