@@ -215,6 +215,17 @@ def _answer(record: dict[str, Any], name: str, where: str, root: Path) -> dict[s
     }
 
 
+def _flatten(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested params as (dotted key, value) pairs."""
+    out: list[tuple[str, Any]] = []
+    for k, v in values.items():
+        if isinstance(v, dict) and v:
+            out += _flatten(v, f"{prefix}{k}.")
+        else:
+            out.append((f"{prefix}{k}", v))
+    return out
+
+
 def format_audit(a: dict[str, Any]) -> str:
     """The audit answer for people."""
     lines = [
@@ -232,8 +243,8 @@ def format_audit(a: dict[str, Any]) -> str:
         lines.append(f"  {k}: {v}")
     lines.append("params:")
     for stage, values in a["params"].items():
-        for k, v in values.items():
-            lines.append(f"  {stage}: {k} = {json.dumps(v)}")
+        for k, v in _flatten(values):
+            lines.append(f"  {stage:<11} {k} = {json.dumps(v)}")
     code = a.get("code") or {}
     lines.append(f"code:         git {code.get('commit')} (dirty: {code.get('dirty')})")
     for k, v in (a.get("versions") or {}).items():
@@ -259,4 +270,7 @@ def format_history(entries: list[dict[str, Any]]) -> str:
         tags = ", ".join(e["tags"]) or "(untagged)"
         out.append(f"{tags}  model {e['model_md5']}  commit {e['commit'][:12]}  {e['date']}")
         out += [f"    {p:<24} {h}" for p, h in e["data"].items()]
+        content = (e.get("source_identity") or {}).get("content_sha256")
+        if content:
+            out.append(f"    {'source content_sha256':<24} {content}")
     return "\n".join(out)

@@ -61,8 +61,11 @@ def _deploy_changes(args: argparse.Namespace) -> dict:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the scheduled deployment from this process."""
+    import logging
+
     from flows.deploy import DeployError, serve_pipeline
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API poll otherwise
     try:
         serve_pipeline(args.workdir, args.interval, _deploy_changes(args))
     except DeployError as e:

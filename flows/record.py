@@ -103,10 +103,10 @@ def apply_overrides(root: Path, overrides: dict[str, Any]) -> list[str]:
 
 def dvc_push(root: Path, remote: str | None) -> dict[str, Any]:
     """Push the cache to `remote` (a remote name, folder or URL; None: the default remote)."""
-    cmd = [sys.executable, "-m", "dvc", "push"]
+    cmd = [*DVC, "push"]
     if remote:
         configured = subprocess.run(
-            [sys.executable, "-m", "dvc", "remote", "list"],
+            [*DVC, "remote", "list"],
             cwd=root,
             capture_output=True,
             text=True,
@@ -122,6 +122,15 @@ def dvc_push(root: Path, remote: str | None) -> dict[str, Any]:
             )
             remote = REMOTE_NAME
         cmd += ["-r", remote]
+    else:
+        default = subprocess.run(
+            [*DVC, "remote", "default"], cwd=root, capture_output=True, text=True, check=False
+        )
+        if default.returncode != 0 or not default.stdout.strip():
+            raise RecordError(
+                "dvc push: no DVC remote configured (run `dvc remote add -d NAME PATH` "
+                "or set the deployment's `remote` parameter)"
+            )
     r = subprocess.run(
         cmd, cwd=root, capture_output=True, text=True, check=False, timeout=PUSH_TIMEOUT_S
     )
@@ -179,7 +188,7 @@ def record_run(root: Path, branch: str = DEFAULT_BRANCH, flow_run_id: str | None
     env = _identity_env(root)
     ref = f"refs/heads/{branch}"
     tip = git(root, "rev-parse", "--verify", "-q", ref, check=False) or None
-    files = [f for f in RECORDED if (root / f).exists()]
+    files = [f for f in RECORDED if (root / f).exists()] + _dvc_gitignores(root)
     with tempfile.TemporaryDirectory() as tmp:
         env_idx = env | {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
         git(root, "read-tree", head, env=env_idx)
@@ -207,6 +216,12 @@ def record_run(root: Path, branch: str = DEFAULT_BRANCH, flow_run_id: str | None
         tag = _next_tag(root)
         git(root, "tag", "-a", tag, commit, "-m", f"{TAG_SUBJECT}{md5}", env=env)
     return {"recorded": True, "branch": branch, "commit": commit, "tag": tag, "new_tag": new_tag}
+
+
+def _dvc_gitignores(root: Path) -> list[str]:
+    """The .gitignore files DVC wrote for its outputs (so a checkout of the record is clean)."""
+    listed = git(root, "ls-files", "--others", "--exclude-standard", "--", "*.gitignore")
+    return [f for f in listed.splitlines() if f.endswith(".gitignore")]
 
 
 def _blob(root: Path, treeish: str, path: str) -> str:

@@ -170,8 +170,7 @@ def code_version(root: Path) -> dict[str, Any]:
     commit = _git(root, "rev-parse", "HEAD")
     if commit is None:
         return {"commit": None, "dirty": None, "dirty_files": []}
-    status = _git(root, "status", "--porcelain", "--untracked-files=no") or ""
-    files = [ln[3:] for ln in status.splitlines() if len(ln) > 3]
+    files = (_git(root, "diff", "--name-only", "HEAD") or "").splitlines()
     dirty = [f for f in files if not f.startswith(NOT_CODE)]
     return {"commit": commit, "dirty": bool(dirty), "dirty_files": dirty}
 
