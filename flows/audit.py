@@ -20,6 +20,7 @@ from tasks.lineage import (
     build_record,
     code_version,
     file_md5,
+    flatten,
     model_entry,
     parse_lock,
     read_lock,
@@ -215,17 +216,6 @@ def _answer(record: dict[str, Any], name: str, where: str, root: Path) -> dict[s
     }
 
 
-def _flatten(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """Nested params as (dotted key, value) pairs."""
-    out: list[tuple[str, Any]] = []
-    for k, v in values.items():
-        if isinstance(v, dict) and v:
-            out += _flatten(v, f"{prefix}{k}.")
-        else:
-            out.append((f"{prefix}{k}", v))
-    return out
-
-
 def format_audit(a: dict[str, Any]) -> str:
     """The audit answer for people."""
     lines = [
@@ -243,7 +233,7 @@ def format_audit(a: dict[str, Any]) -> str:
         lines.append(f"  {k}: {v}")
     lines.append("params:")
     for stage, values in a["params"].items():
-        for k, v in _flatten(values):
+        for k, v in flatten(values):
             lines.append(f"  {stage:<11} {k} = {json.dumps(v)}")
     code = a.get("code") or {}
     lines.append(f"code:         git {code.get('commit')} (dirty: {code.get('dirty')})")

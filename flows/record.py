@@ -9,6 +9,7 @@ recorded files equal the branch tip's records nothing.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -23,6 +24,7 @@ from tasks.lineage import (
     MODEL_CARD,
     LineageError,
     build_record,
+    flatten,
     read_lock,
     render_card,
 )
@@ -102,7 +104,7 @@ def apply_overrides(root: Path, overrides: dict[str, Any]) -> list[str]:
 
 
 def dvc_push(root: Path, remote: str | None) -> dict[str, Any]:
-    """Push the cache to `remote` (a remote name, folder or URL; None: the default remote)."""
+    """Push the cache to `remote`: a remote name, URL or folder (relative to root), or default."""
     cmd = [*DVC, "push"]
     if remote:
         configured = subprocess.run(
@@ -113,7 +115,7 @@ def dvc_push(root: Path, remote: str | None) -> dict[str, Any]:
             check=False,
         ).stdout.split()
         if remote not in configured[::2]:
-            url = remote if "://" in remote else str(Path(remote).expanduser().resolve())
+            url = remote if "://" in remote else str((root / Path(remote).expanduser()).resolve())
             subprocess.run(
                 [*DVC, "remote", "add", "--local", "--force", REMOTE_NAME, url],
                 cwd=root,
@@ -259,7 +261,9 @@ def publish_artifacts(root: Path) -> dict[str, Any]:
                 "outs": "; ".join(f"{o['path']}={o.get('md5', '')}" for o in stage.get("outs", [])),
                 "deps": "; ".join(f"{d['path']}={d.get('md5', '')}" for d in stage.get("deps", [])),
                 "params": "; ".join(
-                    f"{k}={v}" for p in (stage.get("params") or {}).values() for k, v in p.items()
+                    f"{k}={json.dumps(v)}"
+                    for p in (stage.get("params") or {}).values()
+                    for k, v in flatten(p or {})
                 ),
             }
         )

@@ -240,6 +240,17 @@ def build_record(root: Path = Path(".")) -> dict[str, Any]:
     }
 
 
+def flatten(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested params as (dotted key, value) pairs."""
+    out: list[tuple[str, Any]] = []
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            out += flatten(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
 def _fmt(value: Any) -> str:
     """A value for a markdown table cell."""
     text = json.dumps(value) if isinstance(value, dict | list) else str(value)
@@ -273,7 +284,7 @@ def render_card(record: dict[str, Any]) -> str:
         lines.append(f"| {e['stage']} | {e['path']} | `{e['md5']}` |")
     lines += ["", "## Params", "", "| stage | key | value |", "|---|---|---|"]
     for stage, values in main["params"].items():
-        for key, value in values.items():
+        for key, value in flatten(values):
             lines.append(f"| {stage} | {key} | {_fmt(value)} |")
     lines += ["", "## Provenance", ""]
     lines.append(f"- git commit: `{code.get('commit')}` (dirty: {code.get('dirty')})")

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +222,7 @@ def test_scheduled_runs_on_a_real_server(tmp_path: Path, server: dict[str, str])
         tip = git(root, "rev-parse", "records")
         assert "dvc.lock" in git(root, "show", "--name-only", "--format=", tip).split()
         assert git(root, "rev-parse", "xray-model-v1^{commit}") == tip
+        assert "models/.gitignore" in git(root, "ls-tree", "-r", "--name-only", tip).split()
         locked = git(root, "show", f"{tip}:dvc.lock")
         assert "models/finetuned.keras" in locked
         assert any(remote.rglob("*")), "dvc push left the remote empty"
@@ -256,6 +258,8 @@ def test_scheduled_runs_on_a_real_server(tmp_path: Path, server: dict[str, str])
         versions = history(root)
         assert [v["tags"] for v in versions] == [["xray-model-v1"], ["xray-model-v2"]]
         raw = [v["data"]["data/raw"] for v in versions]
+        spans = sorted((r["start_time"], r["end_time"]) for r in completed(api))
+        assert all(a[1] <= b[0] for a, b in pairwise(spans)), "runs overlapped"
         assert raw[0] != raw[1]
         assert [v["model_md5"] for v in models_for_data(root, raw[0])] == [versions[0]["model_md5"]]
     finally:
@@ -286,3 +290,28 @@ def test_dvc_push_to_a_local_folder_remote(tmp_path: Path) -> None:
     assert len(stored) == 1 and stored[0].read_text() == "some data\n"
     assert "xray" in (root / ".dvc/config.local").read_text()
     assert dvc_push(root, "xray")["remote"] == "xray"  # a configured name is used as is
+
+
+@pytest.mark.slow
+def test_a_failing_stage_fails_the_run_and_records_nothing(tmp_path: Path) -> None:
+    """download fails on a missing source: the flow fails, the record branch and tags stay."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.pipeline import StageFailed, pipeline
+
+    root = make_project(tmp_path / "project")
+    git(root, "branch", "records")
+    before = git(root, "rev-parse", "records")
+    with prefect_test_harness(), pytest.raises(StageFailed, match="stage download failed"):
+        pipeline(
+            workdir=str(root),
+            source=str(tmp_path / "missing.zip"),
+            push=True,
+            remote=str(tmp_path / "remote"),
+            record=True,
+            branch="records",
+        )
+    assert git(root, "rev-parse", "records") == before
+    assert model_tags(root) == []
+    assert not (tmp_path / "remote").exists()
+    assert "missing.zip" in (root / "params.yaml").read_text()  # the override was applied
