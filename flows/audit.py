@@ -17,8 +17,8 @@ from tasks.lineage import (
     LOCK_FILE,
     MODELS,
     LineageError,
-    build_record,
     code_version,
+    current_record,
     file_md5,
     flatten,
     model_entry,
@@ -145,7 +145,7 @@ def resolve_hash(root: Path, model: str) -> tuple[str, str | None]:
 def audit(root: Path, model: str) -> dict[str, Any]:
     """Everything known about one model: lineage, provenance and metrics."""
     md5, path = resolve_hash(root, model)
-    record = _workspace_record(root)
+    record = current_record(root)
     if record:
         for name, m in record["models"].items():
             if m["md5"].startswith(md5):
@@ -170,29 +170,6 @@ def audit(root: Path, model: str) -> dict[str, Any]:
         "source": "dvc.lock (no lineage record: provenance unknown)",
         "code": {**code_version(root), "note": "at audit time, not at training time"},
     }
-
-
-def _workspace_record(root: Path) -> dict[str, Any] | None:
-    """The workspace's lineage.json when it still matches dvc.lock, else a fresh build."""
-    path = root / LINEAGE_JSON
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        record = None
-    try:
-        stages = read_lock(root)
-    except LineageError:
-        return record
-    if record:
-        ok = all(
-            model_entry(stages, m["md5"])["md5"] == m["md5"] for m in record["models"].values()
-        )
-        if ok:
-            return record
-    try:
-        return build_record(root)
-    except LineageError:
-        return None
 
 
 def _answer(record: dict[str, Any], name: str, where: str, root: Path) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from tasks.lineage import (
     MODEL_CARD,
     LineageError,
     build_record,
+    current_record,
     flatten,
     read_lock,
     render_card,
@@ -244,7 +245,7 @@ def publish_artifacts(root: Path) -> dict[str, Any]:
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     try:
-        record = build_record(root)
+        record = current_record(root) or build_record(root)
     except LineageError as e:
         return {"artifacts": [], "reason": str(e)}
     rows = [

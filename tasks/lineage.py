@@ -251,6 +251,18 @@ def flatten(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
+def current_record(root: Path) -> dict[str, Any] | None:
+    """root/reports/lineage.json when every model it names still has those bytes, else None."""
+    record = _read_json(root / LINEAGE_JSON)
+    if not isinstance(record, dict) or not record.get("models"):
+        return None
+    for m in record["models"].values():
+        path = root / m["path"]
+        if not path.is_file() or file_md5(path) != m["md5"]:
+            return None
+    return record
+
+
 def _fmt(value: Any) -> str:
     """A value for a markdown table cell."""
     text = json.dumps(value) if isinstance(value, dict | list) else str(value)

@@ -257,3 +257,16 @@ def test_model_card_renders_without_metrics() -> None:
     for heading in ("## Models", "## Data", "## Upstream outputs", "## Params", "## Provenance"):
         assert heading in card
     assert "none (not run by a flow)" in card
+
+
+def test_without_a_record_the_audit_says_provenance_is_unknown(project: Path) -> None:
+    """No lineage.json and no git record: hashes from dvc.lock, provenance marked unknown."""
+    h = write_version(project, 7)
+    (project / "reports/lineage.json").unlink()
+    a = audit(project, "models/finetuned.keras")
+    assert a["md5"] == h["finetuned"] and a["stage"] == "finetune"
+    assert "provenance unknown" in a["source"]
+    assert a["code"]["note"] == "at audit time, not at training time"
+    (project / "models/finetuned.keras").write_bytes(b"retrained, lock not updated")
+    with pytest.raises(AuditError, match=r"neither dvc\.lock nor any record"):
+        audit(project, "models/finetuned.keras")
