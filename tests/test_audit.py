@@ -270,3 +270,13 @@ def test_without_a_record_the_audit_says_provenance_is_unknown(project: Path) ->
     (project / "models/finetuned.keras").write_bytes(b"retrained, lock not updated")
     with pytest.raises(AuditError, match=r"neither dvc\.lock nor any record"):
         audit(project, "models/finetuned.keras")
+
+
+def test_recording_on_the_checked_out_branch_keeps_the_tree_clean(project: Path) -> None:
+    """branch = the current branch: it advances, and git status shows the record as committed."""
+    write_version(project, 7)
+    result = record_run(project, "main")
+    assert result["recorded"] and git(project, "rev-parse", "HEAD") == result["commit"]
+    assert git(project, "status", "--porcelain", "--untracked-files=no") == ""
+    assert "dvc.lock" in git(project, "ls-files").split()
+    assert record_run(project, "main")["recorded"] is False
