@@ -315,3 +315,48 @@ def test_a_failing_stage_fails_the_run_and_records_nothing(tmp_path: Path) -> No
     assert model_tags(root) == []
     assert not (tmp_path / "remote").exists()
     assert "missing.zip" in (root / "params.yaml").read_text()  # the override was applied
+
+
+def run_states(api: str, run_id: str) -> list[str]:
+    """The names of every state a flow run went through."""
+    r = httpx.get(f"{api}/flow_run_states/", params={"flow_run_id": run_id}, timeout=10)
+    r.raise_for_status()
+    return [s["name"] for s in r.json()]
+
+
+@pytest.mark.slow
+def test_second_run_waits_for_the_first_on_a_process_worker(
+    tmp_path: Path, server: dict[str, str]
+) -> None:
+    """`xray deploy` on a process pool; two runs at once: the second waits for a slot."""
+    api = server["PREFECT_API_URL"]
+    root = make_project(tmp_path / "project")
+    env = server | {"XRAY_WORKDIR": str(root), "PREFECT_WORKER_QUERY_SECONDS": "2"}
+    deploy = [sys.executable, "-m", "flows.cli", "deploy", "--workdir", str(root)]
+    out = subprocess.run(deploy, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    dep_id = out.stdout.strip().rsplit(" ", 1)[-1]
+    quick = {"stages": ["download"], "push": False, "record": False}
+    ids = []
+    for _ in range(2):
+        r = httpx.post(
+            f"{api}/deployments/{dep_id}/create_flow_run", json={"parameters": quick}, timeout=10
+        )
+        r.raise_for_status()
+        ids.append(r.json()["id"])
+    worker_log = tmp_path / "worker.log"
+    cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", "xray-process"]
+    with worker_log.open("w") as log:
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=log)
+    try:
+        wait_for(lambda: len(completed(api)) == 2, "both runs", worker_log, timeout=600)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    runs = completed(api)
+    assert runs[0]["end_time"] <= runs[1]["start_time"], "the two runs overlapped"
+    waited = [i for i in ids if "AwaitingConcurrencySlot" in run_states(api, i)]
+    assert waited, f"no run waited for the slot: {[run_states(api, i) for i in ids]}"
