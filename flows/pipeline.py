@@ -109,6 +109,15 @@ def publish(workdir: str) -> dict[str, Any]:
     return publish_artifacts(Path(workdir))
 
 
+def apply_changes(root: Path, source: str | None, overrides: dict[str, Any] | None) -> None:
+    """Write the run's data source and param overrides into params.yaml (like dvc exp run -S)."""
+    changes = dict(overrides or {}) | ({"data.source": source} if source else {})
+    if changes:
+        from flows.record import apply_overrides
+
+        print(f"params.yaml overrides changed: {apply_overrides(root, changes) or 'nothing'}")
+
+
 def after_stages(
     root: Path, full: bool, push: bool, remote: str | None, record: bool, branch: str
 ) -> dict[str, Any]:
@@ -137,13 +146,9 @@ def pipeline(
 ) -> list[dict[str, Any]]:
     """Apply overrides, validate params.yaml, run the stages through DVC, then push/record."""
     root = Path(workdir).resolve()
+    apply_changes(root, source, overrides)
     if not (root / "dvc.yaml").exists():
         raise FileNotFoundError(f"{root}: no dvc.yaml here (run inside the project)")
-    changes = dict(overrides or {}) | ({"data.source": source} if source else {})
-    if changes:
-        from flows.record import apply_overrides
-
-        print(f"params.yaml overrides changed: {apply_overrides(root, changes) or 'nothing'}")
     load_params(root / "params.yaml")
     selected = list(stages or STAGES)
     unknown = [s for s in selected if s not in STAGES]

@@ -81,6 +81,8 @@ def apply_overrides(root: Path, overrides: dict[str, Any]) -> list[str]:
     from tasks.params import ParamsError, load_params
 
     path = root / "params.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing (run inside the project)")
     original = path.read_bytes()
     changed: list[str] = []
     with modify_yaml(str(path)) as data:

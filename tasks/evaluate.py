@@ -197,6 +197,7 @@ def evaluate(
     figures = reports / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     write_json(reports / "metrics.json", metrics)
+    write_model_card(reports)  # lineage.json + model_card.md (reads metrics.json)
     write_json(reports / "robustness.json", robustness)
     write_csv(reports / "plots" / "roc.csv", roc_rows, ("model", "dataset", "fpr", "tpr"))
     plot_history(live, figures / "history.png")
@@ -212,7 +213,6 @@ def evaluate(
         for r in ref_rows
     ]
     plot_samples(pairs, f"{ref[0]} s{ref[1]}", figures / "samples.png")
-    write_model_card(reports)
     return metrics
 
 
