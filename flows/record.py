@@ -33,7 +33,14 @@ from tasks.lineage import (
 DEFAULT_BRANCH = "xray-records"
 TAG_PREFIX = "xray-model-v"
 TAG_SUBJECT = "xray model "
-RECORDED = ("dvc.lock", "params.yaml", str(METRICS_JSON), str(LINEAGE_JSON), str(MODEL_CARD))
+RECORDED = (
+    "dvc.lock",
+    "params.yaml",
+    "data/source.json",  # the source identity `xray probe` writes, where the project has it
+    str(METRICS_JSON),
+    str(LINEAGE_JSON),
+    str(MODEL_CARD),
+)
 FINETUNED_OUT = "models/finetuned.keras"
 REMOTE_NAME = "xray"
 DVC = (sys.executable, "-m", "dvc")
