@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from flows.ops_cli import add_ops_commands
 from tasks.cli_support import setup_logging
 from tasks.params import STAGES, ParamsError, load_params
 
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--json", action="store_true", help="one JSON object per line")
     pred.add_argument("--batch-size", type=int, default=32)
     pred.set_defaults(func=cmd_predict)
+    add_ops_commands(sub)  # server, serve, deploy, audit: flows/ops_cli.py
     return parser
 
 

@@ -29,7 +29,18 @@ def stage_env() -> dict[str, str]:
     """The environment for stage commands: this interpreter's bin folder first on PATH."""
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    run_id = current_flow_run_id()
+    if run_id:  # read by tasks/lineage.py: the model card names the flow run
+        env["XRAY_FLOW_RUN_ID"] = run_id
     return env
+
+
+def current_flow_run_id() -> str | None:
+    """The id of the Prefect flow run in progress, if any."""
+    from prefect.runtime import flow_run
+
+    run_id = flow_run.id
+    return str(run_id) if run_id else None
 
 
 def dvc_repro(stage: str, workdir: Path, log: Any) -> dict[str, Any]:
@@ -75,10 +86,75 @@ def run_stage(stage: str, workdir: str) -> dict[str, Any]:
     return dvc_repro(stage, Path(workdir), get_run_logger())
 
 
+@task(cache_policy=NO_CACHE, persist_result=False, name="dvc-push", task_run_name="dvc-push")
+def push_outputs(workdir: str, remote: str | None) -> dict[str, Any]:
+    """Push data and models to the DVC remote."""
+    from flows.record import dvc_push
+
+    result = dvc_push(Path(workdir), remote)
+    get_run_logger().info("dvc push to %s: %s", result["remote"], result["output"])
+    return result
+
+
+@task(cache_policy=NO_CACHE, persist_result=False, name="record", task_run_name="record")
+def record_model(workdir: str, branch: str) -> dict[str, Any]:
+    """Commit dvc.lock, params and lineage on the record branch; tag a new model version."""
+    from flows.record import record_run
+
+    result = record_run(Path(workdir), branch, current_flow_run_id())
+    if result["recorded"]:
+        get_run_logger().info("recorded %s on %s (tag %s)", result["commit"], branch, result["tag"])
+    else:
+        get_run_logger().info("nothing new to record (%s, tag %s)", branch, result["tag"])
+    return result
+
+
+@task(cache_policy=NO_CACHE, persist_result=False, name="artifacts", task_run_name="artifacts")
+def publish(workdir: str) -> dict[str, Any]:
+    """Metrics table, lineage table and model card as Prefect artifacts."""
+    from flows.record import publish_artifacts
+
+    return publish_artifacts(Path(workdir))
+
+
+def apply_changes(root: Path, source: str | None, overrides: dict[str, Any] | None) -> None:
+    """Write the run's data source and param overrides into params.yaml (like dvc exp run -S)."""
+    changes = dict(overrides or {}) | ({"data.source": source} if source else {})
+    if changes:
+        from flows.record import apply_overrides
+
+        print(f"params.yaml overrides changed: {apply_overrides(root, changes) or 'nothing'}")
+
+
+def after_stages(
+    root: Path, full: bool, push: bool, remote: str | None, record: bool, branch: str
+) -> dict[str, Any]:
+    """The steps after a successful run of the stages: push, record, artifacts."""
+    out: dict[str, Any] = {}
+    if push:
+        out["push"] = push_outputs(str(root), remote)
+    if record and full:
+        out["record"] = record_model(str(root), branch)
+    elif record:
+        print("not recording: only some stages ran")
+    out["artifacts"] = publish(str(root))
+    return out
+
+
 @flow(name="xray-pipeline", log_prints=True, persist_result=False)
-def pipeline(workdir: str = ".", stages: list[str] | None = None) -> list[dict[str, Any]]:
-    """Validate params.yaml, then run the stages in order through DVC."""
+def pipeline(
+    workdir: str = ".",
+    stages: list[str] | None = None,
+    source: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    push: bool = False,
+    remote: str | None = None,
+    record: bool = False,
+    branch: str = "xray-records",
+) -> list[dict[str, Any]]:
+    """Apply overrides, validate params.yaml, run the stages through DVC, then push/record."""
     root = Path(workdir).resolve()
+    apply_changes(root, source, overrides)
     if not (root / "dvc.yaml").exists():
         raise FileNotFoundError(f"{root}: no dvc.yaml here (run inside the project)")
     params = load_params(root / "params.yaml")
@@ -94,4 +170,5 @@ def pipeline(workdir: str = ".", stages: list[str] | None = None) -> list[dict[s
         results.append(run_stage.with_options(**options)(stage, str(root)))
     ran = [r["stage"] for r in results if r["ran"]]
     print(f"stages run: {', '.join(ran) or 'none (all cached)'}")
+    after_stages(root, stages is None, push, remote, record, branch)
     return results

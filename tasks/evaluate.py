@@ -29,6 +29,7 @@ import numpy as np
 from tasks.corruptions import HELD_OUT
 from tasks.data import RAW_DIR, labels_of, load_images
 from tasks.io import read_csv, read_gray, write_csv, write_json
+from tasks.lineage import write_model_card
 from tasks.metrics import binary_metrics
 from tasks.models import load_model
 from tasks.params import EvaluateParams, load_params
@@ -567,6 +568,7 @@ def evaluate(
     figures = reports / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     write_json(reports / "metrics.json", metrics)
+    write_model_card(reports)  # lineage.json + model_card.md (reads metrics.json)
     write_json(reports / "robustness.json", robustness)
     write_csv(reports / "plots" / "roc.csv", roc_rows, ("model", "dataset", "fpr", "tpr"))
     plot_history(live, figures / "history.png")

@@ -1,0 +1,282 @@
+"""After the stages: param overrides, DVC push, a durable git record per model, Prefect artifacts.
+
+The record is a commit on a branch (default `xray-records`) holding the workspace's tracked
+code plus dvc.lock, params.yaml and the lineage reports, built with a private git index so
+neither the checked-out branch nor the working tree is touched. Each new finetuned model
+hash gets an annotated tag `xray-model-vN` whose message names the hash. A run whose
+recorded files equal the branch tip's records nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tasks.lineage import (
+    LINEAGE_JSON,
+    METRICS_JSON,
+    MODEL_CARD,
+    LineageError,
+    build_record,
+    current_record,
+    flatten,
+    read_lock,
+    render_card,
+)
+
+DEFAULT_BRANCH = "xray-records"
+TAG_PREFIX = "xray-model-v"
+TAG_SUBJECT = "xray model "
+RECORDED = (
+    "dvc.lock",
+    "params.yaml",
+    "data/source.json",  # the source identity `xray probe` writes, where the project has it
+    str(METRICS_JSON),
+    str(LINEAGE_JSON),
+    str(MODEL_CARD),
+)
+FINETUNED_OUT = "models/finetuned.keras"
+REMOTE_NAME = "xray"
+DVC = (sys.executable, "-m", "dvc")
+FALLBACK_IDENTITY = {"name": "xray pipeline", "email": "xray@localhost"}
+GIT_TIMEOUT_S = 120
+PUSH_TIMEOUT_S = 3600
+
+
+class RecordError(RuntimeError):
+    """Recording a run in git, or pushing to the DVC remote, failed."""
+
+
+def git(root: Path, *args: str, env: dict[str, str] | None = None, check: bool = True) -> str:
+    """Run git in root and return its stripped stdout; a failure raises RecordError."""
+    r = subprocess.run(
+        ["git", *args],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=GIT_TIMEOUT_S,
+    )
+    if check and r.returncode != 0:
+        msg = (r.stderr.strip() or r.stdout.strip()).splitlines()
+        raise RecordError(f"git {args[0]}: {msg[-1] if msg else f'exit {r.returncode}'}")
+    return r.stdout.strip() if r.returncode == 0 else ""
+
+
+def _identity_env(root: Path) -> dict[str, str]:
+    """The environment for commits: the repo's identity, or a fallback when none is set."""
+    env = dict(os.environ)
+    name = git(root, "config", "user.name", check=False) or FALLBACK_IDENTITY["name"]
+    email = git(root, "config", "user.email", check=False) or FALLBACK_IDENTITY["email"]
+    for role in ("AUTHOR", "COMMITTER"):
+        env.setdefault(f"GIT_{role}_NAME", name)
+        env.setdefault(f"GIT_{role}_EMAIL", email)
+    return env
+
+
+def apply_overrides(root: Path, overrides: dict[str, Any]) -> list[str]:
+    """Write dotted-key overrides into params.yaml (like `dvc exp run -S`); return changed keys."""
+    from dvc.utils.serialize import modify_yaml
+
+    from tasks.params import ParamsError, load_params
+
+    path = root / "params.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing (run inside the project)")
+    original = path.read_bytes()
+    changed: list[str] = []
+    with modify_yaml(str(path)) as data:
+        for key, value in overrides.items():
+            node = data
+            parts = key.split(".")
+            for part in parts[:-1]:
+                if not isinstance(node.get(part), dict):
+                    raise ValueError(f"overrides: {key}: no section {part!r} in params.yaml")
+                node = node[part]
+            if parts[-1] not in node:
+                raise ValueError(f"overrides: {key}: no such key in params.yaml")
+            if node[parts[-1]] != value:
+                node[parts[-1]] = value
+                changed.append(key)
+    try:
+        load_params(path)
+    except ParamsError:
+        path.write_bytes(original)
+        raise
+    return changed
+
+
+def dvc_push(root: Path, remote: str | None) -> dict[str, Any]:
+    """Push the cache to `remote`: a remote name, URL or folder (relative to root), or default."""
+    cmd = [*DVC, "push"]
+    if remote:
+        configured = subprocess.run(
+            [*DVC, "remote", "list"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        if remote not in configured[::2]:
+            url = remote if "://" in remote else str((root / Path(remote).expanduser()).resolve())
+            subprocess.run(
+                [*DVC, "remote", "add", "--local", "--force", REMOTE_NAME, url],
+                cwd=root,
+                capture_output=True,
+                check=True,
+            )
+            remote = REMOTE_NAME
+        cmd += ["-r", remote]
+    else:
+        default = subprocess.run(
+            [*DVC, "remote", "default"], cwd=root, capture_output=True, text=True, check=False
+        )
+        if default.returncode != 0 or not default.stdout.strip():
+            raise RecordError(
+                "dvc push: no DVC remote configured (run `dvc remote add -d NAME PATH` "
+                "or set the deployment's `remote` parameter)"
+            )
+    r = subprocess.run(
+        cmd, cwd=root, capture_output=True, text=True, check=False, timeout=PUSH_TIMEOUT_S
+    )
+    out = (r.stdout + r.stderr).strip()
+    if r.returncode != 0:
+        last = out.splitlines()[-1] if out else f"exit {r.returncode}"
+        raise RecordError(f"dvc push: {last}")
+    return {"remote": remote or "default", "output": out.splitlines()[-1] if out else ""}
+
+
+def _tags(root: Path) -> dict[str, str]:
+    """Model tags: hash -> tag name, from the tag messages."""
+    out = git(
+        root,
+        "for-each-ref",
+        f"refs/tags/{TAG_PREFIX}*",
+        "--format=%(refname:short)%09%(contents:subject)",
+    )
+    tags: dict[str, str] = {}
+    for line in out.splitlines():
+        name, _, subject = line.partition("\t")
+        if subject.startswith(TAG_SUBJECT):
+            tags[subject[len(TAG_SUBJECT) :].strip()] = name
+    return tags
+
+
+def _next_tag(root: Path) -> str:
+    """The next free `xray-model-vN`."""
+    names = git(root, "tag", "--list", f"{TAG_PREFIX}*").split()
+    numbers = [int(m.group(1)) for n in names if (m := re.fullmatch(rf"{TAG_PREFIX}(\d+)", n))]
+    return f"{TAG_PREFIX}{max(numbers, default=0) + 1}"
+
+
+def finetuned_md5(root: Path) -> str | None:
+    """The finetuned model's hash in root/dvc.lock."""
+    for stage in read_lock(root).values():
+        for out in stage.get("outs") or []:
+            if out.get("path") == FINETUNED_OUT:
+                return out.get("md5")
+    return None
+
+
+def record_run(root: Path, branch: str = DEFAULT_BRANCH, flow_run_id: str | None = None) -> dict:
+    """Commit the run's lock, params and reports on `branch`; tag a new model. Idempotent."""
+    if not git(root, "rev-parse", "--is-inside-work-tree", check=False):
+        raise RecordError(f"{root}: not a git repository (cannot record the run)")
+    head = git(root, "rev-parse", "--verify", "-q", "HEAD", check=False)
+    if not head:
+        raise RecordError(f"{root}: the git repository has no commit yet")
+    if not re.fullmatch(r"[A-Za-z0-9._/-]+", branch) or branch.startswith(("-", "/")):
+        raise RecordError(f"record branch: bad name {branch!r}")
+    md5 = finetuned_md5(root)
+    if md5 is None:
+        raise RecordError(f"{root}/dvc.lock: no {FINETUNED_OUT} output (did finetune run?)")
+    env = _identity_env(root)
+    ref = f"refs/heads/{branch}"
+    tip = git(root, "rev-parse", "--verify", "-q", ref, check=False) or None
+    files = [f for f in RECORDED if (root / f).exists()] + _dvc_gitignores(root)
+    with tempfile.TemporaryDirectory() as tmp:
+        env_idx = env | {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+        git(root, "read-tree", head, env=env_idx)
+        git(root, "add", "-u", env=env_idx)  # the code as it ran, dirty or not
+        git(root, "add", "-f", "--", *files, env=env_idx)
+        tree = git(root, "write-tree", env=env_idx)
+    if tip and all(_blob(root, tree, f) == _blob(root, tip, f) for f in files):
+        return {"recorded": False, "branch": branch, "commit": tip, "tag": _tags(root).get(md5)}
+    parents = [tip] if tip else []
+    if not tip or not _is_ancestor(root, head, tip):
+        parents.append(head)
+    run = f" (flow run {flow_run_id})" if flow_run_id else ""
+    message = f"xray: record model {md5[:12]}{run}"
+    args = ["commit-tree", tree, "-m", message]
+    for p in parents:
+        args += ["-p", p]
+    commit = git(root, *args, env=env)
+    git(root, "update-ref", ref, commit, tip or "0" * 40, env=env)
+    if git(root, "symbolic-ref", "-q", "HEAD", check=False) == ref:
+        git(root, "reset", "-q", env=env)  # the checked-out branch moved: refresh its index
+    tags = _tags(root)
+    tag = tags.get(md5)
+    new_tag = tag is None
+    if new_tag:
+        tag = _next_tag(root)
+        git(root, "tag", "-a", tag, commit, "-m", f"{TAG_SUBJECT}{md5}", env=env)
+    return {"recorded": True, "branch": branch, "commit": commit, "tag": tag, "new_tag": new_tag}
+
+
+def _dvc_gitignores(root: Path) -> list[str]:
+    """The .gitignore files DVC wrote for its outputs (so a checkout of the record is clean)."""
+    listed = git(root, "ls-files", "--others", "--exclude-standard", "--", "*.gitignore")
+    return [f for f in listed.splitlines() if f.endswith(".gitignore")]
+
+
+def _blob(root: Path, treeish: str, path: str) -> str:
+    """The blob id of path in a tree or commit ('' when absent)."""
+    return git(root, "rev-parse", "--verify", "-q", f"{treeish}:{path}", check=False)
+
+
+def _is_ancestor(root: Path, a: str, b: str) -> bool:
+    """True when commit a is an ancestor of (or equal to) b."""
+    r = subprocess.run(
+        ["git", "merge-base", "--is-ancestor", a, b], cwd=root, capture_output=True, check=False
+    )
+    return r.returncode == 0
+
+
+def publish_artifacts(root: Path) -> dict[str, Any]:
+    """Prefect artifacts for this run: metrics table, lineage table, markdown model card."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    try:
+        record = current_record(root) or build_record(root)
+    except LineageError as e:
+        return {"artifacts": [], "reason": str(e)}
+    rows = [
+        {"model": m, "dataset": d, **{k: v for k, v in vals.items() if not isinstance(v, dict)}}
+        for m, sets in (record.get("metrics") or {}).items()
+        for d, vals in sets.items()
+    ]
+    create_table_artifact(rows, key="xray-metrics", description="Evaluation metrics")
+    lineage = []
+    for name, stage in read_lock(root).items():
+        lineage.append(
+            {
+                "stage": name,
+                "outs": "; ".join(f"{o['path']}={o.get('md5', '')}" for o in stage.get("outs", [])),
+                "deps": "; ".join(f"{d['path']}={d.get('md5', '')}" for d in stage.get("deps", [])),
+                "params": "; ".join(
+                    f"{k}={json.dumps(v)}"
+                    for p in (stage.get("params") or {}).values()
+                    for k, v in flatten(p or {})
+                ),
+            }
+        )
+    create_table_artifact(lineage, key="xray-lineage", description="dvc.lock lineage")
+    create_markdown_artifact(render_card(record), key="xray-model-card", description="Model card")
+    return {"artifacts": ["xray-metrics", "xray-lineage", "xray-model-card"]}

@@ -1,0 +1,326 @@
+"""Lineage of the models: which data, params and code produced them, read from dvc.lock.
+
+`write_model_card` (called at the end of the `evaluate` stage) writes
+``reports/lineage.json`` (machine-readable) and ``reports/model_card.md`` (the same, for people).
+The audit command (`flows/audit.py`) reads the same records back, also from git history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tasks.io import write_bytes_atomic, write_json
+
+LOCK_FILE = "dvc.lock"
+SOURCE_JSON = Path("data/raw/source.json")
+RAW_OUT = "data/raw"
+REPORTS = Path("reports")
+METRICS_JSON = REPORTS / "metrics.json"
+LINEAGE_JSON = REPORTS / "lineage.json"
+MODEL_CARD = REPORTS / "model_card.md"
+MODELS = {"finetuned": "models/finetuned.keras", "base": "models/base.keras"}
+FLOW_RUN_ENV = ("XRAY_FLOW_RUN_ID", "PREFECT__FLOW_RUN_ID")
+VERSION_PACKAGES = {
+    "tensorflow": ("tensorflow-cpu", "tensorflow"),
+    "keras": ("keras",),
+    "prefect": ("prefect",),
+    "dvc": ("dvc",),
+}
+# Not "code": recorded themselves, so they do not make the tree dirty.
+NOT_CODE = ("dvc.lock", "params.yaml", "reports/", "dvclive/", "data/", "models/")
+CHUNK = 1 << 20
+
+log = logging.getLogger("xray.lineage")
+
+
+class LineageError(ValueError):
+    """dvc.lock or a record is missing or does not describe the model."""
+
+
+def file_md5(path: Path) -> str:
+    """The md5 DVC 3 records for a file (plain md5 of its bytes)."""
+    h = hashlib.md5()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def parse_lock(text: str, source: str = LOCK_FILE) -> dict[str, dict[str, Any]]:
+    """The `stages` mapping of a dvc.lock text."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise LineageError(f"{source}: not valid YAML ({e})") from None
+    stages = data.get("stages") if isinstance(data, dict) else None
+    if not isinstance(stages, dict):
+        raise LineageError(f"{source}: no `stages` mapping")
+    return stages
+
+
+def read_lock(root: Path) -> dict[str, dict[str, Any]]:
+    """The stages of root/dvc.lock."""
+    path = root / LOCK_FILE
+    if not path.exists():
+        raise LineageError(f"{path}: missing (run the pipeline first)")
+    return parse_lock(path.read_text(), str(path))
+
+
+def _entries(stage: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    """The deps or outs of a lock stage as {path, md5} dicts."""
+    return [
+        {"path": e["path"], "md5": e.get("md5") or e.get("etag") or ""}
+        for e in stage.get(kind) or []
+        if isinstance(e, dict) and "path" in e
+    ]
+
+
+def out_owner(stages: dict[str, dict[str, Any]], path: str) -> str | None:
+    """The stage whose output is `path` or a folder holding it."""
+    for name, stage in stages.items():
+        for out in _entries(stage, "outs"):
+            if path == out["path"] or path.startswith(out["path"].rstrip("/") + "/"):
+                return name
+    return None
+
+
+def producer(stages: dict[str, dict[str, Any]], md5: str) -> tuple[str, str] | None:
+    """(stage, path) of the output whose md5 starts with `md5`."""
+    md5 = md5.lower()
+    for name, stage in stages.items():
+        for out in _entries(stage, "outs"):
+            if out["md5"] and out["md5"].startswith(md5):
+                return name, out["path"]
+    return None
+
+
+def stage_params(stage: dict[str, Any]) -> dict[str, Any]:
+    """The params values a lock stage ran with (params.yaml keys)."""
+    out: dict[str, Any] = {}
+    for values in (stage.get("params") or {}).values():
+        out.update(values or {})
+    return out
+
+
+def upstream(stages: dict[str, dict[str, Any]], stage: str) -> list[dict[str, Any]]:
+    """Every output feeding `stage`, transitively back to the raw data: {stage, path, md5}."""
+    seen: dict[str, dict[str, Any]] = {}
+    todo = [stage]
+    visited: set[str] = set()
+    while todo:
+        name = todo.pop(0)
+        if name in visited or name not in stages:
+            continue
+        visited.add(name)
+        for dep in _entries(stages[name], "deps"):
+            owner = out_owner(stages, dep["path"])
+            if owner is None or owner == name:
+                continue
+            seen.setdefault(dep["path"], {"stage": owner, **dep})
+            todo.append(owner)
+    order = list(stages)
+    return sorted(seen.values(), key=lambda e: (order.index(e["stage"]), e["path"]))
+
+
+def lineage_params(stages: dict[str, dict[str, Any]], stage: str) -> dict[str, dict[str, Any]]:
+    """Params per stage for `stage` and everything upstream of it."""
+    names = {stage} | {e["stage"] for e in upstream(stages, stage)}
+    return {n: stage_params(stages[n]) for n in stages if n in names}
+
+
+def model_entry(stages: dict[str, dict[str, Any]], md5: str, path: str | None = None) -> dict:
+    """The lineage of one model output: hash, producing stage, upstream outputs, params."""
+    found = producer(stages, md5)
+    if found is None:
+        raise LineageError(f"dvc.lock: no stage output has hash {md5}")
+    stage, out_path = found
+    full = next(o["md5"] for o in _entries(stages[stage], "outs") if o["path"] == out_path)
+    return {
+        "path": path or out_path,
+        "md5": full,
+        "stage": stage,
+        "upstream": upstream(stages, stage),
+        "params": lineage_params(stages, stage),
+    }
+
+
+def _git(root: Path, *args: str) -> str | None:
+    """Output of a git command in root, or None when git or the repo is missing."""
+    try:
+        r = subprocess.run(
+            ["git", *args], cwd=root, capture_output=True, text=True, check=False, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def code_version(root: Path) -> dict[str, Any]:
+    """Git commit of root and whether tracked code differs from it (outputs/params excluded)."""
+    commit = _git(root, "rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None, "dirty_files": []}
+    files = (_git(root, "diff", "--name-only", "HEAD") or "").splitlines()
+    dirty = [f for f in files if not f.startswith(NOT_CODE)]
+    return {"commit": commit, "dirty": bool(dirty), "dirty_files": dirty}
+
+
+def versions() -> dict[str, str | None]:
+    """Installed TensorFlow, Keras, Prefect and DVC versions (from package metadata)."""
+    out: dict[str, str | None] = {}
+    for name, dists in VERSION_PACKAGES.items():
+        out[name] = None
+        for dist in dists:
+            try:
+                out[name] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    return out
+
+
+def flow_run_id() -> str | None:
+    """The Prefect flow run this process runs under, if any (set by flows/pipeline.py)."""
+    for var in FLOW_RUN_ENV:
+        if os.environ.get(var):
+            return os.environ[var]
+    return None
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file's content, or None when missing or unreadable."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def build_record(root: Path = Path(".")) -> dict[str, Any]:
+    """The lineage record of root's models: hashes from the files, the rest from dvc.lock."""
+    stages = read_lock(root)
+    models: dict[str, Any] = {}
+    for name, rel in MODELS.items():
+        path = root / rel
+        if not path.exists():
+            continue
+        md5 = file_md5(path)
+        try:
+            models[name] = model_entry(stages, md5, rel)
+        except LineageError:
+            raise LineageError(
+                f"{rel}: hash {md5} is not in dvc.lock (stale lock: rerun its stage)"
+            ) from None
+    if not models:
+        raise LineageError(f"{root}: no model under models/")
+    raw = next(
+        (o for o in _entries(stages.get("download", {}), "outs") if o["path"] == RAW_OUT), None
+    )
+    return {
+        "models": models,
+        "data": {
+            "source": stage_params(stages.get("download", {})).get("data", {}).get("source"),
+            "identity": _read_json(root / SOURCE_JSON),
+            "raw_md5": raw["md5"] if raw else None,
+        },
+        "code": code_version(root),
+        "versions": versions(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "flow_run_id": flow_run_id(),
+        "metrics": _read_json(root / METRICS_JSON),
+    }
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested params as (dotted key, value) pairs."""
+    out: list[tuple[str, Any]] = []
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            out += flatten(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
+def current_record(root: Path) -> dict[str, Any] | None:
+    """root/reports/lineage.json when every model it names still has those bytes, else None."""
+    record = _read_json(root / LINEAGE_JSON)
+    if not isinstance(record, dict) or not record.get("models"):
+        return None
+    for m in record["models"].values():
+        path = root / m["path"]
+        if not path.is_file() or file_md5(path) != m["md5"]:
+            return None
+    return record
+
+
+def _fmt(value: Any) -> str:
+    """A value for a markdown table cell."""
+    text = json.dumps(value) if isinstance(value, dict | list) else str(value)
+    return text.replace("|", "\\|")
+
+
+def render_card(record: dict[str, Any]) -> str:
+    """The model card: lineage, provenance and metrics as markdown."""
+    data, code, ver = record["data"], record["code"], record["versions"]
+    identity = data.get("identity") or {}
+    lines = ["# Model card: xray-transfer", ""]
+    lines += [
+        "NORMAL vs PNEUMONIA chest X-ray classifier; base CNN, then its tail fine-tuned on",
+        "corrupted images. Lineage below comes from dvc.lock (md5 = DVC content hashes).",
+        "",
+        "## Models",
+        "",
+        "| model | path | md5 | produced by |",
+        "|---|---|---|---|",
+    ]
+    for name, m in record["models"].items():
+        lines.append(f"| {name} | {m['path']} | `{m['md5']}` | {m['stage']} |")
+    lines += ["", "## Data", ""]
+    lines.append(f"- source: `{data.get('source')}`")
+    lines.append(f"- raw data (data/raw) md5: `{data.get('raw_md5')}`")
+    for key, value in identity.items():
+        lines.append(f"- source {key}: `{_fmt(value)}`")
+    main = record["models"].get("finetuned") or next(iter(record["models"].values()))
+    lines += ["", "## Upstream outputs", "", "| stage | output | md5 |", "|---|---|---|"]
+    for e in main["upstream"]:
+        lines.append(f"| {e['stage']} | {e['path']} | `{e['md5']}` |")
+    lines += ["", "## Params", "", "| stage | key | value |", "|---|---|---|"]
+    for stage, values in main["params"].items():
+        for key, value in flatten(values):
+            lines.append(f"| {stage} | {key} | {_fmt(value)} |")
+    lines += ["", "## Provenance", ""]
+    lines.append(f"- git commit: `{code.get('commit')}` (dirty: {code.get('dirty')})")
+    lines.append(f"- created: {record['created']}")
+    lines.append(f"- Prefect flow run: {record.get('flow_run_id') or 'none (not run by a flow)'}")
+    lines.append("- versions: " + ", ".join(f"{k} {v}" for k, v in ver.items()))
+    lines += ["", "## Evaluation", "", "| model | dataset | metric | value |", "|---|---|---|---|"]
+    for model, sets in (record.get("metrics") or {}).items():
+        for dataset, values in sets.items():
+            for key in ("accuracy", "auc", "sensitivity", "specificity", "f1"):
+                if key in values:
+                    lines.append(f"| {model} | {dataset} | {key} | {values[key]:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_model_card(reports: Path = REPORTS, root: Path = Path(".")) -> dict[str, Any] | None:
+    """Write lineage.json and model_card.md under `reports` (a note when lineage is unknown)."""
+    try:
+        record = build_record(root)
+    except LineageError as e:
+        log.warning("model card without lineage: %s", e)
+        text = f"# Model card: xray-transfer\n\nLineage unavailable: {e}\n"
+        write_bytes_atomic(reports / MODEL_CARD.name, text.encode())
+        return None
+    write_json(reports / LINEAGE_JSON.name, record)
+    write_bytes_atomic(reports / MODEL_CARD.name, render_card(record).encode())
+    return record

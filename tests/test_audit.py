@@ -1,0 +1,282 @@
+"""Lineage, git records and `xray audit` on a tiny generated project (no training)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from flows.audit import AuditError, audit, history, models_for_data
+from flows.cli import main
+from flows.record import RecordError, apply_overrides, record_run
+from tasks.lineage import file_md5, render_card, write_model_card
+
+PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
+
+
+def git(root: Path, *args: str) -> str:
+    """Run git in root; return stdout."""
+    return subprocess.run(
+        ["git", *args], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def fake_md5(text: str) -> str:
+    """A deterministic md5-looking hash."""
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+def out(path: str, md5: str) -> dict[str, Any]:
+    """A dvc.lock out/dep entry."""
+    return {"path": path, "hash": "md5", "md5": md5, "size": 1}
+
+
+def write_version(root: Path, seed: int) -> dict[str, str]:
+    """Models, data identity, metrics and a dvc.lock describing them, as `seed` would make."""
+    (root / "models").mkdir(exist_ok=True)
+    (root / "models/base.keras").write_bytes(f"base-{seed}".encode())
+    (root / "models/finetuned.keras").write_bytes(f"finetuned-{seed}".encode())
+    (root / "data/raw").mkdir(parents=True, exist_ok=True)
+    source = {"kind": "synthetic", "seed": seed, "content_sha256": fake_md5(f"c{seed}") * 2}
+    (root / "data/raw/source.json").write_text(json.dumps(source))
+    h = {
+        "raw": fake_md5(f"raw{seed}") + ".dir",
+        "manifest": fake_md5(f"manifest{seed}"),
+        "splits": fake_md5(f"splits{seed}") + ".dir",
+        "train": fake_md5(f"train{seed}"),
+        "base": file_md5(root / "models/base.keras"),
+        "finetuned": file_md5(root / "models/finetuned.keras"),
+    }
+    stages = {
+        "download": {
+            "cmd": "python -m tasks.download",
+            "deps": [out("tasks/download.py", fake_md5("code"))],
+            "params": {"params.yaml": {"data": {"source": "synthetic", "seed": seed}}},
+            "outs": [out("data/raw", h["raw"])],
+        },
+        "split": {
+            "cmd": "python -m tasks.split",
+            "deps": [out("data/raw/manifest.csv", h["manifest"])],
+            "params": {"params.yaml": {"split": {"seed": 42}}},
+            "outs": [out("data/splits", h["splits"])],
+        },
+        "train_base": {
+            "cmd": "python -m tasks.train_base",
+            "deps": [out("data/raw", h["raw"]), out("data/splits/train.csv", h["train"])],
+            "params": {"params.yaml": {"train": {"epochs": 1}}},
+            "outs": [out("models/base.keras", h["base"])],
+        },
+        "finetune": {
+            "cmd": "python -m tasks.finetune",
+            "deps": [out("models/base.keras", h["base"]), out("data/raw", h["raw"])],
+            "params": {"params.yaml": {"finetune": {"epochs": 1}}},
+            "outs": [out("models/finetuned.keras", h["finetuned"])],
+        },
+    }
+    (root / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": stages}))
+    metrics = {
+        m: {"clean": {"accuracy": 0.5 + seed / 100, "auc": 0.6}} for m in ("base", "finetuned")
+    }
+    (root / "reports").mkdir(exist_ok=True)
+    (root / "reports/metrics.json").write_text(json.dumps(metrics))
+    write_model_card(root / "reports", root)
+    return h
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A git repo with params.yaml, a code file and .gitignore'd data/models."""
+    root = tmp_path / "proj"
+    (root / "tasks").mkdir(parents=True)
+    (root / "tasks/download.py").write_text("# code\n")
+    (root / "params.yaml").write_bytes(PARAMS.read_bytes())
+    (root / ".gitignore").write_text("/data\n/models\n")
+    git(root, "init", "-q", "-b", "main")
+    git(root, "config", "user.name", "t")
+    git(root, "config", "user.email", "t@localhost")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "init")
+    return root
+
+
+def test_audit_matches_dvc_lock(project: Path) -> None:
+    """Every hash and param the audit reports is the one dvc.lock records."""
+    h = write_version(project, 7)
+    a = audit(project, "models/finetuned.keras")
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    assert a["md5"] == h["finetuned"] == lock["finetune"]["outs"][0]["md5"]
+    assert a["stage"] == "finetune"
+    up = {e["path"]: (e["stage"], e["md5"]) for e in a["upstream"]}
+    assert up == {
+        "models/base.keras": ("train_base", h["base"]),
+        "data/raw": ("download", h["raw"]),
+        "data/raw/manifest.csv": ("download", h["manifest"]),
+        "data/splits/train.csv": ("split", h["train"]),
+    }
+    assert a["params"]["download"] == lock["download"]["params"]["params.yaml"]
+    assert a["params"]["finetune"] == {"finetune": {"epochs": 1}}
+    assert a["data"]["identity"]["seed"] == 7
+    assert a["code"]["commit"] == git(project, "rev-parse", "HEAD")
+    assert a["code"]["dirty"] is False
+    assert set(a["versions"]) == {"tensorflow", "keras", "prefect", "dvc"}
+    assert a["versions"]["dvc"]
+    assert a["metrics"]["clean"]["accuracy"] == pytest.approx(0.57)
+    by_hash = audit(project, h["base"][:10])
+    assert by_hash["stage"] == "train_base" and by_hash["md5"] == h["base"]
+    card = (project / "reports/model_card.md").read_text()
+    assert h["finetuned"] in card and h["raw"] in card and "train_base" in card
+
+
+def test_dirty_code_is_flagged_but_outputs_are_not(project: Path) -> None:
+    """A changed code file makes the record dirty; dvc.lock and params.yaml do not."""
+    write_version(project, 7)
+    git(project, "add", "-f", "dvc.lock")
+    git(project, "commit", "-qm", "lock")
+    (project / "params.yaml").write_text((project / "params.yaml").read_text() + "\n")
+    assert write_model_card(project / "reports", project)["code"]["dirty"] is False
+    (project / "tasks/download.py").write_text("# changed\n")
+    record = write_model_card(project / "reports", project)
+    assert record["code"]["dirty"] is True
+    assert record["code"]["dirty_files"] == ["tasks/download.py"]
+
+
+def test_unknown_model_is_one_clear_error(project: Path) -> None:
+    """A hash nobody recorded is an AuditError naming it; the CLI exits 1."""
+    write_version(project, 7)
+    with pytest.raises(AuditError, match="deadbeef00"):
+        audit(project, "deadbeef00")
+    assert main(["audit", "--workdir", str(project), "deadbeef00"]) == 1
+
+
+def test_records_history_and_reverse_lookup(
+    project: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two data versions: two tags; no-change records nothing; --data finds the right model."""
+    monkeypatch.setenv("XRAY_FLOW_RUN_ID", "run-1")
+    h1 = write_version(project, 7)
+    first = record_run(project, "records", "run-1")
+    assert first["recorded"] and first["tag"] == "xray-model-v1"
+    head_before = git(project, "rev-parse", "HEAD")
+    again = record_run(project, "records", "run-2")
+    assert again == {
+        "recorded": False,
+        "branch": "records",
+        "commit": first["commit"],
+        "tag": "xray-model-v1",
+    }
+    assert git(project, "rev-parse", "HEAD") == head_before  # checked-out branch untouched
+    assert git(project, "status", "--porcelain", "--untracked-files=no") == ""
+    monkeypatch.setenv("XRAY_FLOW_RUN_ID", "run-3")
+    h2 = write_version(project, 8)
+    second = record_run(project, "records", "run-3")
+    assert second["recorded"] and second["tag"] == "xray-model-v2"
+    assert git(project, "rev-parse", "records~1") == first["commit"]
+
+    versions = history(project)
+    assert [v["model_md5"] for v in versions] == [h1["finetuned"], h2["finetuned"]]
+    assert [v["data"]["data/raw"] for v in versions] == [h1["raw"], h2["raw"]]
+    assert [v["tags"] for v in versions] == [["xray-model-v1"], ["xray-model-v2"]]
+    assert [v["model_md5"] for v in models_for_data(project, h1["raw"])] == [h1["finetuned"]]
+    assert [v["model_md5"] for v in models_for_data(project, h2["train"][:8])] == [h2["finetuned"]]
+    identity = versions[0]["source_identity"]["content_sha256"]
+    assert [v["model_md5"] for v in models_for_data(project, identity)] == [h1["finetuned"]]
+    assert models_for_data(project, "0" * 12) == []
+
+    # the older model is still auditable from its record after the workspace moved on
+    old = audit(project, h1["finetuned"])
+    assert old["source"] == f"git {first['commit']}"
+    assert old["flow_run_id"] == "run-1"
+    assert old["tags"] == ["xray-model-v1"]
+    assert old["data"]["identity"]["seed"] == 7
+
+    assert main(["audit", "--workdir", str(project), "--history", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [v["tags"] for v in listed] == [["xray-model-v1"], ["xray-model-v2"]]
+    assert main(["audit", "--workdir", str(project), "--data", h2["raw"]]) == 0
+    text = capsys.readouterr().out
+    assert "xray-model-v2" in text and "xray-model-v1" not in text
+    assert main(["audit", "--workdir", str(project), "models/finetuned.keras"]) == 0
+    text = capsys.readouterr().out
+    assert h2["finetuned"] in text and "stage finetune" in text
+
+
+def test_failed_run_leaves_the_record_intact(project: Path) -> None:
+    """Recording needs a finetuned output in dvc.lock; without it nothing moves."""
+    write_version(project, 7)
+    first = record_run(project, "records")
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    del lock["stages"]["finetune"]
+    (project / "dvc.lock").write_text(yaml.safe_dump(lock))
+    with pytest.raises(RecordError, match="finetuned"):
+        record_run(project, "records")
+    assert git(project, "rev-parse", "records") == first["commit"]
+
+
+def test_overrides_write_params_and_reject_bad_values(project: Path) -> None:
+    """Dotted overrides land in params.yaml (comments kept); a bad value restores the file."""
+    params = project / "params.yaml"
+    assert apply_overrides(project, {"train.epochs": 3, "data.synthetic.seed": 7}) == [
+        "train.epochs"
+    ]
+    text = params.read_text()
+    assert "epochs: 3" in text and "# One section per DVC stage" in text
+    with pytest.raises(ValueError, match="no such key"):
+        apply_overrides(project, {"train.nope": 1})
+    from tasks.params import ParamsError
+
+    with pytest.raises(ParamsError):
+        apply_overrides(project, {"train.epochs": -5})
+    assert params.read_text() == text
+
+
+def test_model_card_renders_without_metrics() -> None:
+    """A record with no metrics still renders every section."""
+    record = {
+        "models": {
+            "finetuned": {
+                "path": "m",
+                "md5": "abc",
+                "stage": "finetune",
+                "upstream": [{"stage": "download", "path": "data/raw", "md5": "r.dir"}],
+                "params": {"download": {"data": {"source": "synthetic"}}},
+            }
+        },
+        "data": {"source": "synthetic", "identity": None, "raw_md5": "r.dir"},
+        "code": {"commit": "c0ffee", "dirty": False},
+        "versions": {"dvc": "3"},
+        "created": "2026-11-29T00:00:00+00:00",
+        "flow_run_id": None,
+        "metrics": None,
+    }
+    card = render_card(record)
+    for heading in ("## Models", "## Data", "## Upstream outputs", "## Params", "## Provenance"):
+        assert heading in card
+    assert "none (not run by a flow)" in card
+
+
+def test_without_a_record_the_audit_says_provenance_is_unknown(project: Path) -> None:
+    """No lineage.json and no git record: hashes from dvc.lock, provenance marked unknown."""
+    h = write_version(project, 7)
+    (project / "reports/lineage.json").unlink()
+    a = audit(project, "models/finetuned.keras")
+    assert a["md5"] == h["finetuned"] and a["stage"] == "finetune"
+    assert "provenance unknown" in a["source"]
+    assert a["code"]["note"] == "at audit time, not at training time"
+    (project / "models/finetuned.keras").write_bytes(b"retrained, lock not updated")
+    with pytest.raises(AuditError, match=r"neither dvc\.lock nor any record"):
+        audit(project, "models/finetuned.keras")
+
+
+def test_recording_on_the_checked_out_branch_keeps_the_tree_clean(project: Path) -> None:
+    """branch = the current branch: it advances, and git status shows the record as committed."""
+    write_version(project, 7)
+    result = record_run(project, "main")
+    assert result["recorded"] and git(project, "rev-parse", "HEAD") == result["commit"]
+    assert git(project, "status", "--porcelain", "--untracked-files=no") == ""
+    assert "dvc.lock" in git(project, "ls-files").split()
+    assert record_run(project, "main")["recorded"] is False

@@ -1,0 +1,362 @@
+"""Deployments: prefect.yaml parsing, and scheduled runs served against a real Prefect server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from flows.deploy import (
+    DeployError,
+    concurrency,
+    deployment_config,
+    parameters,
+    parse_overrides,
+    schedule_kwargs,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+SHRINK = {
+    "data.synthetic.patients_per_class": 4,
+    "data.synthetic.image_size": 64,
+    "train.image_size": 48,
+    "train.epochs": 1,
+    "finetune.epochs": 1,
+    "corrupt.families": ["seed"],
+    "corrupt.severities": [3],
+}
+SERVER_START_S = 120
+RUN_TIMEOUT_S = 900
+INTERVAL_S = 20
+POLL_S = 2.0
+ARTIFACT_KEYS = {"xray-metrics", "xray-lineage", "xray-model-card"}
+
+
+def test_prefect_yaml_holds_the_nightly_schedule_and_limit() -> None:
+    """The one place for the schedule: a nightly cron, concurrency 1 that enqueues."""
+    config = deployment_config()
+    assert config["entrypoint"] == "flows/pipeline.py:pipeline"
+    sched = schedule_kwargs(config, None)["schedules"]
+    assert [s.cron for s in sched] == ["0 2 * * *"]
+    limit = concurrency(config)
+    assert limit.limit == 1
+    assert limit.collision_strategy.value == "ENQUEUE"
+    params = parameters(config, Path("."), {"remote": "/x", "source": None})
+    assert params["workdir"] == str(Path(".").resolve())
+    assert params["remote"] == "/x" and params["record"] is True and params["push"] is True
+
+
+def test_overrides_parse_and_reject() -> None:
+    """KEY=VALUE pairs parse as YAML values; a pair without `=` is one clear error."""
+    assert parse_overrides(["train.epochs=3", "corrupt.families=[seed, fog]"]) == {
+        "train.epochs": 3,
+        "corrupt.families": ["seed", "fog"],
+    }
+    with pytest.raises(DeployError, match=r"train\.epochs"):
+        parse_overrides(["train.epochs"])
+
+
+def test_missing_deployment_is_an_error(tmp_path: Path) -> None:
+    """A prefect.yaml without the named deployment is reported with its path."""
+    bad = tmp_path / "prefect.yaml"
+    bad.write_text("deployments: []\n")
+    with pytest.raises(DeployError, match="no deployment named"):
+        deployment_config(bad)
+
+
+# --- the end-to-end test against a real server -------------------------------------------
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def git(root: Path, *args: str) -> str:
+    """Run git in root; return stdout."""
+    return subprocess.run(
+        ["git", *args], cwd=root, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def set_params(root: Path, values: dict[str, Any]) -> None:
+    """Set dotted keys in root/params.yaml (comments kept)."""
+    from dvc.utils.serialize import modify_yaml
+
+    with modify_yaml(str(root / "params.yaml")) as data:
+        for key, value in values.items():
+            node = data
+            *parents, last = key.split(".")
+            for p in parents:
+                node = node[p]
+            node[last] = value
+
+
+def make_project(dest: Path) -> Path:
+    """A git repo holding a copy of the project's files, with shrunk params."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for rel in listed:
+        src = REPO / rel
+        if src.is_file() and not rel.startswith("tests/"):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    set_params(dest, SHRINK)
+    git(dest, "init", "-q", "-b", "main")
+    git(dest, "config", "user.name", "test")
+    git(dest, "config", "user.email", "test@localhost")
+    git(dest, "add", "-A")
+    git(dest, "commit", "-qm", "project")
+    return dest
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A real Prefect server on a free loopback port, SQLite under tmp_path."""
+    port = free_port()
+    env = dict(os.environ)
+    env |= {
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+        "PREFECT_LOGGING_LEVEL": "INFO",
+    }
+    log = (tmp_path / "server.log").open("w")
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
+    proc = subprocess.Popen([*cmd, "--port", str(port)], env=env, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + SERVER_START_S
+        while True:
+            try:
+                if httpx.get(f"{env['PREFECT_API_URL']}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(
+                    f"server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}"
+                )
+            time.sleep(1)
+        yield env
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def flow_runs(api: str) -> list[dict[str, Any]]:
+    """All flow runs on the server, oldest expected start first."""
+    r = httpx.post(f"{api}/flow_runs/filter", json={"sort": "EXPECTED_START_TIME_ASC"}, timeout=10)
+    r.raise_for_status()
+    return r.json()
+
+
+def completed(api: str) -> list[dict[str, Any]]:
+    """Completed flow runs, in the order they ended; a failed run fails the test."""
+    runs = flow_runs(api)
+    failed = [r for r in runs if r["state_type"] in ("FAILED", "CRASHED")]
+    if failed:
+        pytest.fail(f"flow run {failed[0]['name']} {failed[0]['state_type']}")
+    done = [r for r in runs if r["state_type"] == "COMPLETED"]
+    return sorted(done, key=lambda r: r["end_time"])
+
+
+def wait_for(predicate: Any, what: str, serve_log: Path, timeout: float = RUN_TIMEOUT_S) -> Any:
+    """Poll until predicate() is truthy; fail with the serve log tail on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(POLL_S)
+    pytest.fail(f"timed out waiting for {what}: {serve_log.read_text()[-3000:]}")
+
+
+def model_tags(root: Path) -> list[str]:
+    """The model version tags in root."""
+    return sorted(git(root, "tag", "--list", "xray-model-v*").split())
+
+
+def _duration(run: dict[str, Any]) -> float:
+    """Seconds a flow run took (its total run time)."""
+    return float(run["total_run_time"])
+
+
+@pytest.mark.slow
+def test_scheduled_runs_on_a_real_server(tmp_path: Path, server: dict[str, str]) -> None:
+    """serve runs the schedule: run 1 records v1, a no-change run nothing, new data v2."""
+    api = server["PREFECT_API_URL"]
+    root = make_project(tmp_path / "project")
+    remote = tmp_path / "dvc-remote"
+    serve_log = tmp_path / "serve.log"
+    cmd = [sys.executable, "-m", "flows.cli", "serve", "--workdir", str(root)]
+    cmd += ["--interval", str(INTERVAL_S), "--remote", str(remote), "--branch", "records"]
+    with serve_log.open("w") as log:
+        proc = subprocess.Popen(cmd, cwd=root, env=server, stdout=log, stderr=log)
+    try:
+        first = wait_for(lambda: completed(api), "the first scheduled run", serve_log)[0]
+        assert model_tags(root) == ["xray-model-v1"]
+        tip = git(root, "rev-parse", "records")
+        assert "dvc.lock" in git(root, "show", "--name-only", "--format=", tip).split()
+        assert git(root, "rev-parse", "xray-model-v1^{commit}") == tip
+        assert "models/.gitignore" in git(root, "ls-tree", "-r", "--name-only", tip).split()
+        locked = git(root, "show", f"{tip}:dvc.lock")
+        assert "models/finetuned.keras" in locked
+        assert any(remote.rglob("*")), "dvc push left the remote empty"
+        lineage = json.loads(git(root, "show", f"{tip}:reports/lineage.json"))
+        assert lineage["flow_run_id"] == first["id"]
+        r = httpx.post(
+            f"{api}/artifacts/filter",
+            json={"artifacts": {"flow_run_id": {"any_": [first["id"]]}}},
+            timeout=10,
+        )
+        assert {a["key"] for a in r.json()} >= ARTIFACT_KEYS
+        deployment = httpx.get(f"{api}/deployments/{first['deployment_id']}", timeout=10).json()
+        assert (
+            deployment["concurrency_limit"] == 1
+            or (deployment.get("global_concurrency_limit") or {}).get("limit") == 1
+        )
+
+        # a scheduled run with nothing changed records nothing new
+        second = wait_for(
+            lambda: (d := completed(api)) and len(d) >= 2 and d[1], "a no-change run", serve_log
+        )
+        assert model_tags(root) == ["xray-model-v1"]
+        assert git(root, "rev-parse", "records") == tip
+        took = f"{_duration(second):.1f} s (first run {_duration(first):.1f} s)"
+        print(f"\nno-change scheduled run: {took}")
+
+        # new data: a later scheduled run records a second model version
+        set_params(root, {"data.synthetic.seed": 8})
+        wait_for(lambda: len(model_tags(root)) == 2, "a second model version", serve_log)
+        assert git(root, "rev-parse", "records") != tip
+        from flows.audit import history, models_for_data
+
+        versions = history(root)
+        assert [v["tags"] for v in versions] == [["xray-model-v1"], ["xray-model-v2"]]
+        raw = [v["data"]["data/raw"] for v in versions]
+        spans = sorted((r["start_time"], r["end_time"]) for r in completed(api))
+        assert all(a[1] <= b[0] for a, b in pairwise(spans)), "runs overlapped"
+        assert raw[0] != raw[1]
+        assert [v["model_md5"] for v in models_for_data(root, raw[0])] == [versions[0]["model_md5"]]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_dvc_push_to_a_local_folder_remote(tmp_path: Path) -> None:
+    """A folder given as `remote` becomes a local remote and receives the cache."""
+    from flows.record import RecordError, dvc_push
+
+    root = tmp_path / "repo"
+    root.mkdir()
+    git(root, "init", "-q")
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "init", "-q"], cwd=root, check=True)
+    (root / "blob.txt").write_text("some data\n")
+    subprocess.run([*dvc, "add", "-q", "blob.txt"], cwd=root, check=True)
+    with pytest.raises(RecordError, match="no DVC remote configured"):
+        dvc_push(root, None)
+    remote = tmp_path / "remote"
+    result = dvc_push(root, str(remote))
+    assert result["remote"] == "xray"
+    stored = [p for p in remote.rglob("*") if p.is_file()]
+    assert len(stored) == 1 and stored[0].read_text() == "some data\n"
+    assert "xray" in (root / ".dvc/config.local").read_text()
+    assert dvc_push(root, "xray")["remote"] == "xray"  # a configured name is used as is
+
+
+@pytest.mark.slow
+def test_a_failing_stage_fails_the_run_and_records_nothing(tmp_path: Path) -> None:
+    """download fails on a missing source: the flow fails, the record branch and tags stay."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.pipeline import StageFailed, pipeline
+
+    root = make_project(tmp_path / "project")
+    git(root, "branch", "records")
+    before = git(root, "rev-parse", "records")
+    with prefect_test_harness(), pytest.raises(StageFailed, match="stage download"):
+        pipeline(
+            workdir=str(root),
+            source=str(tmp_path / "missing.zip"),
+            push=True,
+            remote=str(tmp_path / "remote"),
+            record=True,
+            branch="records",
+        )
+    assert git(root, "rev-parse", "records") == before
+    assert model_tags(root) == []
+    assert not (tmp_path / "remote").exists()
+    assert "missing.zip" in (root / "params.yaml").read_text()  # the override was applied
+
+
+def run_states(api: str, run_id: str) -> list[str]:
+    """The names of every state a flow run went through."""
+    r = httpx.get(f"{api}/flow_run_states/", params={"flow_run_id": run_id}, timeout=10)
+    r.raise_for_status()
+    return [s["name"] for s in r.json()]
+
+
+@pytest.mark.slow
+def test_second_run_waits_for_the_first_on_a_process_worker(
+    tmp_path: Path, server: dict[str, str]
+) -> None:
+    """`xray deploy` on a process pool; two runs at once: the second waits for a slot."""
+    api = server["PREFECT_API_URL"]
+    root = make_project(tmp_path / "project")
+    env = server | {"XRAY_WORKDIR": str(root), "PREFECT_WORKER_QUERY_SECONDS": "2"}
+    deploy = [sys.executable, "-m", "flows.cli", "deploy", "--workdir", str(root)]
+    out = subprocess.run(deploy, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    dep_id = out.stdout.strip().rsplit(" ", 1)[-1]
+    quick = {"stages": ["download"], "push": False, "record": False}
+    ids = []
+    for _ in range(2):
+        r = httpx.post(
+            f"{api}/deployments/{dep_id}/create_flow_run", json={"parameters": quick}, timeout=10
+        )
+        r.raise_for_status()
+        ids.append(r.json()["id"])
+    worker_log = tmp_path / "worker.log"
+    cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", "xray-process"]
+    with worker_log.open("w") as log:
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=log)
+    try:
+        wait_for(lambda: len(completed(api)) == 2, "both runs", worker_log, timeout=600)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    runs = completed(api)
+    assert runs[0]["end_time"] <= runs[1]["start_time"], "the two runs overlapped"
+    waited = [i for i in ids if "AwaitingConcurrencySlot" in run_states(api, i)]
+    assert waited, f"no run waited for the slot: {[run_states(api, i) for i in ids]}"
