@@ -27,7 +27,10 @@ def test_committed_params_parse() -> None:
         ({"train": {"epochs": 0}}, "params.yaml: train.epochs: Input should be greater than 0"),
         ({"train": {"epocs": 3}}, "params.yaml: unknown key 'train.epocs'"),
         ({"bogus": {}}, "params.yaml: unknown key 'bogus'"),
-        ({"split": {"val_fraction": 0.6, "test_fraction": 0.5}}, "params.yaml: split.test_fraction: "),
+        (
+            {"split": {"val_fraction": 0.6, "test_fraction": 0.5}},
+            "params.yaml: split.test_fraction: ",
+        ),
         ({"data": {"source": "ftp://example.org/x.zip"}}, "params.yaml: data.source: "),
         ({"data": {"classes": ["NORMAL"]}}, "params.yaml: data.classes: "),
         ({"data": {"sha256": "abc"}}, "params.yaml: data.sha256: "),
