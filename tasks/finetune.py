@@ -137,6 +137,7 @@ def finetune(
     live_dir: Path = LIVE_DIR,
     work_dir: Path = WORK_DIR,
     layers_csv: Path = LAYERS_CSV,
+    raw_dir: Path = RAW_DIR,
 ) -> dict[str, Any]:
     """Fine-tune the base model's tail on corrupted training images; save with a new threshold."""
     import tensorflow as tf
@@ -169,9 +170,9 @@ def finetune(
 
     train_rows = read_csv(splits_dir / "train.csv")
     val_rows = read_csv(splits_dir / "val.csv")
-    images = load_images([RAW_DIR / r["path"] for r in train_rows], None)
+    images = load_images([raw_dir / r["path"] for r in train_rows], None)
     y_train = labels_of(train_rows, positive)
-    val_raw = load_images([RAW_DIR / r["path"] for r in val_rows], None)
+    val_raw = load_images([raw_dir / r["path"] for r in val_rows], None)
     x_val = np.stack(
         [
             corrupt_one(img, f"{r['sha256']}|val", families, severities, p.seed, size)
@@ -209,6 +210,7 @@ def finetune(
         work_dir=work_dir,
         class_weight=class_weights(y_train),
         steps_per_epoch=math.ceil(len(images) / p.batch_size),
+        fingerprint=p.model_dump_json() + read_meta(base_path).get("stage", ""),
     )
     seconds = time.perf_counter() - t0
     threshold = choose_threshold(y_val, predict(model, x_val, p.batch_size))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,10 @@ AUGMENT = {
     "contrast": 0.3,
     "brightness": 0.25,
     "noise": 0.015,
+    "blur_sigma": 1.2,
 }
+BLUR_KERNEL = 5
+COSINE_FLOOR = 0.01  # the cosine schedule ends at this fraction of the peak rate
 
 
 def configure(seed: int, deterministic: bool, threads: int) -> None:
@@ -35,13 +40,19 @@ def configure(seed: int, deterministic: bool, threads: int) -> None:
     if deterministic:
         tf.config.experimental.enable_op_determinism()
     if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+        except RuntimeError:  # TF already started in this process (tests, notebooks)
+            log.warning("train.threads: TF is already initialized; thread counts unchanged")
 
 
-def augmenter(seed: int) -> keras.Sequential:
-    """On-the-fly augmentation for acquisition differences: pose, exposure, contrast, noise."""
-    a = AUGMENT
+def augmenter(seed: int, strength: float = 1.0) -> keras.Sequential:
+    """On-the-fly augmentation for acquisition differences: pose, exposure, contrast, blur, noise.
+
+    `strength` scales every range (0 = identity). Works on 0..255 float pixels.
+    """
+    a = {k: v * strength for k, v in AUGMENT.items()}
     return keras.Sequential(
         [
             keras.layers.Rescaling(1.0 / 255.0),
@@ -50,8 +61,17 @@ def augmenter(seed: int) -> keras.Sequential:
             keras.layers.RandomTranslation(
                 a["translation"], a["translation"], fill_mode="nearest", seed=seed + 2
             ),
-            keras.layers.RandomContrast(a["contrast"], value_range=(0, 1), seed=seed + 3),
-            keras.layers.RandomBrightness(a["brightness"], value_range=(0, 1), seed=seed + 4),
+            keras.layers.RandomContrast(min(a["contrast"], 0.9), value_range=(0, 1), seed=seed + 3),
+            keras.layers.RandomBrightness(
+                min(a["brightness"], 0.9), value_range=(0, 1), seed=seed + 4
+            ),
+            keras.layers.RandomGaussianBlur(
+                factor=1.0,
+                kernel_size=BLUR_KERNEL,
+                sigma=(0.01, max(a["blur_sigma"], 0.02)),
+                value_range=(0, 1),
+                seed=seed + 6,
+            ),
             keras.layers.GaussianNoise(a["noise"], seed=seed + 5),
             keras.layers.Rescaling(255.0),
         ],
@@ -59,13 +79,46 @@ def augmenter(seed: int) -> keras.Sequential:
     )
 
 
-def compile_model(model: keras.Model, learning_rate: float, weight_decay: float = 0.0) -> None:
+def learning_rate(
+    schedule: str, peak: float, *, epochs: int, steps_per_epoch: int, warmup_epochs: int = 0
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """A constant rate (for `constant` and `plateau`) or linear warmup then cosine decay."""
+    if schedule != "cosine":
+        return peak
+    warmup = warmup_epochs * steps_per_epoch
+    total = max(epochs * steps_per_epoch - warmup, 1)
+    if warmup:
+        return keras.optimizers.schedules.CosineDecay(
+            peak * COSINE_FLOOR, total, alpha=COSINE_FLOOR, warmup_target=peak, warmup_steps=warmup
+        )
+    return keras.optimizers.schedules.CosineDecay(peak, total, alpha=COSINE_FLOOR)
+
+
+@contextlib.contextmanager
+def precision(mixed: bool) -> Iterator[None]:
+    """Build layers under the mixed_bfloat16 policy when `mixed`, restoring the old policy."""
+    old = keras.mixed_precision.global_policy()
+    if mixed:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(old)
+
+
+def compile_model(
+    model: keras.Model,
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
+    weight_decay: float = 0.0,
+    jit_compile: bool = False,
+) -> None:
     """Compile for binary classification with accuracy and ROC AUC."""
     optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay)
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.BinaryCrossentropy(),
         metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
+        jit_compile=jit_compile,
     )
 
 
@@ -90,6 +143,12 @@ class BestWeights(keras.callbacks.Callback):
             self.folder.mkdir(parents=True, exist_ok=True)
             self.model.save_weights(self.weights, overwrite=True)
             self.state.write_text(json.dumps({"best": self.best, "epoch": epoch + 1}))
+
+    def best_epoch(self) -> int | None:
+        """The 1-based epoch of the best weights, if any."""
+        if not self.state.exists():
+            return None
+        return int(json.loads(self.state.read_text())["epoch"])
 
     def restore(self) -> None:
         """Load the best weights into the model."""
@@ -125,14 +184,24 @@ def fit(
     work_dir: Path,
     class_weight: dict[int, float] | None = None,
     steps_per_epoch: int | None = None,
+    reduce_on_plateau: bool = True,
+    extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+    fingerprint: str = "",
 ) -> dict[str, Any]:
     """Train with best-epoch selection on validation AUC, LR reduction, early stopping, resume.
 
     `work_dir` holds the resume state (BackupAndRestore) and the dvclive log while
     training; it is removed once the run completes and the log is copied to `live_dir`.
+    A leftover state from a run with another `fingerprint` (other params) is discarded.
     """
     from dvclive import Live
 
+    stamp = work_dir / "fingerprint.txt"
+    if work_dir.exists() and (not stamp.exists() or stamp.read_text() != fingerprint):
+        log.info("discarding resume state of another configuration in %s", work_dir)
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fingerprint)
     resuming = (work_dir / "backup").exists()
     if resuming:
         log.info("resuming from %s", work_dir / "backup")
@@ -143,12 +212,17 @@ def fit(
         callbacks = [
             keras.callbacks.BackupAndRestore(str(work_dir / "backup")),
             best,
-            keras.callbacks.ReduceLROnPlateau(
-                MONITOR, mode="max", factor=LR_FACTOR, patience=LR_PATIENCE, min_lr=MIN_LR
-            ),
             keras.callbacks.EarlyStopping(MONITOR, mode="max", patience=patience),
             LiveLogger(live),
+            *extra_callbacks,
         ]
+        if reduce_on_plateau:
+            callbacks.insert(
+                2,
+                keras.callbacks.ReduceLROnPlateau(
+                    MONITOR, mode="max", factor=LR_FACTOR, patience=LR_PATIENCE, min_lr=MIN_LR
+                ),
+            )
         history = model.fit(
             train_ds,
             validation_data=val_ds,
@@ -159,12 +233,19 @@ def fit(
             verbose=2,
         )
         best.restore()
+        best_epoch = best.best_epoch()
         live.summary["best_val_auc"] = float(best.best)
+        live.summary["best_epoch"] = best_epoch
     if live_dir.exists():
         shutil.rmtree(live_dir)
     shutil.copytree(work_dir / "live", live_dir)
     shutil.rmtree(work_dir, ignore_errors=True)
-    return {"epochs_run": len(history.epoch), "best_val_auc": float(best.best)}
+    return {
+        "epochs_run": len(history.epoch),
+        "first_epoch": history.epoch[0] + 1 if history.epoch else None,
+        "best_val_auc": float(best.best),
+        "best_epoch": best_epoch,
+    }
 
 
 def choose_threshold(y: np.ndarray, p: np.ndarray) -> float:
