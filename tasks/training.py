@@ -20,63 +20,97 @@ LR_FACTOR = 0.5
 LR_PATIENCE = 2
 MIN_LR = 1e-6
 AUGMENT = {
-    "rotation": 0.03,
+    "rotation": 0.03,  # fraction of a full turn (0.03 = +-10.8 degrees)
     "zoom": 0.1,
     "translation": 0.05,
     "contrast": 0.3,
-    "brightness": 0.25,
-    "noise": 0.015,
-    "blur_sigma": 1.2,
+    "brightness": 0.2,
+    "gamma": 0.3,  # log-gamma range: exposure curve differences
+    "blur": 1.0,  # blend toward a 5x5 Gaussian blur (and up to half as much sharpening)
+    "noise": 0.03,  # max per-image noise standard deviation, 0..1 pixel scale
 }
-BLUR_KERNEL = 5
+BLUR_SIGMA = 1.2
+BLUR_RADIUS = 2
 COSINE_FLOOR = 0.01  # the cosine schedule ends at this fraction of the peak rate
 
 
-def configure(seed: int, deterministic: bool, threads: int) -> None:
-    """Seed every generator; optionally make TF ops deterministic and pin thread counts."""
-    import tensorflow as tf
-
-    keras.utils.set_random_seed(seed)
-    if deterministic:
-        tf.config.experimental.enable_op_determinism()
-    if threads:
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
-        except RuntimeError:  # TF already started in this process (tests, notebooks)
-            log.warning("train.threads: TF is already initialized; thread counts unchanged")
+def _gaussian_kernel(sigma: float, radius: int) -> np.ndarray:
+    """A normalized 2-D Gaussian kernel shaped (k, k, 1, 1) for a 1-channel conv."""
+    t = np.arange(-radius, radius + 1, dtype=np.float32)
+    g = np.exp(-(t**2) / (2 * sigma**2))
+    k = np.outer(g, g)
+    return (k / k.sum())[..., None, None].astype(np.float32)
 
 
-def augmenter(seed: int, strength: float = 1.0) -> keras.Sequential:
-    """On-the-fly augmentation for acquisition differences: pose, exposure, contrast, blur, noise.
+class AcquisitionAugment(keras.layers.Layer):
+    """On-the-fly augmentation for acquisition differences, fused into one pass per batch.
 
-    `strength` scales every range (0 = identity). Works on 0..255 float pixels.
+    One projective resampling for rotation, zoom and translation (not one per layer),
+    then per-image blur/sharpen, contrast, brightness, gamma and Gaussian noise.
+    Takes and returns 0..255 float pixels (N, H, W, 1); identity outside training.
     """
-    a = {k: v * strength for k, v in AUGMENT.items()}
-    return keras.Sequential(
-        [
-            keras.layers.Rescaling(1.0 / 255.0),
-            keras.layers.RandomRotation(a["rotation"], fill_mode="nearest", seed=seed),
-            keras.layers.RandomZoom(a["zoom"], fill_mode="nearest", seed=seed + 1),
-            keras.layers.RandomTranslation(
-                a["translation"], a["translation"], fill_mode="nearest", seed=seed + 2
-            ),
-            keras.layers.RandomContrast(min(a["contrast"], 0.9), value_range=(0, 1), seed=seed + 3),
-            keras.layers.RandomBrightness(
-                min(a["brightness"], 0.9), value_range=(0, 1), seed=seed + 4
-            ),
-            keras.layers.RandomGaussianBlur(
-                factor=1.0,
-                kernel_size=BLUR_KERNEL,
-                sigma=(0.01, max(a["blur_sigma"], 0.02)),
-                value_range=(0, 1),
-                seed=seed + 6,
-            ),
-            keras.layers.GaussianNoise(a["noise"], seed=seed + 5),
-            keras.layers.Rescaling(255.0),
-        ],
-        name="augment",
-    )
+
+    def __init__(self, strength: float = 1.0, seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.strength, self.seed = float(strength), int(seed)
+        self.ranges = {k: v * self.strength for k, v in AUGMENT.items()}
+        self.kernel = _gaussian_kernel(BLUR_SIGMA, BLUR_RADIUS)
+
+    def get_config(self) -> dict[str, Any]:
+        """Layer config (strength and seed)."""
+        return {**super().get_config(), "strength": self.strength, "seed": self.seed}
+
+    def call(self, images: Any, training: bool = True) -> Any:
+        """Augment a batch when training."""
+        import tensorflow as tf
+
+        if not training:
+            return images
+        r, seed = self.ranges, self.seed
+        x = tf.cast(images, tf.float32) / 255.0
+        n = tf.shape(x)[0]
+        h, w = tf.cast(tf.shape(x)[1], tf.float32), tf.cast(tf.shape(x)[2], tf.float32)
+
+        def uniform(k: int, lo: float, hi: float) -> Any:
+            return tf.random.uniform([n], lo, hi, seed=seed + k)
+
+        def per_image(v: Any) -> Any:
+            return tf.reshape(v, [-1, 1, 1, 1])
+
+        theta = uniform(1, -1.0, 1.0) * (2.0 * np.pi * r["rotation"])
+        scale = uniform(2, 1.0 - r["zoom"], 1.0 + r["zoom"])  # input pixels per output pixel
+        tx = uniform(3, -1.0, 1.0) * r["translation"] * w
+        ty = uniform(4, -1.0, 1.0) * r["translation"] * h
+        cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
+        cos, sin = tf.cos(theta) * scale, tf.sin(theta) * scale
+        zeros = tf.zeros_like(cos)
+        rows = [cos, -sin, cx - cos * cx + sin * cy + tx, sin, cos, cy - sin * cx - cos * cy + ty]
+        x = tf.raw_ops.ImageProjectiveTransformV3(
+            images=x,
+            transforms=tf.stack([*rows, zeros, zeros], axis=1),
+            output_shape=tf.shape(x)[1:3],
+            fill_value=0.0,
+            interpolation="BILINEAR",
+            fill_mode="NEAREST",
+        )
+        if r["blur"] > 0:
+            blurred = tf.nn.conv2d(x, self.kernel, strides=1, padding="SAME")
+            top = min(r["blur"], 1.0)
+            x = x + per_image(uniform(5, -0.5 * top, top)) * (blurred - x)
+        mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+        x = (x - mean) * per_image(uniform(6, 1.0 - r["contrast"], 1.0 + r["contrast"])) + mean
+        x = x + per_image(uniform(7, -r["brightness"], r["brightness"]))
+        x = tf.clip_by_value(x, 0.0, 1.0)
+        x = tf.pow(x + 1e-6, per_image(tf.exp(uniform(8, -r["gamma"], r["gamma"]))))
+        x = x + per_image(uniform(9, 0.0, r["noise"])) * tf.random.normal(
+            tf.shape(x), seed=seed + 10
+        )
+        return tf.clip_by_value(x, 0.0, 1.0) * 255.0
+
+
+def augmenter(seed: int, strength: float = 1.0) -> keras.layers.Layer:
+    """The training augmentation; `strength` scales every range (0 = identity)."""
+    return AcquisitionAugment(strength, seed, name="augment")
 
 
 def learning_rate(
