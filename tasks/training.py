@@ -34,6 +34,21 @@ BLUR_RADIUS = 2
 COSINE_FLOOR = 0.01  # the cosine schedule ends at this fraction of the peak rate
 
 
+def configure(seed: int, deterministic: bool, threads: int) -> None:
+    """Seed every generator; optionally make TF ops deterministic and pin thread counts."""
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+        except RuntimeError:  # TF already started in this process (tests, notebooks)
+            log.warning("train.threads: TF is already initialized; thread counts unchanged")
+
+
 def _gaussian_kernel(sigma: float, radius: int) -> np.ndarray:
     """A normalized 2-D Gaussian kernel shaped (k, k, 1, 1) for a 1-channel conv."""
     t = np.arange(-radius, radius + 1, dtype=np.float32)
