@@ -127,8 +127,9 @@ def test_train_base_resumes_after_a_kill(tmp_path: Path) -> None:
                 "arch": "xray_net",
                 "image_size": 32,
                 "batch_size": 8,
-                "epochs": 3,
-                "patience": 3,
+                "epochs": 2,
+                "patience": 2,
+                "warmup_epochs": 0,
                 "augment": False,
             }
         }
@@ -146,10 +147,22 @@ def test_train_base_resumes_after_a_kill(tmp_path: Path) -> None:
     assert (paths["work_dir"] / "backup").exists()
     summary = train_base(params, **paths)
     assert summary["first_epoch"] == 2
-    assert summary["epochs_run"] == 2
+    assert summary["epochs_run"] == 1
     assert paths["model_path"].exists()
     assert not paths["work_dir"].exists()
     meta = read_meta(paths["model_path"])
     assert 0.0 < meta["threshold"] < 1.0 and meta["image_size"] == 32
     steps = (paths["live_dir"] / "plots" / "metrics" / "eval" / "auc.tsv").read_text().splitlines()
-    assert len(steps) == 1 + 3  # header + one row per epoch, the killed one included
+    assert len(steps) == 1 + 2  # header + one row per epoch, the killed one included
+
+
+def test_augmentation_keeps_shape_and_range_and_is_identity_when_off() -> None:
+    from tasks.training import augmenter
+
+    x = _pixels(4, 48, seed=2).astype("float32")
+    out = np.asarray(augmenter(0)(x, training=True))
+    assert out.shape == x.shape
+    assert out.min() >= 0.0 and out.max() <= 255.0
+    assert not np.allclose(out, x, atol=1.0)
+    np.testing.assert_array_equal(np.asarray(augmenter(0)(x, training=False)), x)
+    np.testing.assert_allclose(np.asarray(augmenter(0, 0.0)(x, training=True)), x, atol=0.01)
