@@ -22,7 +22,7 @@ import numpy as np
 
 from tasks.corruptions import HELD_OUT, corrupt_image, rng_for
 from tasks.data import RAW_DIR, class_weights, labels_of, load_images, make_dataset, resize
-from tasks.io import read_csv, write_csv
+from tasks.io import read_csv, sha256_bytes, write_csv
 from tasks.models import load_model, read_meta, save_model
 from tasks.params import Params, load_params
 from tasks.training import choose_threshold, compile_model, configure, fit, predict
@@ -210,7 +210,7 @@ def finetune(
         work_dir=work_dir,
         class_weight=class_weights(y_train),
         steps_per_epoch=math.ceil(len(images) / p.batch_size),
-        fingerprint=p.model_dump_json() + read_meta(base_path).get("stage", ""),
+        fingerprint=p.model_dump_json() + sha256_bytes(base_path.read_bytes()),
     )
     seconds = time.perf_counter() - t0
     threshold = choose_threshold(y_val, predict(model, x_val, p.batch_size))

@@ -12,6 +12,7 @@ from typing import Any
 import keras
 
 from tasks.data import RAW_DIR, class_weights, load_split, make_dataset
+from tasks.io import sha256_bytes
 from tasks.models import build_model, save_model
 from tasks.params import Params, load_params
 from tasks.training import (
@@ -89,7 +90,10 @@ def train_base(
         steps_per_epoch=steps,
         reduce_on_plateau=p.lr_schedule == "plateau",
         extra_callbacks=callbacks,
-        fingerprint=p.model_dump_json(),
+        fingerprint=p.model_dump_json()
+        + sha256_bytes(
+            (splits_dir / "train.csv").read_bytes() + (splits_dir / "val.csv").read_bytes()
+        ),
     )
     seconds = time.perf_counter() - t0
 
