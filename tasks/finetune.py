@@ -93,8 +93,14 @@ def corrupt_one(
     severities: Sequence[int],
     seed: int,
     size: int,
+    clean_fraction: float = 0.0,
 ) -> np.ndarray:
-    """One corrupted, resized copy of an image; randomness from `key` only."""
+    """One corrupted (or, with probability `clean_fraction`, clean) resized copy of an image.
+
+    Randomness comes from `key` only.
+    """
+    if clean_fraction > 0 and rng_for(key, "clean", 0, seed).random() < clean_fraction:
+        return resize(image, size)
     family, severity = pick(key, families, severities, seed)
     out = corrupt_image(image, family, severity, rng_for(key, family, severity, seed))
     return resize(out, size)
@@ -110,6 +116,7 @@ def corrupted_batches(
     seed: int,
     size: int,
     batch_size: int,
+    clean_fraction: float = 0.0,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless shuffled batches of freshly corrupted training images, epoch after epoch."""
     n = len(images)
@@ -121,7 +128,9 @@ def corrupted_batches(
                 keys = [f"{shas[i]}|train|{epoch}" for i in idx]
                 xs = list(
                     pool.map(
-                        lambda i, k: corrupt_one(images[i], k, families, severities, seed, size),
+                        lambda i, k: corrupt_one(
+                            images[i], k, families, severities, seed, size, clean_fraction
+                        ),
                         idx,
                         keys,
                     )
@@ -180,6 +189,9 @@ def finetune(
         ]
     )[..., None]
     y_val = labels_of(val_rows, positive)
+    if p.clean_fraction > 0:  # select and set the threshold on clean and corrupted val alike
+        x_val = np.concatenate([x_val, np.stack([resize(img, size) for img in val_raw])[..., None]])
+        y_val = np.concatenate([y_val, y_val])
 
     signature = (
         tf.TensorSpec((None, size, size, 1), tf.float32),
@@ -195,6 +207,7 @@ def finetune(
             seed=p.seed,
             size=size,
             batch_size=p.batch_size,
+            clean_fraction=p.clean_fraction,
         ),
         output_signature=signature,
     ).prefetch(2)
@@ -218,7 +231,10 @@ def finetune(
         **read_meta(base_path),
         "threshold": threshold,
         "stage": "finetune",
-        "threshold_rule": "youden_j_on_corrupted_val",
+        "threshold_rule": "youden_j_on_clean_and_corrupted_val"
+        if p.clean_fraction > 0
+        else "youden_j_on_corrupted_val",
+        "finetune_clean_fraction": p.clean_fraction,
         "finetune_families": families,
         "finetune_severities": severities,
     }

@@ -180,6 +180,7 @@ class FinetuneParams(_Section):
     learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-4
     patience: PosInt = 3
     seed: int = 43
+    clean_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.5
 
 
 class EvaluateParams(_Section):

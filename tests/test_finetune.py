@@ -145,3 +145,18 @@ def test_unknown_unfreeze_from_is_a_one_line_error() -> None:
     msg = str(err.value)
     assert "\n" not in msg
     assert msg.startswith("finetune.unfreeze_from: no layer named 'no_such_layer'")
+
+
+def test_clean_fraction_leaves_some_draws_clean() -> None:
+    from tasks.data import resize
+    from tasks.finetune import corrupt_one
+
+    image = np.random.default_rng(3).integers(0, 256, (IMAGE, IMAGE)).astype(np.uint8)
+    clean = resize(image, SIZE)
+    draws = [corrupt_one(image, f"k{i}", ["seed"], [3], 0, SIZE, 0.5) for i in range(40)]
+    n_clean = sum(np.array_equal(d, clean) for d in draws)
+    assert 8 <= n_clean <= 32
+    assert not any(
+        np.array_equal(corrupt_one(image, f"k{i}", ["seed"], [3], 0, SIZE), clean)
+        for i in range(10)
+    )
