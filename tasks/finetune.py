@@ -22,7 +22,7 @@ import numpy as np
 
 from tasks.corruptions import corrupt_image, rng_for
 from tasks.data import RAW_DIR, class_weights, labels_of, load_images, make_dataset, resize
-from tasks.io import read_csv, write_csv
+from tasks.io import read_csv, sha256_bytes, write_csv
 from tasks.models import load_model, read_meta, save_model
 from tasks.params import Params, load_params
 from tasks.training import choose_threshold, compile_model, configure, fit, predict
@@ -93,8 +93,14 @@ def corrupt_one(
     severities: Sequence[int],
     seed: int,
     size: int,
+    clean_fraction: float = 0.0,
 ) -> np.ndarray:
-    """One corrupted, resized copy of an image; randomness from `key` only."""
+    """One corrupted (or, with probability `clean_fraction`, clean) resized copy of an image.
+
+    Randomness comes from `key` only.
+    """
+    if clean_fraction > 0 and rng_for(key, "clean", 0, seed).random() < clean_fraction:
+        return resize(image, size)
     family, severity = pick(key, families, severities, seed)
     out = corrupt_image(image, family, severity, rng_for(key, family, severity, seed))
     return resize(out, size)
@@ -110,6 +116,7 @@ def corrupted_batches(
     seed: int,
     size: int,
     batch_size: int,
+    clean_fraction: float = 0.0,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless shuffled batches of freshly corrupted training images, epoch after epoch."""
     n = len(images)
@@ -121,7 +128,9 @@ def corrupted_batches(
                 keys = [f"{shas[i]}|train|{epoch}" for i in idx]
                 xs = list(
                     pool.map(
-                        lambda i, k: corrupt_one(images[i], k, families, severities, seed, size),
+                        lambda i, k: corrupt_one(
+                            images[i], k, families, severities, seed, size, clean_fraction
+                        ),
                         idx,
                         keys,
                     )
@@ -137,6 +146,7 @@ def finetune(
     live_dir: Path = LIVE_DIR,
     work_dir: Path = WORK_DIR,
     layers_csv: Path = LAYERS_CSV,
+    raw_dir: Path = RAW_DIR,
 ) -> dict[str, Any]:
     """Fine-tune the base model's tail on corrupted training images; save with a new threshold."""
     import tensorflow as tf
@@ -169,9 +179,9 @@ def finetune(
 
     train_rows = read_csv(splits_dir / "train.csv")
     val_rows = read_csv(splits_dir / "val.csv")
-    images = load_images([RAW_DIR / r["path"] for r in train_rows], None)
+    images = load_images([raw_dir / r["path"] for r in train_rows], None)
     y_train = labels_of(train_rows, positive)
-    val_raw = load_images([RAW_DIR / r["path"] for r in val_rows], None)
+    val_raw = load_images([raw_dir / r["path"] for r in val_rows], None)
     x_val = np.stack(
         [
             corrupt_one(img, f"{r['sha256']}|val", families, severities, p.seed, size)
@@ -179,6 +189,9 @@ def finetune(
         ]
     )[..., None]
     y_val = labels_of(val_rows, positive)
+    if p.clean_fraction > 0:  # select and set the threshold on clean and corrupted val alike
+        x_val = np.concatenate([x_val, np.stack([resize(img, size) for img in val_raw])[..., None]])
+        y_val = np.concatenate([y_val, y_val])
 
     signature = (
         tf.TensorSpec((None, size, size, 1), tf.float32),
@@ -194,6 +207,7 @@ def finetune(
             seed=p.seed,
             size=size,
             batch_size=p.batch_size,
+            clean_fraction=p.clean_fraction,
         ),
         output_signature=signature,
     ).prefetch(2)
@@ -209,6 +223,7 @@ def finetune(
         work_dir=work_dir,
         class_weight=class_weights(y_train),
         steps_per_epoch=math.ceil(len(images) / p.batch_size),
+        fingerprint=p.model_dump_json() + sha256_bytes(base_path.read_bytes()),
     )
     seconds = time.perf_counter() - t0
     threshold = choose_threshold(y_val, predict(model, x_val, p.batch_size))
@@ -216,7 +231,10 @@ def finetune(
         **read_meta(base_path),
         "threshold": threshold,
         "stage": "finetune",
-        "threshold_rule": "youden_j_on_corrupted_val",
+        "threshold_rule": "youden_j_on_clean_and_corrupted_val"
+        if p.clean_fraction > 0
+        else "youden_j_on_corrupted_val",
+        "finetune_clean_fraction": p.clean_fraction,
         "finetune_families": families,
         "finetune_severities": severities,
     }

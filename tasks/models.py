@@ -90,17 +90,65 @@ def xray_net(image_size: int) -> keras.Model:
     return keras.Model(inputs, outputs, name="xray_net")
 
 
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)  # ResNet50's ImageNet preprocessing
+BACKBONE_DROPOUT = 0.2
+
+
+def _efficientnet_b0(x: Any, weights: str | None) -> keras.Model:
+    """EfficientNetB0 (rescales 0..255 itself)."""
+    return keras.applications.EfficientNetB0(include_top=False, weights=weights, input_tensor=x)
+
+
+def _resnet50(x: Any, weights: str | None) -> keras.Model:
+    """ResNet50 after its caffe-style mean subtraction (grayscale: channel order moot)."""
+    x = layers.Normalization(mean=CAFFE_MEAN_BGR, variance=(1.0, 1.0, 1.0), name="caffe_norm")(x)
+    return keras.applications.ResNet50(include_top=False, weights=weights, input_tensor=x)
+
+
+def _mobilenet_v3_small(x: Any, weights: str | None) -> keras.Model:
+    """MobileNetV3Small (rescales 0..255 itself)."""
+    return keras.applications.MobileNetV3Small(
+        include_top=False, weights=weights, input_tensor=x, include_preprocessing=True
+    )
+
+
+BACKBONES = {
+    "efficientnet_b0": _efficientnet_b0,
+    "resnet50": _resnet50,
+    "mobilenet_v3_small": _mobilenet_v3_small,
+}
+
+
+def backbone_model(arch: str, image_size: int, weights: str | None = None) -> keras.Model:
+    """A Keras Applications backbone: grayscale tiled to 3 channels inside, GAP, sigmoid head.
+
+    The backbone's layers are part of the returned model (not one nested layer), so
+    fine-tuning can freeze and unfreeze them by name.
+    """
+    inputs = keras.Input((image_size, image_size, 1), name="pixels")
+    x = layers.Concatenate(name="gray_to_rgb")([inputs, inputs, inputs])
+    base = BACKBONES[arch](x, weights)
+    x = layers.GlobalAveragePooling2D(name="gap")(base.output)
+    x = layers.Dropout(BACKBONE_DROPOUT, name="dropout")(x)
+    outputs = layers.Dense(1, activation="sigmoid", name="prob", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name=arch)
+
+
 ARCHS = {"seed_cnn": seed_cnn, "xray_net": xray_net}
+ARCH_NAMES = (*ARCHS, *BACKBONES)
 
 
-def build_model(arch: str, image_size: int) -> keras.Model:
-    """Build an architecture by name."""
-    try:
-        return ARCHS[arch](image_size)
-    except KeyError:
+def build_model(arch: str, image_size: int, weights: str | None = None) -> keras.Model:
+    """Build an architecture by name; `weights` ('imagenet' or None) for backbones only."""
+    if arch in BACKBONES:
+        return backbone_model(arch, image_size, weights)
+    if arch not in ARCHS:
         raise ValueError(
-            f"train.arch: unknown architecture {arch!r} (known: {', '.join(ARCHS)})"
-        ) from None
+            f"train.arch: unknown architecture {arch!r} (known: {', '.join(ARCH_NAMES)})"
+        )
+    if weights is not None:
+        raise ValueError(f"train.weights: {arch} has no pretrained weights (use null)")
+    return ARCHS[arch](image_size)
 
 
 def save_model(model: keras.Model, path: Path, meta: dict[str, Any]) -> None:

@@ -220,17 +220,35 @@ class CorruptParams(_Section):
 
 
 class TrainParams(_Section):
-    arch: Literal["xray_net", "seed_cnn"] = "xray_net"
+    arch: Literal["xray_net", "seed_cnn", "efficientnet_b0", "resnet50", "mobilenet_v3_small"] = (
+        "xray_net"
+    )
+    weights: Literal["imagenet"] | None = None  # Keras Applications backbones only
     image_size: Annotated[int, Field(ge=32, le=1024)] = 160
     batch_size: PosInt = 32
     epochs: PosInt = 20
     learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 2e-3
+    lr_schedule: Literal["cosine", "plateau", "constant"] = "cosine"
+    warmup_epochs: Annotated[int, Field(ge=0)] = 1
     weight_decay: Annotated[float, Field(ge=0.0)] = 1e-4
     patience: PosInt = 5
     augment: bool = True
+    augment_strength: Annotated[float, Field(ge=0.0, le=3.0)] = 1.0
     seed: int = 42
     deterministic: bool = True
     threads: Annotated[int, Field(ge=0)] = 0
+    mixed_precision: bool = False  # bfloat16 compute, float32 weights
+    jit_compile: bool = False  # XLA
+
+    @model_validator(mode="after")
+    def _weights(self) -> TrainParams:
+        if self.weights is not None and self.arch in ("xray_net", "seed_cnn"):
+            raise ValueError(f"weights: {self.arch} has no pretrained weights (use null)")
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"warmup_epochs ({self.warmup_epochs}) must be below epochs ({self.epochs})"
+            )
+        return self
 
 
 class FinetuneParams(_Section):
@@ -241,6 +259,7 @@ class FinetuneParams(_Section):
     learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-4
     patience: PosInt = 3
     seed: int = 43
+    clean_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.5
 
 
 class EvaluateParams(_Section):

@@ -5,13 +5,26 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tasks.data import class_weights, load_split, make_dataset
+import keras
+
+from tasks.data import RAW_DIR, class_weights, load_split, make_dataset
+from tasks.io import sha256_bytes
 from tasks.models import build_model, save_model
 from tasks.params import Params, load_params
-from tasks.training import augmenter, choose_threshold, compile_model, configure, fit, predict
+from tasks.training import (
+    augmenter,
+    choose_threshold,
+    compile_model,
+    configure,
+    fit,
+    learning_rate,
+    precision,
+    predict,
+)
 
 log = logging.getLogger("xray.train_base")
 
@@ -27,14 +40,16 @@ def train_base(
     model_path: Path = MODEL,
     live_dir: Path = LIVE_DIR,
     work_dir: Path = WORK_DIR,
+    raw_dir: Path = RAW_DIR,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> dict[str, Any]:
     """Train params.train.arch on the train split; save the best-on-val model with its threshold."""
     p = params.train
     positive = params.data.positive_class
     configure(p.seed, p.deterministic, p.threads)
     t0 = time.perf_counter()
-    x_train, y_train, _ = load_split(splits_dir / "train.csv", p.image_size, positive)
-    x_val, y_val, _ = load_split(splits_dir / "val.csv", p.image_size, positive)
+    x_train, y_train, _ = load_split(splits_dir / "train.csv", p.image_size, positive, raw_dir)
+    x_val, y_val, _ = load_split(splits_dir / "val.csv", p.image_size, positive, raw_dir)
     log.info(
         "loaded %d train / %d val images in %.1fs",
         len(x_train),
@@ -42,14 +57,24 @@ def train_base(
         time.perf_counter() - t0,
     )
 
-    model = build_model(p.arch, p.image_size)
-    compile_model(model, p.learning_rate, p.weight_decay)
+    steps = math.ceil(len(x_train) / p.batch_size)
+    with precision(p.mixed_precision):
+        model = build_model(p.arch, p.image_size, p.weights)
+    lr = learning_rate(
+        p.lr_schedule,
+        p.learning_rate,
+        epochs=p.epochs,
+        steps_per_epoch=steps,
+        warmup_epochs=p.warmup_epochs,
+    )
+    compile_model(model, lr, p.weight_decay, jit_compile=p.jit_compile)
+    augment = p.augment and p.augment_strength > 0
     train_ds = make_dataset(
         x_train,
         y_train,
         p.batch_size,
         shuffle_seed=p.seed,
-        augment=augmenter(p.seed) if p.augment else None,
+        augment=augmenter(p.seed, p.augment_strength) if augment else None,
     )
     val_ds = make_dataset(x_val, y_val, p.batch_size)
     t0 = time.perf_counter()
@@ -62,7 +87,13 @@ def train_base(
         live_dir=live_dir,
         work_dir=work_dir,
         class_weight=class_weights(y_train),
-        steps_per_epoch=math.ceil(len(x_train) / p.batch_size),
+        steps_per_epoch=steps,
+        reduce_on_plateau=p.lr_schedule == "plateau",
+        extra_callbacks=callbacks,
+        fingerprint=p.model_dump_json()
+        + sha256_bytes(
+            (splits_dir / "train.csv").read_bytes() + (splits_dir / "val.csv").read_bytes()
+        ),
     )
     seconds = time.perf_counter() - t0
 
@@ -76,6 +107,8 @@ def train_base(
         "threshold": threshold,
         "threshold_rule": "youden_j_on_val",
         "stage": "train_base",
+        "best_epoch": summary["best_epoch"],
+        "val_auc": summary["best_val_auc"],
     }
     save_model(model, model_path, meta)
     log.info(

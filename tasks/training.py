@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +20,18 @@ LR_FACTOR = 0.5
 LR_PATIENCE = 2
 MIN_LR = 1e-6
 AUGMENT = {
-    "rotation": 0.03,
+    "rotation": 0.03,  # fraction of a full turn (0.03 = +-10.8 degrees)
     "zoom": 0.1,
     "translation": 0.05,
     "contrast": 0.3,
-    "brightness": 0.25,
-    "noise": 0.015,
+    "brightness": 0.2,
+    "gamma": 0.3,  # log-gamma range: exposure curve differences
+    "blur": 1.0,  # blend toward a 5x5 Gaussian blur (and up to half as much sharpening)
+    "noise": 0.03,  # max per-image noise standard deviation, 0..1 pixel scale
 }
+BLUR_SIGMA = 1.2
+BLUR_RADIUS = 2
+COSINE_FLOOR = 0.01  # the cosine schedule ends at this fraction of the peak rate
 
 
 def configure(seed: int, deterministic: bool, threads: int) -> None:
@@ -35,37 +42,132 @@ def configure(seed: int, deterministic: bool, threads: int) -> None:
     if deterministic:
         tf.config.experimental.enable_op_determinism()
     if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+        except RuntimeError:  # TF already started in this process (tests, notebooks)
+            log.warning("train.threads: TF is already initialized; thread counts unchanged")
 
 
-def augmenter(seed: int) -> keras.Sequential:
-    """On-the-fly augmentation for acquisition differences: pose, exposure, contrast, noise."""
-    a = AUGMENT
-    return keras.Sequential(
-        [
-            keras.layers.Rescaling(1.0 / 255.0),
-            keras.layers.RandomRotation(a["rotation"], fill_mode="nearest", seed=seed),
-            keras.layers.RandomZoom(a["zoom"], fill_mode="nearest", seed=seed + 1),
-            keras.layers.RandomTranslation(
-                a["translation"], a["translation"], fill_mode="nearest", seed=seed + 2
-            ),
-            keras.layers.RandomContrast(a["contrast"], value_range=(0, 1), seed=seed + 3),
-            keras.layers.RandomBrightness(a["brightness"], value_range=(0, 1), seed=seed + 4),
-            keras.layers.GaussianNoise(a["noise"], seed=seed + 5),
-            keras.layers.Rescaling(255.0),
-        ],
-        name="augment",
-    )
+def _gaussian_kernel(sigma: float, radius: int) -> np.ndarray:
+    """A normalized 2-D Gaussian kernel shaped (k, k, 1, 1) for a 1-channel conv."""
+    t = np.arange(-radius, radius + 1, dtype=np.float32)
+    g = np.exp(-(t**2) / (2 * sigma**2))
+    k = np.outer(g, g)
+    return (k / k.sum())[..., None, None].astype(np.float32)
 
 
-def compile_model(model: keras.Model, learning_rate: float, weight_decay: float = 0.0) -> None:
+class AcquisitionAugment(keras.layers.Layer):
+    """On-the-fly augmentation for acquisition differences, fused into one pass per batch.
+
+    One projective resampling for rotation, zoom and translation (not one per layer),
+    then per-image blur/sharpen, contrast, brightness, gamma and Gaussian noise.
+    Takes and returns 0..255 float pixels (N, H, W, 1); identity outside training.
+    """
+
+    def __init__(self, strength: float = 1.0, seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.strength, self.seed = float(strength), int(seed)
+        self.ranges = {k: v * self.strength for k, v in AUGMENT.items()}
+        self.kernel = _gaussian_kernel(BLUR_SIGMA, BLUR_RADIUS)
+
+    def get_config(self) -> dict[str, Any]:
+        """Layer config (strength and seed)."""
+        return {**super().get_config(), "strength": self.strength, "seed": self.seed}
+
+    def call(self, images: Any, training: bool = True) -> Any:
+        """Augment a batch when training."""
+        import tensorflow as tf
+
+        if not training:
+            return images
+        r, seed = self.ranges, self.seed
+        x = tf.cast(images, tf.float32) / 255.0
+        n = tf.shape(x)[0]
+        h, w = tf.cast(tf.shape(x)[1], tf.float32), tf.cast(tf.shape(x)[2], tf.float32)
+
+        def uniform(k: int, lo: float, hi: float) -> Any:
+            return tf.random.uniform([n], lo, hi, seed=seed + k)
+
+        def per_image(v: Any) -> Any:
+            return tf.reshape(v, [-1, 1, 1, 1])
+
+        theta = uniform(1, -1.0, 1.0) * (2.0 * np.pi * r["rotation"])
+        scale = uniform(2, 1.0 - r["zoom"], 1.0 + r["zoom"])  # input pixels per output pixel
+        tx = uniform(3, -1.0, 1.0) * r["translation"] * w
+        ty = uniform(4, -1.0, 1.0) * r["translation"] * h
+        cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
+        cos, sin = tf.cos(theta) * scale, tf.sin(theta) * scale
+        zeros = tf.zeros_like(cos)
+        rows = [cos, -sin, cx - cos * cx + sin * cy + tx, sin, cos, cy - sin * cx - cos * cy + ty]
+        x = tf.raw_ops.ImageProjectiveTransformV3(
+            images=x,
+            transforms=tf.stack([*rows, zeros, zeros], axis=1),
+            output_shape=tf.shape(x)[1:3],
+            fill_value=0.0,
+            interpolation="BILINEAR",
+            fill_mode="NEAREST",
+        )
+        if r["blur"] > 0:
+            blurred = tf.nn.conv2d(x, self.kernel, strides=1, padding="SAME")
+            top = min(r["blur"], 1.0)
+            x = x + per_image(uniform(5, -0.5 * top, top)) * (blurred - x)
+        mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+        x = (x - mean) * per_image(uniform(6, 1.0 - r["contrast"], 1.0 + r["contrast"])) + mean
+        x = x + per_image(uniform(7, -r["brightness"], r["brightness"]))
+        x = tf.clip_by_value(x, 0.0, 1.0)
+        x = tf.pow(x + 1e-6, per_image(tf.exp(uniform(8, -r["gamma"], r["gamma"]))))
+        x = x + per_image(uniform(9, 0.0, r["noise"])) * tf.random.normal(
+            tf.shape(x), seed=seed + 10
+        )
+        return tf.clip_by_value(x, 0.0, 1.0) * 255.0
+
+
+def augmenter(seed: int, strength: float = 1.0) -> keras.layers.Layer:
+    """The training augmentation; `strength` scales every range (0 = identity)."""
+    return AcquisitionAugment(strength, seed, name="augment")
+
+
+def learning_rate(
+    schedule: str, peak: float, *, epochs: int, steps_per_epoch: int, warmup_epochs: int = 0
+) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """A constant rate (for `constant` and `plateau`) or linear warmup then cosine decay."""
+    if schedule != "cosine":
+        return peak
+    warmup = warmup_epochs * steps_per_epoch
+    total = max(epochs * steps_per_epoch - warmup, 1)
+    if warmup:
+        return keras.optimizers.schedules.CosineDecay(
+            peak * COSINE_FLOOR, total, alpha=COSINE_FLOOR, warmup_target=peak, warmup_steps=warmup
+        )
+    return keras.optimizers.schedules.CosineDecay(peak, total, alpha=COSINE_FLOOR)
+
+
+@contextlib.contextmanager
+def precision(mixed: bool) -> Iterator[None]:
+    """Build layers under the mixed_bfloat16 policy when `mixed`, restoring the old policy."""
+    old = keras.mixed_precision.global_policy()
+    if mixed:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(old)
+
+
+def compile_model(
+    model: keras.Model,
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
+    weight_decay: float = 0.0,
+    jit_compile: bool = False,
+) -> None:
     """Compile for binary classification with accuracy and ROC AUC."""
     optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay)
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.BinaryCrossentropy(),
         metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
+        jit_compile=jit_compile,
     )
 
 
@@ -90,6 +192,12 @@ class BestWeights(keras.callbacks.Callback):
             self.folder.mkdir(parents=True, exist_ok=True)
             self.model.save_weights(self.weights, overwrite=True)
             self.state.write_text(json.dumps({"best": self.best, "epoch": epoch + 1}))
+
+    def best_epoch(self) -> int | None:
+        """The 1-based epoch of the best weights, if any."""
+        if not self.state.exists():
+            return None
+        return int(json.loads(self.state.read_text())["epoch"])
 
     def restore(self) -> None:
         """Load the best weights into the model."""
@@ -125,14 +233,24 @@ def fit(
     work_dir: Path,
     class_weight: dict[int, float] | None = None,
     steps_per_epoch: int | None = None,
+    reduce_on_plateau: bool = True,
+    extra_callbacks: Sequence[keras.callbacks.Callback] = (),
+    fingerprint: str = "",
 ) -> dict[str, Any]:
     """Train with best-epoch selection on validation AUC, LR reduction, early stopping, resume.
 
     `work_dir` holds the resume state (BackupAndRestore) and the dvclive log while
     training; it is removed once the run completes and the log is copied to `live_dir`.
+    A leftover state from a run with another `fingerprint` (other params) is discarded.
     """
     from dvclive import Live
 
+    stamp = work_dir / "fingerprint.txt"
+    if work_dir.exists() and (not stamp.exists() or stamp.read_text() != fingerprint):
+        log.info("discarding resume state of another configuration in %s", work_dir)
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(fingerprint)
     resuming = (work_dir / "backup").exists()
     if resuming:
         log.info("resuming from %s", work_dir / "backup")
@@ -143,12 +261,17 @@ def fit(
         callbacks = [
             keras.callbacks.BackupAndRestore(str(work_dir / "backup")),
             best,
-            keras.callbacks.ReduceLROnPlateau(
-                MONITOR, mode="max", factor=LR_FACTOR, patience=LR_PATIENCE, min_lr=MIN_LR
-            ),
             keras.callbacks.EarlyStopping(MONITOR, mode="max", patience=patience),
             LiveLogger(live),
+            *extra_callbacks,
         ]
+        if reduce_on_plateau:
+            callbacks.insert(
+                2,
+                keras.callbacks.ReduceLROnPlateau(
+                    MONITOR, mode="max", factor=LR_FACTOR, patience=LR_PATIENCE, min_lr=MIN_LR
+                ),
+            )
         history = model.fit(
             train_ds,
             validation_data=val_ds,
@@ -159,12 +282,19 @@ def fit(
             verbose=2,
         )
         best.restore()
+        best_epoch = best.best_epoch()
         live.summary["best_val_auc"] = float(best.best)
+        live.summary["best_epoch"] = best_epoch
     if live_dir.exists():
         shutil.rmtree(live_dir)
     shutil.copytree(work_dir / "live", live_dir)
     shutil.rmtree(work_dir, ignore_errors=True)
-    return {"epochs_run": len(history.epoch), "best_val_auc": float(best.best)}
+    return {
+        "epochs_run": len(history.epoch),
+        "first_epoch": history.epoch[0] + 1 if history.epoch else None,
+        "best_val_auc": float(best.best),
+        "best_epoch": best_epoch,
+    }
 
 
 def choose_threshold(y: np.ndarray, p: np.ndarray) -> float:

@@ -1,0 +1,162 @@
+"""Tests for tasks.finetune: frozen weights kept, tail trained, BatchNorm frozen, layer table."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from tasks.finetune import finetune, freeze
+from tasks.io import MANIFEST_FIELDS, png_bytes, read_csv
+from tasks.models import build_model, load_model, save_model
+from tasks.params import parse_params
+
+SIZE = 32
+IMAGE = 48
+
+
+def _write_split(raw: Path, splits: Path, name: str, n: int, rng: np.random.Generator) -> None:
+    """n generated PNGs (bright disc = PNEUMONIA) and their split CSV."""
+    yy, xx = np.mgrid[:IMAGE, :IMAGE]
+    rows = []
+    for i in range(n):
+        label = ("NORMAL", "PNEUMONIA")[i % 2]
+        img = rng.integers(30, 120, (IMAGE, IMAGE)).astype(np.uint8)
+        if label == "PNEUMONIA":
+            img[(yy - IMAGE // 2) ** 2 + (xx - IMAGE // 2) ** 2 < (IMAGE // 4) ** 2] = 230
+        rel = f"images/{name}/{label}/{name}{i}.png"
+        (raw / rel).parent.mkdir(parents=True, exist_ok=True)
+        (raw / rel).write_bytes(png_bytes(img))
+        rows.append(
+            {
+                "path": rel,
+                "label": label,
+                "source_split": name,
+                "patient_id": f"{name}{i}",
+                "sha256": f"{name}{i:060d}",
+                "width": IMAGE,
+                "height": IMAGE,
+            }
+        )
+    splits.mkdir(parents=True, exist_ok=True)
+    with (splits / f"{name}.csv").open("w", newline="") as f:
+        w = csv.DictWriter(f, MANIFEST_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A random-init xray_net base model, fine-tuned 2 epochs on a tiny generated set."""
+    root = tmp_path_factory.mktemp("ft")
+    raw, splits = root / "raw", root / "splits"
+    rng = np.random.default_rng(0)
+    _write_split(raw, splits, "train", 16, rng)
+    _write_split(raw, splits, "val", 8, rng)
+    keras.utils.set_random_seed(0)
+    base = root / "base.keras"
+    meta = {
+        "arch": "xray_net",
+        "image_size": SIZE,
+        "channels": 1,
+        "classes": ["NORMAL", "PNEUMONIA"],
+        "positive_class": "PNEUMONIA",
+        "threshold": 0.5,
+        "stage": "train_base",
+    }
+    save_model(build_model("xray_net", SIZE), base, meta)
+    params = parse_params(
+        {
+            "finetune": {"trainable_layers": 3, "epochs": 2, "batch_size": 8, "patience": 2},
+            "train": {"threads": 1},
+        }
+    )
+    paths = {
+        "splits_dir": splits,
+        "base_path": base,
+        "model_path": root / "finetuned.keras",
+        "live_dir": root / "live",
+        "work_dir": root / "work",
+        "layers_csv": root / "reports" / "finetune_layers.csv",
+        "raw_dir": raw,
+    }
+    finetune(params, **paths)
+    return paths
+
+
+def _weights(path: Path) -> dict[str, list[np.ndarray]]:
+    model, _ = load_model(path)
+    return {lyr.name: [np.array(w) for w in lyr.get_weights()] for lyr in model.layers}
+
+
+def test_frozen_weights_are_bit_identical_and_the_tail_moved(tuned: dict[str, Path]) -> None:
+    before, after = _weights(tuned["base_path"]), _weights(tuned["model_path"])
+    table = {r["name"]: r for r in read_csv(tuned["layers_csv"])}
+    trainable = {n for n, r in table.items() if r["trainable"] == "True" and int(r["params"])}
+    assert len(trainable) == 3
+    assert "prob" in trainable
+    for name, ws in before.items():
+        if not ws:
+            continue
+        same = all(np.array_equal(a, b) for a, b in zip(ws, after[name], strict=True))
+        if name in trainable:
+            assert not same, f"trainable layer {name} did not change"
+        else:
+            assert same, f"frozen layer {name} changed"
+
+
+def test_batchnorm_stays_in_inference_mode(tuned: dict[str, Path]) -> None:
+    model, _ = load_model(tuned["base_path"])
+    before, after = _weights(tuned["base_path"]), _weights(tuned["model_path"])
+    bns = [lyr.name for lyr in model.layers if isinstance(lyr, keras.layers.BatchNormalization)]
+    assert bns
+    for name in bns:  # gamma, beta, moving mean, moving variance all untouched
+        for a, b in zip(before[name], after[name], strict=True):
+            assert np.array_equal(a, b), f"BatchNorm {name} changed"
+
+
+def test_layer_table_is_written(tuned: dict[str, Path]) -> None:
+    rows = read_csv(tuned["layers_csv"])
+    assert list(rows[0]) == ["index", "name", "type", "trainable", "params"]
+    assert rows[-1]["name"] == "prob" and rows[-1]["trainable"] == "True"
+    assert any(r["type"] == "BatchNormalization" and r["trainable"] == "False" for r in rows)
+    _, meta = load_model(tuned["model_path"])
+    assert meta["stage"] == "finetune" and 0.0 < meta["threshold"] < 1.0
+
+
+def test_unfreeze_from_a_named_layer() -> None:
+    model = build_model("xray_net", SIZE)
+    table = freeze(model, 5, "block3_sep2")
+    on = [r["name"] for r in table if r["trainable"]]
+    assert on[0] == "block3_sep2" and "prob" in on
+    assert not any(r["trainable"] for r in table if r["type"] == "BatchNormalization")
+    start = next(r["index"] for r in table if r["name"] == "block3_sep2")
+    assert not any(r["trainable"] for r in table[:start])
+    assert all(r["trainable"] for r in table[start:] if r["type"] != "BatchNormalization")
+
+
+def test_unknown_unfreeze_from_is_a_one_line_error() -> None:
+    model = build_model("xray_net", SIZE)
+    with pytest.raises(ValueError) as err:
+        freeze(model, 5, "no_such_layer")
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith("finetune.unfreeze_from: no layer named 'no_such_layer'")
+
+
+def test_clean_fraction_leaves_some_draws_clean() -> None:
+    from tasks.data import resize
+    from tasks.finetune import corrupt_one
+
+    image = np.random.default_rng(3).integers(0, 256, (IMAGE, IMAGE)).astype(np.uint8)
+    clean = resize(image, SIZE)
+    draws = [corrupt_one(image, f"k{i}", ["seed"], [3], 0, SIZE, 0.5) for i in range(40)]
+    n_clean = sum(np.array_equal(d, clean) for d in draws)
+    assert 8 <= n_clean <= 32
+    assert not any(
+        np.array_equal(corrupt_one(image, f"k{i}", ["seed"], [3], 0, SIZE), clean)
+        for i in range(10)
+    )

@@ -1,0 +1,168 @@
+"""Tests for tasks.models and train_base resume: builds, byte-stable files, safe loading."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from tasks.io import MANIFEST_FIELDS, png_bytes
+from tasks.models import ARCH_NAMES, build_model, load_model, read_meta, save_model
+from tasks.params import parse_params
+
+SIZE = 32
+BACKBONE_SIZE = 32
+META = {
+    "arch": "xray_net",
+    "image_size": SIZE,
+    "threshold": 0.42,
+    "classes": ["NORMAL", "PNEUMONIA"],
+}
+
+
+def _pixels(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """Random uint8 grayscale images (n, size, size, 1)."""
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 1), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("arch", ARCH_NAMES)
+def test_each_arch_takes_uint8_gray_and_outputs_one_probability(arch: str) -> None:
+    size = BACKBONE_SIZE if arch not in ("xray_net", "seed_cnn") else 64
+    model = build_model(arch, size)
+    assert model.input_shape == (None, size, size, 1)
+    out = model.predict(_pixels(3, size), verbose=0)
+    assert out.shape == (3, 1)
+    assert np.all((out >= 0.0) & (out <= 1.0))
+
+
+def test_unknown_arch_and_bad_weights_are_one_line_errors() -> None:
+    with pytest.raises(ValueError, match=r"train\.arch: unknown architecture 'vgg'"):
+        build_model("vgg", SIZE)
+    with pytest.raises(ValueError, match=r"train\.weights"):
+        build_model("xray_net", SIZE, "imagenet")
+
+
+def test_xray_net_is_far_smaller_than_seed_cnn() -> None:
+    small, seed = build_model("xray_net", 150), build_model("seed_cnn", 150)
+    assert small.count_params() * 10 < seed.count_params()
+
+
+def test_save_model_is_byte_stable_and_load_round_trips(tmp_path: Path) -> None:
+    keras.utils.set_random_seed(1)
+    model = build_model("xray_net", SIZE)
+    a, b = tmp_path / "a.keras", tmp_path / "b.keras"
+    save_model(model, a, META)
+    save_model(model, b, META)
+    assert a.read_bytes() == b.read_bytes()
+    loaded, meta = load_model(a)
+    assert meta == META == read_meta(b)
+    x = _pixels(4, SIZE, seed=3).astype("float32")
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=0, atol=1e-6
+    )
+
+
+def test_load_model_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"missing\.keras"):
+        load_model(tmp_path / "missing.keras")
+    bad = tmp_path / "bad.keras"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match=r"bad\.keras: not a model saved by this pipeline"):
+        load_model(bad)
+
+
+def write_tiny_split(root: Path, n: int = 16, size: int = 40) -> tuple[Path, Path]:
+    """A generated raw folder and train/val split CSVs: bright discs are PNEUMONIA."""
+    raw, splits = root / "raw", root / "splits"
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size]
+    for split in ("train", "val"):
+        rows = []
+        for i in range(n):
+            label = ("NORMAL", "PNEUMONIA")[i % 2]
+            img = rng.integers(0, 80, (size, size)).astype(np.uint8)
+            if label == "PNEUMONIA":
+                img[(yy - size // 2) ** 2 + (xx - size // 2) ** 2 < (size // 4) ** 2] = 220
+            rel = f"images/{split}/{label}/{split}{i}.png"
+            (raw / rel).parent.mkdir(parents=True, exist_ok=True)
+            data = png_bytes(img)
+            (raw / rel).write_bytes(data)
+            rows.append(
+                {
+                    "path": rel,
+                    "label": label,
+                    "source_split": split,
+                    "patient_id": f"{split}{i}",
+                    "sha256": f"{split}{i:062d}",
+                    "width": size,
+                    "height": size,
+                }
+            )
+        splits.mkdir(parents=True, exist_ok=True)
+        with (splits / f"{split}.csv").open("w", newline="") as f:
+            w = csv.DictWriter(f, MANIFEST_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+    return raw, splits
+
+
+class Crash(keras.callbacks.Callback):
+    """Simulate a killed run: raise at the end of the first epoch (after the backup)."""
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if epoch == 0:
+            raise KeyboardInterrupt("killed")
+
+
+def test_train_base_resumes_after_a_kill(tmp_path: Path) -> None:
+    from tasks.train_base import train_base
+
+    raw, splits = write_tiny_split(tmp_path)
+    params = parse_params(
+        {
+            "train": {
+                "arch": "xray_net",
+                "image_size": 32,
+                "batch_size": 8,
+                "epochs": 2,
+                "patience": 2,
+                "warmup_epochs": 0,
+                "augment": False,
+            }
+        }
+    )
+    paths = {
+        "splits_dir": splits,
+        "model_path": tmp_path / "base.keras",
+        "live_dir": tmp_path / "live",
+        "work_dir": tmp_path / "work",
+        "raw_dir": raw,
+    }
+    with pytest.raises(KeyboardInterrupt):
+        train_base(params, **paths, callbacks=[Crash()])
+    assert not paths["model_path"].exists()
+    assert (paths["work_dir"] / "backup").exists()
+    summary = train_base(params, **paths)
+    assert summary["first_epoch"] == 2
+    assert summary["epochs_run"] == 1
+    assert paths["model_path"].exists()
+    assert not paths["work_dir"].exists()
+    meta = read_meta(paths["model_path"])
+    assert 0.0 < meta["threshold"] < 1.0 and meta["image_size"] == 32
+    steps = (paths["live_dir"] / "plots" / "metrics" / "eval" / "auc.tsv").read_text().splitlines()
+    assert len(steps) == 1 + 2  # header + one row per epoch, the killed one included
+
+
+def test_augmentation_keeps_shape_and_range_and_is_identity_when_off() -> None:
+    from tasks.training import augmenter
+
+    x = _pixels(4, 48, seed=2).astype("float32")
+    out = np.asarray(augmenter(0)(x, training=True))
+    assert out.shape == x.shape
+    assert out.min() >= 0.0 and out.max() <= 255.0
+    assert not np.allclose(out, x, atol=1.0)
+    np.testing.assert_array_equal(np.asarray(augmenter(0)(x, training=False)), x)
+    np.testing.assert_allclose(np.asarray(augmenter(0, 0.0)(x, training=True)), x, atol=0.01)

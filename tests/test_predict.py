@@ -1,0 +1,124 @@
+"""Tests for `xray predict` (tasks.predict): any JPEG/PNG, text and JSON output, bad files."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from flows.cli import main as xray
+from tasks.data import resize
+from tasks.models import build_model, save_model
+from tasks.predict import EXIT_NO_MODEL, EXIT_OK, EXIT_SOME_FAILED, predict_paths
+
+SIZE = 32
+THRESHOLD = 0.37
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init xray_net saved with its metadata."""
+    keras.utils.set_random_seed(5)
+    path = tmp_path_factory.mktemp("model") / "m.keras"
+    meta = {
+        "arch": "xray_net",
+        "image_size": SIZE,
+        "classes": ["NORMAL", "PNEUMONIA"],
+        "positive_class": "PNEUMONIA",
+        "threshold": THRESHOLD,
+    }
+    save_model(build_model("xray_net", SIZE), path, meta)
+    return path
+
+
+@pytest.fixture()
+def images(tmp_path: Path) -> dict[str, Path]:
+    """Images of several sizes and modes, a broken file, a nested folder."""
+    rng = np.random.default_rng(1)
+    d = tmp_path / "imgs"
+    (d / "sub").mkdir(parents=True)
+    files = {
+        "rgb_jpeg": d / "a_rgb.jpg",
+        "gray_png": d / "b_gray.png",
+        "rgba_png": d / "sub" / "c_rgba.png",
+        "deep_png": d / "sub" / "d_16bit.png",
+    }
+    Image.fromarray(rng.integers(0, 256, (200, 300, 3), dtype=np.uint8)).save(files["rgb_jpeg"])
+    Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8)).save(files["gray_png"])
+    Image.fromarray(rng.integers(0, 256, (90, 40, 4), dtype=np.uint8)).save(files["rgba_png"])
+    Image.fromarray(rng.integers(0, 65535, (50, 70), dtype=np.uint16)).save(files["deep_png"])
+    bad = d / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    files["bad"] = bad
+    return files
+
+
+def _run(paths: list[Path], model: Path, as_json: bool) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = predict_paths(paths, model, as_json=as_json, batch_size=2, out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_text_output_one_line_per_image(model_file: Path, images: dict[str, Path]) -> None:
+    good = [images[k] for k in ("rgb_jpeg", "gray_png", "rgba_png", "deep_png")]
+    code, out, err = _run(good, model_file, as_json=False)
+    assert code == EXIT_OK and err == ""
+    lines = out.splitlines()
+    assert len(lines) == 4
+    for line, path in zip(lines, good, strict=True):
+        name, label, prob, thr = line.split("\t")
+        assert name == str(path)
+        assert label in ("NORMAL", "PNEUMONIA")
+        p = float(prob.removeprefix("P(PNEUMONIA)="))
+        assert 0.0 <= p <= 1.0
+        assert (label == "PNEUMONIA") == (p >= THRESHOLD)
+        assert thr == f"threshold={THRESHOLD:.4f}"
+
+
+def test_json_matches_the_model_on_resized_pixels(
+    model_file: Path, images: dict[str, Path]
+) -> None:
+    from tasks.models import load_model
+
+    code, out, _ = _run([images["gray_png"], images["rgb_jpeg"]], model_file, as_json=True)
+    assert code == EXIT_OK
+    rows = [json.loads(line) for line in out.splitlines()]
+    model, _ = load_model(model_file)
+    gray = np.asarray(Image.open(images["gray_png"]))
+    expected = float(model.predict(resize(gray, SIZE)[None, ..., None].astype("float32"))[0, 0])
+    assert rows[0]["probability"] == pytest.approx(expected, abs=1e-5)
+    assert rows[0]["threshold"] == THRESHOLD and rows[0]["positive_class"] == "PNEUMONIA"
+    assert set(rows[1]) == {"path", "label", "probability", "positive_class", "threshold"}
+
+
+def test_bad_file_is_one_line_error_and_the_rest_predicted(
+    model_file: Path, images: dict[str, Path]
+) -> None:
+    folder = images["rgb_jpeg"].parent
+    code, out, err = _run([folder, folder / "missing.png"], model_file, as_json=True)
+    assert code == EXIT_SOME_FAILED
+    assert len(out.splitlines()) == 4  # the four good images, nested folder included
+    errors = err.splitlines()
+    assert len(errors) == 2
+    assert errors[0].startswith(f"error: {images['bad']}: not a usable image")
+    assert errors[1] == f"error: {folder / 'missing.png'}: no such file or folder"
+
+
+def test_missing_model_is_a_one_line_error(tmp_path: Path, images: dict[str, Path]) -> None:
+    code, out, err = _run([images["gray_png"]], tmp_path / "nope.keras", as_json=False)
+    assert code == EXIT_NO_MODEL and out == ""
+    assert err.strip() == f"error: {tmp_path / 'nope.keras'}: model not found"
+
+
+def test_cli_predict(
+    model_file: Path, images: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = xray(["predict", "--model", str(model_file), "--json", str(images["deep_png"])])
+    assert code == EXIT_OK
+    row = json.loads(capsys.readouterr().out.strip())
+    assert row["path"] == str(images["deep_png"])
