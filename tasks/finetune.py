@@ -231,9 +231,9 @@ def finetune(
         **read_meta(base_path),
         "threshold": threshold,
         "stage": "finetune",
-        "threshold_rule": "youden_j_on_clean_and_corrupted_val"
+        "threshold_rule": "youden_j_midplateau_on_clean_and_corrupted_val"
         if p.clean_fraction > 0
-        else "youden_j_on_corrupted_val",
+        else "youden_j_midplateau_on_corrupted_val",
         "finetune_clean_fraction": p.clean_fraction,
         "finetune_families": families,
         "finetune_severities": severities,

@@ -105,7 +105,7 @@ def train_base(
         "classes": list(params.data.classes),
         "positive_class": positive,
         "threshold": threshold,
-        "threshold_rule": "youden_j_on_val",
+        "threshold_rule": "youden_j_midplateau_on_val",
         "stage": "train_base",
         "best_epoch": summary["best_epoch"],
         "val_auc": summary["best_val_auc"],

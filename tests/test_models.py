@@ -166,3 +166,21 @@ def test_augmentation_keeps_shape_and_range_and_is_identity_when_off() -> None:
     assert not np.allclose(out, x, atol=1.0)
     np.testing.assert_array_equal(np.asarray(augmenter(0)(x, training=False)), x)
     np.testing.assert_allclose(np.asarray(augmenter(0, 0.0)(x, training=True)), x, atol=0.01)
+
+
+def test_threshold_sits_mid_plateau_of_best_youden() -> None:
+    from tasks.training import choose_threshold
+
+    y = np.array([0, 0, 0, 1, 1, 1])
+    p = np.array([0.01, 0.02, 0.05, 0.95, 0.98, 0.99])  # separable: any t in (0.05, 0.95]
+    t = choose_threshold(y, p)
+    assert 0.05 < t <= 0.95
+    assert abs(t - 0.5) < 1e-6  # logit midpoint of 0.05 and 0.95
+    # one NORMAL outlier: the best J run is (0.6, 0.9], not the outlier's neighbourhood
+    y2 = np.array([0, 0, 0, 0, 1, 1, 1])
+    p2 = np.array([0.1, 0.2, 0.3, 0.6, 0.9, 0.95, 0.97])
+    t2 = choose_threshold(y2, p2)
+    assert 0.6 < t2 <= 0.9
+    preds = (p2 >= t2).astype(int)
+    assert preds.tolist() == [0, 0, 0, 0, 1, 1, 1]
+    assert choose_threshold(np.array([1, 1]), np.array([0.3, 0.4])) == 0.5
