@@ -16,6 +16,9 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+NOISY_LOGGERS = ("httpx", "httpcore")
+
+
 def setup_logging() -> None:
     """Log to stderr with the stage's logger name."""
     logging.basicConfig(
@@ -23,6 +26,8 @@ def setup_logging() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for noisy in NOISY_LOGGERS:  # per-request lines of Prefect's API client
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def run_stage(main: Callable[[], object]) -> None:
