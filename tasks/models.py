@@ -151,6 +151,26 @@ def build_model(arch: str, image_size: int, weights: str | None = None) -> keras
     return ARCHS[arch](image_size)
 
 
+def _renumber_shared_ids(config: Any, ids: dict[int, int] | None = None) -> Any:
+    """Replace Keras' `shared_object_id`s (Python object ids, new in every process) by 1, 2, ...
+
+    The ids only link the places that share one object, so numbering them in order of
+    first appearance keeps their meaning and makes config.json identical across runs.
+    """
+    ids = {} if ids is None else ids
+    if isinstance(config, dict):
+        out = {}
+        for key, value in config.items():
+            if key == "shared_object_id" and isinstance(value, int):
+                out[key] = ids.setdefault(value, len(ids) + 1)
+            else:
+                out[key] = _renumber_shared_ids(value, ids)
+        return out
+    if isinstance(config, list):
+        return [_renumber_shared_ids(v, ids) for v in config]
+    return config
+
+
 def save_model(model: keras.Model, path: Path, meta: dict[str, Any]) -> None:
     """Save a .keras file with `meta` inside, byte-stable: fixed zip times, no save date."""
     fd, tmp = tempfile.mkstemp(suffix=".keras")
@@ -165,6 +185,8 @@ def save_model(model: keras.Model, path: Path, meta: dict[str, Any]) -> None:
                     md = json.loads(data)
                     md.pop("date_saved", None)
                     data = json.dumps(md, sort_keys=True).encode()
+                elif info.filename == "config.json":
+                    data = json.dumps(_renumber_shared_ids(json.loads(data))).encode()
                 dst.writestr(zipfile.ZipInfo(info.filename, ZIP_EPOCH), data)
             dst.writestr(
                 zipfile.ZipInfo(META_MEMBER, ZIP_EPOCH), json.dumps(meta, indent=2, sort_keys=True)

@@ -184,3 +184,26 @@ def test_threshold_sits_mid_plateau_of_best_youden() -> None:
     preds = (p2 >= t2).astype(int)
     assert preds.tolist() == [0, 0, 0, 0, 1, 1, 1]
     assert choose_threshold(np.array([1, 1]), np.array([0.3, 0.4])) == 0.5
+
+
+def test_saved_model_bytes_do_not_depend_on_the_process(tmp_path: Path) -> None:
+    """Keras writes Python object ids into config.json; two processes must still agree."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, keras; from pathlib import Path; from tasks.models import build_model, "
+        "save_model; keras.utils.set_random_seed(0); "
+        "save_model(build_model('xray_net', 32), Path(sys.argv[1]), {'threshold': 0.5})"
+    )
+    root = Path(__file__).resolve().parents[1]
+    paths = [tmp_path / "a.keras", tmp_path / "b.keras"]
+    for path in paths:
+        subprocess.run(
+            [sys.executable, "-c", script, str(path)],
+            cwd=root,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    assert paths[0].read_bytes() == paths[1].read_bytes()
