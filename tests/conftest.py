@@ -70,8 +70,16 @@ def make_project(tmp_path: Path) -> Callable[..., Path]:
     def make(extra: dict | None = None, name: str = "project") -> Path:
         dest = tmp_path / name
         for rel in tracked_files():
-            if rel.startswith(("data/", "models/", "reports/", "dvclive/")) or rel == "dvc.lock":
-                continue
+            outputs = (
+                "data/raw",
+                "data/splits",
+                "data/corrupted",
+                "models/",
+                "reports/",
+                "dvclive/",
+            )
+            if rel.startswith(outputs) or rel == "dvc.lock":
+                continue  # pipeline outputs (data/source.json, the source record, is kept)
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, target)

@@ -32,6 +32,7 @@ SHRINK = {
     "data.synthetic.image_size": 64,
     "train.image_size": 48,
     "train.epochs": 1,
+    "train.warmup_epochs": 0,
     "finetune.epochs": 1,
     "corrupt.families": ["seed"],
     "corrupt.severities": [3],
