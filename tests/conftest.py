@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -30,6 +33,21 @@ SHRUNK = {
     "finetune": {"epochs": 1, "batch_size": 16},
     "evaluate": {"grid_images": 4},
 }
+
+
+@contextlib.contextmanager
+def loopback_server(handler: type[BaseHTTPRequestHandler], state: object) -> Iterator[str]:
+    """Serve `handler` on a free 127.0.0.1 port in a thread; `self.server.state` is `state`."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    httpd.state = state  # type: ignore[attr-defined]
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 def deep_update(base: dict, change: dict) -> dict:

@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import io
-import threading
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import loopback_server
 from PIL import Image
 
 import tasks.download as dl
@@ -99,7 +99,7 @@ class Handler(BaseHTTPRequestHandler):
         """Stay quiet."""
 
     def _served(self) -> Served:
-        return self.server.served  # type: ignore[attr-defined]
+        return self.server.state  # type: ignore[attr-defined]
 
     def _headers(self, status: int, length: int, extra: dict[str, str] | None = None) -> None:
         s = self._served()
@@ -144,17 +144,9 @@ class Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def server() -> Iterator[tuple[str, Served]]:
     """A loopback server on a free port; yields (base URL, Served)."""
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
     served = Served()
-    httpd.served = served  # type: ignore[attr-defined]
-    t = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    t.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", served
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with loopback_server(Handler, served) as url:
+        yield url, served
 
 
 @pytest.fixture(autouse=True)

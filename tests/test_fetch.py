@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import loopback_server
 
 from tasks.fetch import FetchError, fetch, probe
 
@@ -44,7 +44,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _body(self) -> bytes:
         """The bytes to serve."""
-        b = self.server.behaviour  # type: ignore[attr-defined]
+        b = self.server.state  # type: ignore[attr-defined]
         return bytes(x ^ 0xFF for x in BLOB[:64]) + BLOB[64:] if b.corrupt else BLOB
 
     def _plain(self, status: int, extra: dict[str, str] | None = None) -> None:
@@ -57,7 +57,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_HEAD(self) -> None:
         """Headers only (405 when HEAD is switched off)."""
-        b: Behaviour = self.server.behaviour  # type: ignore[attr-defined]
+        b: Behaviour = self.server.state  # type: ignore[attr-defined]
         b.requests.append(("HEAD", self.path, dict(self.headers)))
         if not b.head_allowed:
             self._plain(405)
@@ -72,7 +72,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         """Body, ranged body, or a configured fault."""
-        b: Behaviour = self.server.behaviour  # type: ignore[attr-defined]
+        b: Behaviour = self.server.state  # type: ignore[attr-defined]
         b.requests.append(("GET", self.path, dict(self.headers)))
         if self.path != "/blob.bin":
             self._plain(404)
@@ -111,17 +111,9 @@ class Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def server() -> Iterator[tuple[str, Behaviour]]:
     """A loopback server; yields (base URL, behaviour)."""
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
     behaviour = Behaviour()
-    httpd.behaviour = behaviour  # type: ignore[attr-defined]
-    t = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    t.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", behaviour
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with loopback_server(Handler, behaviour) as url:
+        yield url, behaviour
 
 
 def _gets(b: Behaviour) -> list[dict[str, str]]:
