@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import tracked_files
 
 from flows.deploy import (
     DeployError,
@@ -108,18 +109,11 @@ def set_params(root: Path, values: dict[str, Any]) -> None:
 
 def make_project(dest: Path) -> Path:
     """A git repo holding a copy of the project's files, with shrunk params."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for rel in listed:
+    for rel in tracked_files():
         src = REPO / rel
         # the committed dvc.lock and reports describe the full default run, not this shrunk one
         outputs = rel == "dvc.lock" or rel.startswith(("reports/", "dvclive/", "tests/"))
-        if src.is_file() and not outputs:
+        if not outputs:
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
     set_params(dest, SHRINK)
