@@ -64,15 +64,28 @@ class AcquisitionAugment(keras.layers.Layer):
     Takes and returns 0..255 float pixels (N, H, W, 1); identity outside training.
     """
 
-    def __init__(self, strength: float = 1.0, seed: int = 0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        strength: float = 1.0,
+        seed: int = 0,
+        ranges: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.strength, self.seed = float(strength), int(seed)
-        self.ranges = {k: v * self.strength for k, v in AUGMENT.items()}
+        unknown = set(ranges or {}) - set(AUGMENT)
+        if unknown:
+            raise ValueError(
+                f"augmentation ranges: unknown {sorted(unknown)}; known {list(AUGMENT)}"
+            )
+        self.base_ranges = {**AUGMENT, **(ranges or {})}
+        self.ranges = {k: v * self.strength for k, v in self.base_ranges.items()}
         self.kernel = _gaussian_kernel(BLUR_SIGMA, BLUR_RADIUS)
 
     def get_config(self) -> dict[str, Any]:
         """Layer config (strength and seed)."""
-        return {**super().get_config(), "strength": self.strength, "seed": self.seed}
+        config = {**super().get_config(), "strength": self.strength, "seed": self.seed}
+        return config if self.base_ranges == AUGMENT else {**config, "ranges": self.base_ranges}
 
     def call(self, images: Any, training: bool = True) -> Any:
         """Augment a batch when training."""
@@ -125,8 +138,11 @@ class AcquisitionAugment(keras.layers.Layer):
         mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
         c = per_image(uniform(6, 1.0 - r["contrast"], 1.0 + r["contrast"]))
         x = x * c + (mean * (1.0 - c) + per_image(uniform(7, -r["brightness"], r["brightness"])))
-        x = tf.clip_by_value(x, 1e-6, 1.0)
-        x = tf.exp(tf.math.log(x) * per_image(tf.exp(uniform(8, -r["gamma"], r["gamma"]))))
+        if r["gamma"] > 0:
+            x = tf.clip_by_value(x, 1e-6, 1.0)
+            x = tf.exp(tf.math.log(x) * per_image(tf.exp(uniform(8, -r["gamma"], r["gamma"]))))
+        if r["noise"] <= 0:
+            return tf.clip_by_value(x, 0.0, 1.0) * 255.0
         # The noise field from a stateless generator (about 10x cheaper per pixel than the
         # stateful op), keyed by a seed drawn from the layer's seeded stream: still
         # reproducible, still new noise on every batch.
@@ -137,9 +153,14 @@ class AcquisitionAugment(keras.layers.Layer):
         return tf.clip_by_value(x, 0.0, 1.0) * 255.0
 
 
-def augmenter(seed: int, strength: float = 1.0) -> keras.layers.Layer:
-    """The training augmentation; `strength` scales every range (0 = identity)."""
-    return AcquisitionAugment(strength, seed, name="augment")
+def augmenter(
+    seed: int, strength: float = 1.0, ranges: dict[str, float] | None = None
+) -> keras.layers.Layer:
+    """The training augmentation; `strength` scales every range (0 = identity).
+
+    `ranges` overrides single entries of AUGMENT; a range of 0 skips that operation.
+    """
+    return AcquisitionAugment(strength, seed, ranges, name="augment")
 
 
 def learning_rate(

@@ -225,3 +225,27 @@ def test_threshold_scores_add_seeded_augmented_copies_of_val() -> None:
     np.testing.assert_array_equal(p_all, p_again)  # seeded: the same threshold on rerun
     _, p_off = shifted_val_scores(model, x, y, TrainParams(image_size=32, augment=False))
     assert len(p_off) == len(y)
+
+
+def test_augmentation_is_seeded_and_ranges_override_single_operations() -> None:
+    import tensorflow as tf
+
+    from tasks.training import augmenter
+
+    x = _pixels(4, 48, seed=3).astype("float32")
+    draws = []
+    for _ in range(2):  # same global seed, same draws (the stream restarts with the seed)
+        tf.random.set_seed(11)
+        draws.append(np.asarray(augmenter(5)(x, training=True)))
+    np.testing.assert_array_equal(*draws)
+    off = {k: 0.0 for k in ("rotation", "zoom", "translation", "contrast", "blur", "noise")}
+    only_gamma = np.asarray(augmenter(5, ranges={**off, "brightness": 0.0})(x, training=True))
+    # A gamma curve alone keeps the order of pixel values within each image.
+    for img, src in zip(only_gamma, x, strict=True):
+        order = np.argsort(src.ravel(), kind="stable")
+        assert np.all(np.diff(img.ravel()[order]) >= -1e-3)
+    layer = augmenter(5, ranges={"noise": 0.0})
+    assert layer.get_config()["ranges"]["noise"] == 0.0
+    assert "ranges" not in augmenter(5).get_config()
+    with pytest.raises(ValueError, match="unknown \\['hue'\\]"):
+        augmenter(5, ranges={"hue": 0.1})
