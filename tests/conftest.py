@@ -81,33 +81,32 @@ def tracked_files() -> list[str]:
     return [f for f in out.splitlines() if (ROOT / f).is_file()]
 
 
+PIPELINE_OUTPUTS = ("data/raw", "data/splits", "data/corrupted", "models/", "reports/", "dvclive/")
+
+
+def copy_project(dest: Path, extra: dict | None = None) -> Path:
+    """Copy the project into `dest`, a new git repo with shrunk (and extra) params."""
+    for rel in tracked_files():
+        if rel.startswith(PIPELINE_OUTPUTS) or rel == "dvc.lock":
+            continue  # pipeline outputs (data/source.json, the source record, is kept)
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, target)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = deep_update(deep_update(params, SHRUNK), extra or {})
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git(dest, "init", "-q", "-b", "main")
+    git(dest, "add", "-A")
+    git(dest, "commit", "-q", "-m", "test project")
+    return dest
+
+
 @pytest.fixture
 def make_project(tmp_path: Path) -> Callable[..., Path]:
     """Factory: copy the project into a temporary git repo with shrunk (and extra) params."""
 
     def make(extra: dict | None = None, name: str = "project") -> Path:
-        dest = tmp_path / name
-        for rel in tracked_files():
-            outputs = (
-                "data/raw",
-                "data/splits",
-                "data/corrupted",
-                "models/",
-                "reports/",
-                "dvclive/",
-            )
-            if rel.startswith(outputs) or rel == "dvc.lock":
-                continue  # pipeline outputs (data/source.json, the source record, is kept)
-            target = dest / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, target)
-        params = yaml.safe_load((ROOT / "params.yaml").read_text())
-        params = deep_update(deep_update(params, SHRUNK), extra or {})
-        (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        git(dest, "init", "-q", "-b", "main")
-        git(dest, "add", "-A")
-        git(dest, "commit", "-q", "-m", "test project")
-        return dest
+        return copy_project(tmp_path / name, extra)
 
     return make
 
