@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tasks.corrupt import MANIFEST, corrupt, default_workers
+from tasks.compute import default_workers
+from tasks.corrupt import MANIFEST, corrupt
 from tasks.corruptions import FAMILIES, SEVERITIES
 from tasks.io import png_bytes, write_csv, write_json
 from tasks.params import CorruptParams

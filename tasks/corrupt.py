@@ -3,7 +3,9 @@
 Writes ``data/corrupted/<family>/<severity>/<CLASS>/<name>.png`` and
 ``data/corrupted/manifest.csv``. Each image's randomness derives from (its content
 hash, family, severity, seed) only, and each output file is written by exactly one
-job, so the output is byte-identical across runs, machines and worker counts. The
+job, so the output is byte-identical across runs, machines, worker counts and executors
+(`compute.executor`: local processes or a Dask cluster, see tasks/compute.py). Workers
+get the source bytes and return PNG bytes; only this process writes files. The
 folder is built aside (a hidden temporary sibling) and renamed when complete, so an
 interrupted run leaves the previous ``data/corrupted`` untouched.
 """
@@ -11,17 +13,16 @@ interrupted run leaves the previous ``data/corrupted`` untouched.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import signal
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from tasks.compute import Runner
 from tasks.corruptions import corrupt_image, rng_for
-from tasks.io import png_bytes, read_csv, read_gray, staged_dir, write_csv
-from tasks.params import CorruptParams, load_params
+from tasks.io import decode_gray, png_bytes, read_csv, staged_dir, write_csv
+from tasks.params import ComputeParams, CorruptParams, load_params
 
 log = logging.getLogger("xray.corrupt")
 
@@ -30,38 +31,42 @@ TEST_CSV = Path("data/splits/test.csv")
 OUT_DIR = Path("data/corrupted")
 MANIFEST = "manifest.csv"
 FIELDS = ("path", "label", "family", "severity", "patient_id", "sha256", "source_path")
-IMAGES_PER_TASK = 4  # source images per pool task (each task does every family x severity)
+IMAGES_PER_TASK = 4  # source images per task (each task does every family x severity)
+WORKER_MODULES = ("tasks.corrupt", "tasks.corruptions", "tasks.io")
+"""The code a worker runs for this stage: a Dask worker must have the same (checked)."""
 
 # One source image and everything made from it: (source file, sha256, seed, [(family,
-# severity, out file)]). The image is decoded once per job, not once per output.
+# severity, output path relative to the output folder)]). Decoded once per job.
 Job = tuple[str, str, int, list[tuple[str, int, str]]]
+# What a worker gets for a job: the same with the source file's bytes, so it needs no
+# access to the workspace; it returns [(relative output path, PNG bytes)].
+Task = tuple[str, bytes, str, int, list[tuple[str, int, str]]]
 
 
-def default_workers() -> int:
-    """CPU cores this process may use (the affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
-
-
-def _work(jobs: list[Job]) -> int:
-    """Corrupt and write one chunk of source images (runs in a worker process)."""
-    done = 0
-    for src, sha, seed, outputs in jobs:
+def _work(tasks: list[Task]) -> list[tuple[str, bytes]]:
+    """Corrupt one chunk of source images, bytes in, PNG bytes out (runs on a worker)."""
+    out = []
+    for src, data, sha, seed, outputs in tasks:
         try:
-            image = read_gray(Path(src))
+            image = decode_gray(data)
         except (OSError, ValueError) as e:
             raise ValueError(f"{src}: cannot read image ({e})") from None
-        for family, severity, dst in outputs:
-            out = corrupt_image(image, family, severity, rng_for(sha, family, severity, seed))
-            Path(dst).write_bytes(png_bytes(out))
-            done += 1
-    return done
+        for family, severity, rel in outputs:
+            corrupted = corrupt_image(image, family, severity, rng_for(sha, family, severity, seed))
+            out.append((rel, png_bytes(corrupted)))
+    return out
 
 
-def _ignore_sigint() -> None:
-    """Pool initializer: leave Ctrl-C to the parent, which cleans the staging folder."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def _load(chunk: list[Job]) -> list[Task]:
+    """Read a chunk's source files here, in the stage process, for a worker anywhere."""
+    tasks = []
+    for src, sha, seed, outputs in chunk:
+        try:
+            data = Path(src).read_bytes()
+        except OSError as e:
+            raise ValueError(f"{src}: cannot read image ({e.strerror or e})") from None
+        tasks.append((src, data, sha, seed, outputs))
+    return tasks
 
 
 def _remove_stale_stages(out_dir: Path) -> None:
@@ -80,7 +85,6 @@ def plan(
     severities: Sequence[int],
     seed: int,
     raw_dir: Path,
-    stage: Path,
 ) -> tuple[list[Job], list[dict[str, object]]]:
     """Jobs (one per source image) and manifest rows (family, severity, then test order)."""
     outputs: list[list[tuple[str, int, str]]] = [[] for _ in rows]
@@ -97,7 +101,7 @@ def plan(
                         f"to {rel} (same class and file stem)"
                     )
                 seen[rel] = row["path"]
-                outputs[i].append((family, severity, str(stage / rel)))
+                outputs[i].append((family, severity, rel.as_posix()))
                 manifest.append(
                     {
                         "path": rel.as_posix(),
@@ -116,18 +120,15 @@ def plan(
     return jobs, manifest
 
 
-def run_jobs(jobs: list[Job], workers: int) -> int:
-    """Run jobs in `workers` processes (inline when 1); return the number of files written."""
+def run_jobs(jobs: list[Job], runner: Runner, stage: Path) -> int:
+    """Run jobs on the runner's executor, writing results under stage; return the file count."""
     chunks = [jobs[i : i + IMAGES_PER_TASK] for i in range(0, len(jobs), IMAGES_PER_TASK)]
-    if workers <= 1 or len(chunks) < 2:
-        return sum(_work(c) for c in chunks)
-    pool = ProcessPoolExecutor(min(workers, len(chunks)), initializer=_ignore_sigint)
-    try:
-        return sum(pool.map(_work, chunks))
-    finally:
-        # On an error or interrupt, drop queued chunks and let running ones end before the
-        # caller removes the staging folder they write into.
-        pool.shutdown(wait=True, cancel_futures=True)
+    done = 0
+    for results in runner.imap(_work, chunks, _load):
+        for rel, data in results:
+            (stage / rel).write_bytes(data)
+        done += len(results)
+    return done
 
 
 def corrupt(
@@ -136,29 +137,37 @@ def corrupt(
     raw_dir: Path = RAW_DIR,
     out_dir: Path = OUT_DIR,
     workers: int | None = None,
+    compute: ComputeParams | None = None,
 ) -> int:
-    """Materialize every (family, severity) of the test split; return the number of files."""
+    """Materialize every (family, severity) of the test split; return the number of files.
+
+    `compute` chooses the executor (default: local processes); `workers`, when given,
+    overrides its worker count.
+    """
     rows = read_csv(test_csv)
     if not rows:
         raise ValueError(f"{test_csv}: the test split is empty")
-    n_workers = workers if workers is not None else (params.workers or default_workers())
+    compute = compute or ComputeParams()
+    if workers is not None:
+        compute = compute.model_copy(update={"workers": workers})
+    jobs, manifest = plan(rows, params.families, params.severities, params.seed, raw_dir)
     _remove_stale_stages(out_dir)
     t0 = time.perf_counter()
-    with staged_dir(out_dir) as stage:
-        jobs, manifest = plan(rows, params.families, params.severities, params.seed, raw_dir, stage)
-        for folder in sorted({Path(dst).parent for _, _, _, outs in jobs for *_, dst in outs}):
+    with Runner(compute, WORKER_MODULES) as runner, staged_dir(out_dir) as stage:
+        for folder in sorted({(stage / rel).parent for *_, outs in jobs for *_, rel in outs}):
             folder.mkdir(parents=True, exist_ok=True)
-        done = run_jobs(jobs, n_workers)
+        done = run_jobs(jobs, runner, stage)
+        where = runner.where
         write_csv(stage / MANIFEST, manifest, FIELDS)
     seconds = time.perf_counter() - t0
     log.info(
         "wrote %d corrupted images (%d families x %d severities x %d test images) "
-        "with %d workers in %.1fs (%.0f images/s)",
+        "on %s in %.1fs (%.0f images/s)",
         done,
         len(params.families),
         len(params.severities),
         len(rows),
-        n_workers,
+        where,
         seconds,
         done / seconds if seconds else 0.0,
     )
@@ -167,7 +176,8 @@ def corrupt(
 
 def main() -> None:
     """Run the stage from params.yaml."""
-    corrupt(load_params().corrupt)
+    params = load_params()
+    corrupt(params.corrupt, compute=params.compute)
 
 
 if __name__ == "__main__":

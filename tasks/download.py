@@ -16,19 +16,20 @@ cached and a changed one reruns it. `xray run` probes before this stage; after e
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
 import tempfile
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from tasks import ingest
-from tasks.io import MANIFEST_FIELDS, png_bytes, staged_dir, write_csv, write_json
-from tasks.params import PARAMS_FILE, DataParams, load_params, parse_params
+from tasks.compute import Runner
+from tasks.io import MANIFEST_FIELDS, png_bytes, sha256_bytes, staged_dir, write_csv, write_json
+from tasks.params import PARAMS_FILE, ComputeParams, DataParams, load_params, parse_params
 
 log = logging.getLogger("xray.download")
 
@@ -45,6 +46,12 @@ QUARANTINE = Path("reports/quarantine.csv")
 DUPLICATES = Path("reports/duplicates.csv")
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
 CHUNK = 64
+"""Files per worker task."""
+CHUNK_BYTES = 8 << 20
+"""Bytes of source files per worker task, at most (unless one file is larger): below the
+10 MB at which Dask warns about large task arguments."""
+WORKER_MODULES = ("tasks.download", "tasks.ingest", "tasks.io")
+"""The code a worker runs for this stage: a Dask worker must have the same (checked)."""
 INGEST_PNG_LEVEL = 1
 """zlib level of the ingested PNGs: ~2.5x faster to encode than 6, ~15% larger files."""
 
@@ -302,27 +309,68 @@ def source_root(
     return root, identity
 
 
-def _ingest_one(
-    found: ingest.Found, max_pixels: int, max_side: int | None, png_level: int
-) -> Ingested:
-    """Hash, decode and re-encode one file (runs in a worker process)."""
-    sha = ingest.sha256_file(found.path)
+def _ingest_chunk(
+    items: list[bytes | None], max_pixels: int, max_side: int | None, png_level: int
+) -> list[tuple[str, bytes | None, tuple[int, int] | None, str | None]]:
+    """Hash, decode and re-encode files given as bytes (runs on a worker, local or Dask)."""
+    out: list[tuple[str, bytes | None, tuple[int, int] | None, str | None]] = []
+    for data in items:
+        if data is None:  # the stage process could not read the file
+            out.append(("", None, None, "unreadable"))
+            continue
+        sha = sha256_bytes(data)
+        try:
+            image = ingest.load_image(data, max_pixels=max_pixels, max_side=max_side)
+        except ingest.BadImage as e:
+            out.append((sha, None, None, e.reason))
+            continue
+        out.append((sha, png_bytes(image, png_level), (image.shape[1], image.shape[0]), None))
+    return out
+
+
+def _read_or_none(path: Path) -> bytes | None:
+    """A file's bytes, or None when it cannot be read (it is quarantined as unreadable)."""
     try:
-        image = ingest.load_image(found.path, max_pixels=max_pixels, max_side=max_side)
-    except ingest.BadImage as e:
-        return Ingested(found, sha, None, None, e.reason)
-    return Ingested(found, sha, png_bytes(image, png_level), (image.shape[1], image.shape[0]), None)
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
-def _ingest_all(found: list[ingest.Found], params: DataParams, workers: int) -> list[Ingested]:
-    """Run _ingest_one over all files, in order, on `workers` processes."""
-    args = (params.max_pixels, params.max_side, INGEST_PNG_LEVEL)
-    if workers <= 1 or len(found) < 2 * CHUNK:
-        return [_ingest_one(f, *args) for f in found]
-    n = len(found)
-    with ProcessPoolExecutor(workers) as pool:
-        columns = [[a] * n for a in args]
-        return list(pool.map(_ingest_one, found, *columns, chunksize=CHUNK))
+def _chunks(found: list[ingest.Found]) -> list[list[ingest.Found]]:
+    """Consecutive runs of at most CHUNK files and about CHUNK_BYTES bytes."""
+    chunks: list[list[ingest.Found]] = [[]]
+    size = 0
+    for f in found:
+        try:
+            n = f.path.stat().st_size
+        except OSError:
+            n = 0
+        if chunks[-1] and (len(chunks[-1]) >= CHUNK or size + n > CHUNK_BYTES):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(f)
+        size += n
+    return chunks
+
+
+def _ingest_all(found: list[ingest.Found], params: DataParams, runner: Runner) -> list[Ingested]:
+    """Ingest all files, in order, on the runner's executor (files are read here, sent as bytes)."""
+    job = functools.partial(
+        _ingest_chunk,
+        max_pixels=params.max_pixels,
+        max_side=params.max_side,
+        png_level=INGEST_PNG_LEVEL,
+    )
+    chunks = _chunks(found)
+    results: list[Ingested] = []
+    for chunk, done in zip(chunks, runner.imap(job, chunks, _read_chunk), strict=True):
+        results.extend(Ingested(f, *r) for f, r in zip(chunk, done, strict=True))
+    return results
+
+
+def _read_chunk(chunk: list[ingest.Found]) -> list[bytes | None]:
+    """The bytes of a chunk's files (None where unreadable)."""
+    return [_read_or_none(f.path) for f in chunk]
 
 
 def _unique_name(folder_names: set[str], stem: str) -> str:
@@ -341,16 +389,23 @@ def download(
     duplicates_csv: Path = DUPLICATES,
     workers: int = 0,
     record: Path | None = SOURCE_RECORD,
+    compute: ComputeParams | None = None,
 ) -> dict[str, int]:
     """Ingest `params.source` into `out_dir`; return counts. Nothing is replaced on failure.
 
     `record` is the identity written by `probe`; it must describe `params.source`
-    (None skips the check, for callers outside the pipeline).
+    (None skips the check, for callers outside the pipeline). `compute` chooses where
+    images are decoded (default: local processes); `workers` > 0 overrides its count.
     """
-    workers = workers or os.cpu_count() or 1
+    compute = compute or ComputeParams()
+    if workers:
+        compute = compute.model_copy(update={"workers": workers})
     check_source(params)
     recorded = check_record(params, record) if record is not None else None
-    with tempfile.TemporaryDirectory(prefix="xray-download-") as tmp:
+    with (
+        Runner(compute, WORKER_MODULES) as runner,
+        tempfile.TemporaryDirectory(prefix="xray-download-") as tmp,
+    ):
         root, identity = source_root(params, Path(tmp), recorded, record)
         if recorded is not None:
             identity["recorded"] = recorded
@@ -364,7 +419,7 @@ def download(
             raise DownloadError(
                 f"data.source: no images of {list(params.classes)} found in {params.source}"
             )
-        results = _ingest_all(found, params, workers)
+        results = _ingest_all(found, params, runner)
 
         bad = [r for r in results if r.reason is not None]
         good = [r for r in results if r.reason is None]
@@ -449,7 +504,7 @@ def download(
 def main() -> None:
     """Run the stage from params.yaml."""
     params = load_params()
-    download(params.data)
+    download(params.data, compute=params.compute)
 
 
 if __name__ == "__main__":

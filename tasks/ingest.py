@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import re
@@ -470,15 +471,21 @@ def _to_gray(im: Image.Image) -> Image.Image:
     return im.convert("RGB").convert("L")
 
 
-def load_image(path: Path, *, max_pixels: int, max_side: int | None = None) -> np.ndarray:
-    """Decode an image once to a 2-D uint8 grayscale array, EXIF-oriented, optionally shrunk."""
-    path = Path(path)
-    try:
-        if path.stat().st_size == 0:
+def load_image(source: Path | bytes, *, max_pixels: int, max_side: int | None = None) -> np.ndarray:
+    """Decode an image (a file, or its bytes) once to 2-D uint8 grayscale, EXIF-oriented."""
+    fh: IO[bytes]
+    if isinstance(source, bytes):
+        if not source:
             raise BadImage("empty")
-        fh = path.open("rb")
-    except OSError as e:
-        raise BadImage("unreadable") from e
+        fh = io.BytesIO(source)
+    else:
+        path = Path(source)
+        try:
+            if path.stat().st_size == 0:
+                raise BadImage("empty")
+            fh = path.open("rb")
+        except OSError as e:
+            raise BadImage("unreadable") from e
     with fh, warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:

@@ -43,6 +43,12 @@ def read_gray(path: Path) -> np.ndarray:
         return np.asarray(im.convert("L"))
 
 
+def decode_gray(data: bytes) -> np.ndarray:
+    """Decode the bytes of an image file written by this pipeline as a 2-D uint8 array."""
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("L"))
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write bytes to `path` through a temporary file and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,10 @@ CLASS_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 URL_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
 """A leading URL scheme (two letters or more, so Windows drive letters are paths)."""
 HTTP_SCHEMES = ("http", "https")
+DASK_ADDRESS_RE = re.compile(r"^([a-z][a-z0-9+]*://)?(\[[0-9A-Fa-f:.]+\]|[^\s/:\[\]]+)(:\d+)?$")
+"""A Dask scheduler address: [protocol://]host[:port], an IPv6 host in brackets."""
+MOVED_KEYS = {"corrupt.workers": "compute.workers"}
+"""Keys that moved to another section: their old place is named in the error."""
 
 
 class ParamsError(ValueError):
@@ -183,7 +187,6 @@ class CorruptParams(_Section):
     families: tuple[str, ...] = Field(default_factory=_all_families)
     severities: tuple[Annotated[int, Field(ge=1, le=5)], ...] = (1, 2, 3, 4, 5)
     held_out: tuple[str, ...] = Field(default_factory=_held_out_families)
-    workers: Annotated[int, Field(ge=0)] = 0
 
     @field_validator("families")
     @classmethod
@@ -217,6 +220,30 @@ class CorruptParams(_Section):
         if not v:
             raise ValueError("list at least one severity")
         return tuple(sorted(set(v)))
+
+
+class ComputeParams(_Section):
+    """Where the data stages' heavy work runs; never a stage dependency (output is identical)."""
+
+    executor: Literal["local", "dask"] = "local"
+    dask_address: str = ""  # empty: a LocalCluster on 127.0.0.1 for the stage's duration
+    workers: Annotated[int, Field(ge=0)] = 0  # local processes / LocalCluster workers; 0 = cores
+
+    @field_validator("dask_address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        v = v.strip()
+        if v and not DASK_ADDRESS_RE.match(v):
+            raise ValueError("expected a scheduler address like tcp://host:8786")
+        return v
+
+    @model_validator(mode="after")
+    def _address_needs_dask(self) -> ComputeParams:
+        if self.dask_address and self.executor != "dask":
+            raise ValueError(
+                "dask_address is set but executor is local (set compute.executor: dask)"
+            )
+        return self
 
 
 class TrainParams(_Section):
@@ -274,6 +301,7 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     finetune: FinetuneParams = FinetuneParams()
     evaluate: EvaluateParams = EvaluateParams()
+    compute: ComputeParams = ComputeParams()
 
 
 def _describe(err: ValidationError, source: str) -> str:
@@ -281,7 +309,8 @@ def _describe(err: ValidationError, source: str) -> str:
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "(top level)"
     if first["type"] == "extra_forbidden":
-        return f"{source}: unknown key '{key}'"
+        moved = f" (moved to {MOVED_KEYS[key]})" if key in MOVED_KEYS else ""
+        return f"{source}: unknown key '{key}'{moved}"
     msg = first["msg"].removeprefix("Value error, ")
     got = first.get("input")
     shown = "" if isinstance(got, dict | list) else f" (got {got!r})"

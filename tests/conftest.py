@@ -28,7 +28,8 @@ SHRUNK = {
     "data": {
         "synthetic": {"patients_per_class": 8, "image_size": 64, "images_per_patient": [1, 3]}
     },
-    "corrupt": {"families": ["seed"], "severities": [3], "workers": 2},
+    "corrupt": {"families": ["seed"], "severities": [3]},
+    "compute": {"workers": 2},
     "train": {"image_size": 48, "epochs": 2, "batch_size": 16, "patience": 2},
     "finetune": {"epochs": 1, "batch_size": 16},
     "evaluate": {"grid_images": 4},

@@ -187,7 +187,7 @@ def test_params_defaults_and_held_out() -> None:
         ({"families": ["jpeg", "jpeg"]}, "corrupt.families: family 'jpeg' is listed twice"),
         ({"families": ["elastic"], "held_out": ["elastic"]}, "every family"),
         ({"severities": [0]}, "corrupt.severities.0"),
-        ({"workers": -1}, "corrupt.workers"),
+        ({"workers": 2}, "unknown key 'corrupt.workers' (moved to compute.workers)"),
     ],
 )
 def test_params_errors(section: dict[str, object], needle: str) -> None:
@@ -211,7 +211,10 @@ def test_sigterm_mid_run_leaves_previous_output(tmp_path: Path) -> None:
     out = tmp_path / "data" / "corrupted"
     out.mkdir()
     (out / "previous.txt").write_text("kept")
-    params = {"corrupt": {"families": list(FAMILIES), "severities": [1, 2, 3, 4, 5], "workers": 2}}
+    params = {
+        "corrupt": {"families": list(FAMILIES), "severities": [1, 2, 3, 4, 5]},
+        "compute": {"workers": 2},
+    }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(repo)}
