@@ -25,7 +25,7 @@ from tasks.data import RAW_DIR, class_weights, labels_of, load_images, make_data
 from tasks.io import read_csv, sha256_bytes, write_csv
 from tasks.models import load_model, read_meta, save_model
 from tasks.params import Params, load_params
-from tasks.training import choose_threshold, compile_model, configure, fit, predict
+from tasks.training import choose_threshold, compile_model, configure, finish, fit, predict
 
 log = logging.getLogger("xray.finetune")
 
@@ -117,11 +117,12 @@ def corrupted_batches(
     size: int,
     batch_size: int,
     clean_fraction: float = 0.0,
+    first_epoch: int = 0,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Endless shuffled batches of freshly corrupted training images, epoch after epoch."""
+    """Endless shuffled batches of freshly corrupted training images, from `first_epoch` on."""
     n = len(images)
     with ThreadPoolExecutor(CORRUPT_THREADS) as pool:
-        for epoch in range(1 << 30):
+        for epoch in range(first_epoch, 1 << 30):
             order = np.random.default_rng([seed, epoch]).permutation(n)
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]
@@ -147,6 +148,7 @@ def finetune(
     work_dir: Path = WORK_DIR,
     layers_csv: Path = LAYERS_CSV,
     raw_dir: Path = RAW_DIR,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> dict[str, Any]:
     """Fine-tune the base model's tail on corrupted training images; save with a new threshold."""
     import tensorflow as tf
@@ -197,25 +199,31 @@ def finetune(
         tf.TensorSpec((None, size, size, 1), tf.float32),
         tf.TensorSpec((None,), tf.float32),
     )
-    train_ds = tf.data.Dataset.from_generator(
-        lambda: corrupted_batches(
-            images,
-            [r["sha256"] for r in train_rows],
-            y_train,
-            families=families,
-            severities=severities,
-            seed=p.seed,
-            size=size,
-            batch_size=p.batch_size,
-            clean_fraction=p.clean_fraction,
-        ),
-        output_signature=signature,
-    ).prefetch(2)
+    shas = [r["sha256"] for r in train_rows]
+
+    def train_data(first_epoch: int) -> tf.data.Dataset:
+        """Corrupted training batches whose first pass is epoch `first_epoch`."""
+        return tf.data.Dataset.from_generator(
+            lambda: corrupted_batches(
+                images,
+                shas,
+                y_train,
+                families=families,
+                severities=severities,
+                seed=p.seed,
+                size=size,
+                batch_size=p.batch_size,
+                clean_fraction=p.clean_fraction,
+                first_epoch=first_epoch,
+            ),
+            output_signature=signature,
+        ).prefetch(2)
+
     val_ds = make_dataset(x_val, y_val, p.batch_size)
     t0 = time.perf_counter()
     summary = fit(
         model,
-        train_ds,
+        train_data,
         val_ds,
         epochs=p.epochs,
         patience=p.patience,
@@ -223,6 +231,7 @@ def finetune(
         work_dir=work_dir,
         class_weight=class_weights(y_train),
         steps_per_epoch=math.ceil(len(images) / p.batch_size),
+        extra_callbacks=callbacks,
         fingerprint=p.model_dump_json() + sha256_bytes(base_path.read_bytes()),
     )
     seconds = time.perf_counter() - t0
@@ -239,6 +248,7 @@ def finetune(
         "finetune_severities": severities,
     }
     save_model(model, model_path, new_meta)
+    finish(work_dir)
     log.info(
         "fine-tuned in %.0fs (%d epochs), best corrupted-val AUC %.4f, threshold %.4f",
         seconds,

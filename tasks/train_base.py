@@ -17,10 +17,12 @@ from tasks.io import sha256_bytes
 from tasks.models import build_model, save_model
 from tasks.params import Params, TrainParams, load_params
 from tasks.training import (
+    advance,
     augmenter,
     choose_threshold,
     compile_model,
     configure,
+    finish,
     fit,
     learning_rate,
     precision,
@@ -111,7 +113,7 @@ def train_base(
     t0 = time.perf_counter()
     summary = fit(
         model,
-        train_ds,
+        lambda first_epoch: advance(train_ds, first_epoch),
         val_ds,
         epochs=p.epochs,
         patience=p.patience,
@@ -142,6 +144,7 @@ def train_base(
         "val_auc": summary["best_val_auc"],
     }
     save_model(model, model_path, meta)
+    finish(work_dir)
     log.info(
         "trained %s in %.0fs (%d epochs, %.1f images/s), best val AUC %.4f, threshold %.4f",
         p.arch,

@@ -160,3 +160,50 @@ def test_clean_fraction_leaves_some_draws_clean() -> None:
         np.array_equal(corrupt_one(image, f"k{i}", ["seed"], [3], 0, SIZE), clean)
         for i in range(10)
     )
+
+
+def test_corrupted_batches_start_at_the_given_epoch() -> None:
+    from tasks.finetune import corrupted_batches
+
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 256, (IMAGE, IMAGE)).astype(np.uint8) for _ in range(6)]
+    args = dict(families=["seed"], severities=[3], seed=1, size=SIZE, batch_size=4)
+    shas, y = [f"s{i}" for i in range(6)], np.arange(6) % 2
+    whole = corrupted_batches(images, shas, y, **args)
+    epoch2 = [next(whole) for _ in range(6)][4:]  # 2 batches per epoch
+    later = corrupted_batches(images, shas, y, **args, first_epoch=2)
+    for (xa, ya), (xb, yb) in zip(epoch2, [next(later) for _ in range(2)], strict=True):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+
+
+class Crash(keras.callbacks.Callback):
+    """Simulate a killed run: raise at the end of the first epoch (after its checkpoint)."""
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if epoch == 0:
+            raise KeyboardInterrupt("killed")
+
+
+def test_finetune_resumes_after_a_kill(tuned: dict[str, Path], tmp_path: Path) -> None:
+    params = parse_params(
+        {
+            "finetune": {"trainable_layers": 3, "epochs": 2, "batch_size": 8, "patience": 2},
+            "train": {"threads": 1},
+        }
+    )
+    paths = {
+        **tuned,
+        "model_path": tmp_path / "finetuned.keras",
+        "live_dir": tmp_path / "live",
+        "work_dir": tmp_path / "work",
+        "layers_csv": tmp_path / "layers.csv",
+    }
+    with pytest.raises(KeyboardInterrupt):
+        finetune(params, **paths, callbacks=[Crash()])
+    assert not paths["model_path"].exists()
+    summary = finetune(params, **paths)
+    assert (summary["first_epoch"], summary["epochs_run"]) == (2, 1)
+    assert paths["model_path"].exists() and not paths["work_dir"].exists()
+    rows = (paths["live_dir"] / "plots/metrics/eval/auc.tsv").read_text().splitlines()
+    assert [r.split("\t")[0] for r in rows] == ["step", "0", "1"]
