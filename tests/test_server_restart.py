@@ -188,7 +188,8 @@ def finished(api: str, run_id: str, serve_log: Path) -> dict[str, Any]:
 
 def stages_run(serve_log: Path, run_name: str) -> list[str]:
     """The stages a flow run says it ran (its `stages run:` line in the serve log)."""
-    found = re.findall(rf"Flow run '{run_name}' - stages run: (.*)", serve_log.read_text())
+    pattern = rf"Flow run '{re.escape(run_name)}' - stages run: (.*)"
+    found = re.findall(pattern, serve_log.read_text())
     assert len(found) == 1, f"no single `stages run` line for {run_name}: {found}"
     text = found[0].strip()
     return [] if text.startswith("none") else text.split(", ")
