@@ -21,6 +21,10 @@ DEPLOYMENT = "nightly"
 LOOPBACK = "127.0.0.1"
 DEFAULT_PORT = 4200
 ENTRYPOINT = "flows/pipeline.py:pipeline"
+# Surviving a server restart. Deployment concurrency leases live in server memory by default:
+# a restart forgets them and the engine then ends the run at its next lease renewal (410).
+LEASE_STORAGE_SETTING = "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"
+FILE_LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"  # PREFECT_HOME
 
 
 class DeployError(ValueError):
@@ -85,15 +89,23 @@ def concurrency(config: dict[str, Any]) -> Any:
     )
 
 
+def flow_run_env(config: dict[str, Any]) -> dict[str, str]:
+    """The flow runs' environment from prefect.yaml (work_pool.job_variables.env)."""
+    job = (config.get("work_pool") or {}).get("job_variables") or {}
+    return {str(k): str(v) for k, v in (job.get("env") or {}).items()}
+
+
 def serve_pipeline(
     workdir: Path, interval_s: float | None = None, changes: dict[str, Any] | None = None
 ) -> None:
     """Serve the nightly deployment from this process until interrupted (runs one at a time)."""
+    config = deployment_config()
+    for key, value in flow_run_env(config).items():  # before Prefect reads its settings
+        os.environ.setdefault(key, value)  # this process and the flow runs it starts
     from prefect import serve
 
     from flows.pipeline import pipeline
 
-    config = deployment_config()
     deployment = pipeline.to_deployment(
         name=config["name"],
         description=config.get("description"),
@@ -126,6 +138,7 @@ def register(
         tags=config.get("tags"),
         parameters=parameters(config, root, changes),
         concurrency_limit=concurrency(config),
+        job_variables={"env": flow_run_env(config)},
         build=False,
         push=False,
         print_next_steps=False,
@@ -165,11 +178,20 @@ def server_command(port: int = DEFAULT_PORT) -> list[str]:
     ]
 
 
-def start_server(port: int = DEFAULT_PORT, database_url: str | None = None) -> int:
-    """Run a Prefect server on 127.0.0.1 (SQLite under PREFECT_HOME unless a database URL)."""
-    env = dict(os.environ)
+def server_env(
+    database_url: str | None = None, base: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The server's environment (from base or os.environ): leases on disk unless set otherwise."""
+    env = dict(os.environ if base is None else base)
+    env.setdefault(LEASE_STORAGE_SETTING, FILE_LEASE_STORAGE)
     if database_url:
         env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
+    return env
+
+
+def start_server(port: int = DEFAULT_PORT, database_url: str | None = None) -> int:
+    """Run a Prefect server on 127.0.0.1 (SQLite under PREFECT_HOME unless a database URL)."""
+    env = server_env(database_url)
     print(f"Prefect server on http://{LOOPBACK}:{port} (UI and API at /api)", file=sys.stderr)
     print(f"clients: export PREFECT_API_URL=http://{LOOPBACK}:{port}/api", file=sys.stderr)
     try:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,6 +21,7 @@ from tasks.params import STAGES, load_params
 TAIL_LINES = 40
 DOWNLOAD_RETRIES = 2
 DOWNLOAD_RETRY_DELAY_S = 30
+STOP_GRACE_S = 30  # a stopped stage gets this long to exit on SIGINT before SIGKILL
 
 
 class StageFailed(RuntimeError):
@@ -44,7 +47,11 @@ def current_flow_run_id() -> str | None:
 
 
 def dvc_repro(stage: str, workdir: Path, log: Any) -> dict[str, Any]:
-    """Run `dvc repro --single-item STAGE` in workdir, streaming its output to `log`."""
+    """Run `dvc repro --single-item STAGE` in workdir, streaming its output to `log`.
+
+    An interruption of this task does not cut the stage short unless it is a deliberate stop
+    (see `_wait_out_interruption`), so DVC keeps the result of a stage that was in flight.
+    """
     cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage]
     t0 = time.perf_counter()
     tail: deque[str] = deque(maxlen=TAIL_LINES)
@@ -57,20 +64,66 @@ def dvc_repro(stage: str, workdir: Path, log: Any) -> dict[str, Any]:
         stderr=subprocess.STDOUT,
         text=True,
         bufsize=1,
+        start_new_session=True,  # signals meant for this process reach the stage only via us
     ) as proc:
         assert proc.stdout is not None
-        for line in proc.stdout:
-            line = line.rstrip()
-            tail.append(line)
-            ran = ran or line.startswith(f"Running stage '{stage}'")
-            log.info("%s | %s", stage, line)
-        rc = proc.wait()
+        try:
+            for line in proc.stdout:
+                line = line.rstrip()
+                tail.append(line)
+                ran = ran or line.startswith(f"Running stage '{stage}'")
+                log.info("%s | %s", stage, line)
+            rc = proc.wait()
+        except BaseException as exc:
+            _wait_out_interruption(stage, proc, exc, log)
+            raise
     seconds = round(time.perf_counter() - t0, 2)
     if rc != 0:
         errors = [ln for ln in tail if ln.startswith(("error:", "ERROR:"))]
         reason = errors[0] if errors else (tail[-1] if tail else "no output")
         raise StageFailed(f"stage {stage} failed (exit {rc}): {reason}")
     return {"stage": stage, "ran": ran, "seconds": seconds}
+
+
+def _wait_out_interruption(
+    stage: str, proc: subprocess.Popen[str], exc: BaseException, log: Any
+) -> None:
+    """Stop the stage on Ctrl-C or SIGTERM; on any other interruption let it finish first.
+
+    Prefect interrupts a flow run it can no longer account for (e.g. its deployment
+    concurrency lease could not be renewed while the server was away) by raising inside
+    it; the stage process runs on, its output still drained (a closed pipe would kill it),
+    so its outputs and its dvc.lock entry land as usual and a rerun finds them cached.
+    """
+    from prefect.exceptions import TerminationSignal
+
+    deliberate = (KeyboardInterrupt, TerminationSignal)  # cancel, Ctrl-C, shutdown
+    if proc.poll() is not None:
+        return
+    if isinstance(exc, deliberate):
+        _stop_stage(stage, proc, exc, log)
+        return
+    log.warning("%s | run interrupted (%r): letting the stage finish", stage, exc)
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            log.info("%s | %s", stage, line.rstrip())
+    except deliberate as again:
+        _stop_stage(stage, proc, again, log)
+        raise
+    log.warning("%s | stage finished (exit %s) after the interruption", stage, proc.wait())
+
+
+def _stop_stage(stage: str, proc: subprocess.Popen[str], exc: BaseException, log: Any) -> None:
+    """Interrupt the stage's process group as Ctrl-C would; kill it after STOP_GRACE_S."""
+    log.warning("%s | stopping the stage (%s)", stage, type(exc).__name__)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGINT)  # DVC's own graceful stop
+    try:
+        proc.communicate(timeout=STOP_GRACE_S)  # drained: a full pipe would block it
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 @task(cache_policy=NO_CACHE, persist_result=False)
@@ -129,15 +182,19 @@ def apply_changes(root: Path, source: str | None, overrides: dict[str, Any] | No
 def after_stages(
     root: Path, full: bool, push: bool, remote: str | None, record: bool, branch: str
 ) -> dict[str, Any]:
-    """The steps after a successful run of the stages: push, record, artifacts."""
+    """The steps after a successful run of the stages: push, artifacts, and the record last.
+
+    The record comes last so that a run which fails anywhere (a stage, the push, or Prefect's
+    API when the server is away) records nothing; a rerun then records it.
+    """
     out: dict[str, Any] = {}
     if push:
         out["push"] = push_outputs(str(root), remote)
+    out["artifacts"] = publish(str(root))
     if record and full:
         out["record"] = record_model(str(root), branch)
     elif record:
         print("not recording: only some stages ran")
-    out["artifacts"] = publish(str(root))
     return out
 
 

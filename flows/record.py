@@ -208,7 +208,10 @@ def record_run(root: Path, branch: str = DEFAULT_BRANCH, flow_run_id: str | None
         git(root, "add", "-f", "--", *files, env=env_idx)
         tree = git(root, "write-tree", env=env_idx)
     if tip and all(_blob(root, tree, f) == _blob(root, tip, f) for f in files):
-        return {"recorded": False, "branch": branch, "commit": tip, "tag": _tags(root).get(md5)}
+        tag = _tags(root).get(md5)
+        if tag is None:  # the record's own run was stopped between its commit and its tag
+            tag = _tag_model(root, tip, md5, env)
+        return {"recorded": False, "branch": branch, "commit": tip, "tag": tag}
     parents = [tip] if tip else []
     if not tip or not _is_ancestor(root, head, tip):
         parents.append(head)
@@ -221,13 +224,18 @@ def record_run(root: Path, branch: str = DEFAULT_BRANCH, flow_run_id: str | None
     git(root, "update-ref", ref, commit, tip or "0" * 40, env=env)
     if git(root, "symbolic-ref", "-q", "HEAD", check=False) == ref:
         git(root, "reset", "-q", env=env)  # the checked-out branch moved: refresh its index
-    tags = _tags(root)
-    tag = tags.get(md5)
+    tag = _tags(root).get(md5)
     new_tag = tag is None
     if new_tag:
-        tag = _next_tag(root)
-        git(root, "tag", "-a", tag, commit, "-m", f"{TAG_SUBJECT}{md5}", env=env)
+        tag = _tag_model(root, commit, md5, env)
     return {"recorded": True, "branch": branch, "commit": commit, "tag": tag, "new_tag": new_tag}
+
+
+def _tag_model(root: Path, commit: str, md5: str, env: dict[str, str]) -> str:
+    """Tag commit with the next free model version for the model hash md5; return the tag."""
+    tag = _next_tag(root)
+    git(root, "tag", "-a", tag, commit, "-m", f"{TAG_SUBJECT}{md5}", env=env)
+    return tag
 
 
 def _dvc_gitignores(root: Path) -> list[str]:

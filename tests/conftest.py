@@ -5,14 +5,17 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
@@ -22,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="xray-prefect-home-"))
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 SHARED_ZIP = ROOT.parent / "shared" / "datasets" / "chest_xray_224_train.zip"
+SERVER_START_S = 240  # a loaded machine can take minutes to migrate a fresh database
+SERVER_STOP_S = 30
 
 # The real params.yaml, shrunk so a whole pipeline run takes about a minute.
 SHRUNK = {
@@ -133,3 +138,84 @@ def dvc(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProces
     if check and proc.returncode != 0:
         raise AssertionError(f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PrefectServer:
+    """A real Prefect server as `xray server` runs it, on a free loopback port; restartable.
+
+    Its SQLite database and concurrency leases live under `root/prefect`, so a restart on the
+    same port finds everything the previous process had.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.port = free_port()
+        self.home = root / "prefect"
+        self.log = root / "server.log"
+        self.api = f"http://127.0.0.1:{self.port}/api"
+        self.env = dict(os.environ) | {
+            "PREFECT_HOME": str(self.home),
+            "PREFECT_API_URL": self.api,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_UI_ENABLED": "false",
+            "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+            "PREFECT_LOGGING_LEVEL": "INFO",
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start the server and wait until it answers as itself (not some other test's)."""
+        from flows.deploy import server_command, server_env
+
+        with self.log.open("a") as log:
+            self.proc = subprocess.Popen(
+                server_command(self.port), env=server_env(base=self.env), stdout=log, stderr=log
+            )
+        deadline = time.monotonic() + SERVER_START_S
+        while not self._answers_as_itself():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail(f"Prefect server did not start: {self.log.read_text()[-2000:]}")
+            time.sleep(1)
+
+    def _answers_as_itself(self) -> bool:
+        """True when the port answers with this server's PREFECT_HOME (a port race is caught)."""
+        try:
+            r = httpx.get(f"{self.api}/admin/settings", timeout=5)
+        except httpx.HTTPError:
+            return False
+        if r.status_code != 200:
+            return False
+        if Path(r.json()["home"]).resolve() != self.home.resolve():
+            self.stop()
+            pytest.fail(f"port {self.port} is answered by another Prefect server")
+        return True
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after SERVER_STOP_S)."""
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=SERVER_STOP_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture
+def prefect_server(tmp_path: Path) -> Iterator[PrefectServer]:
+    """A started PrefectServer under tmp_path, stopped afterwards."""
+    server = PrefectServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -280,3 +280,16 @@ def test_recording_on_the_checked_out_branch_keeps_the_tree_clean(project: Path)
     assert git(project, "status", "--porcelain", "--untracked-files=no") == ""
     assert "dvc.lock" in git(project, "ls-files").split()
     assert record_run(project, "main")["recorded"] is False
+
+
+def test_a_record_stopped_before_its_tag_is_tagged_by_the_rerun(project: Path) -> None:
+    """A run stopped between the record commit and its tag: the rerun tags that commit."""
+    write_version(project, 7)
+    first = record_run(project, "records", "run-1")
+    git(project, "tag", "-d", first["tag"])  # as if the run died after update-ref
+    again = record_run(project, "records", "run-2")
+    assert again["recorded"] is False and again["commit"] == first["commit"]
+    assert again["tag"] == "xray-model-v1"
+    assert git(project, "rev-parse", "xray-model-v1^{commit}") == first["commit"]
+    assert record_run(project, "records", "run-3")["tag"] == "xray-model-v1"  # tagged once
+    assert git(project, "tag", "--list", "xray-model-v*").split() == ["xray-model-v1"]

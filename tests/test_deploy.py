@@ -3,28 +3,30 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from datetime import datetime
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import tracked_files
+from conftest import PrefectServer, tracked_files
 
 from flows.deploy import (
+    FILE_LEASE_STORAGE,
+    LEASE_STORAGE_SETTING,
     DeployError,
     concurrency,
     deployment_config,
+    flow_run_env,
     parameters,
     parse_overrides,
     schedule_kwargs,
+    server_env,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,7 +40,6 @@ SHRINK = {
     "corrupt.families": ["seed"],
     "corrupt.severities": [3],
 }
-SERVER_START_S = 120
 RUN_TIMEOUT_S = 900
 INTERVAL_S = 20
 POLL_S = 2.0
@@ -69,6 +70,25 @@ def test_overrides_parse_and_reject() -> None:
         parse_overrides(["train.epochs"])
 
 
+def test_server_and_flow_runs_ride_out_a_restart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`xray server` keeps leases on disk; flow runs retry the API longer than Prefect's 5."""
+    from prefect.settings import Settings
+
+    monkeypatch.delenv(LEASE_STORAGE_SETTING, raising=False)
+    env = server_env("postgresql+asyncpg://db/prefect")
+    assert env[LEASE_STORAGE_SETTING] == FILE_LEASE_STORAGE
+    assert env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] == "postgresql+asyncpg://db/prefect"
+    runs = flow_run_env(deployment_config())
+    assert set(runs) == {"PREFECT_CLIENT_MAX_RETRIES"}
+    for key, value in (runs | {LEASE_STORAGE_SETTING: FILE_LEASE_STORAGE}).items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()  # the names are Prefect's own: a typo would leave the defaults
+    assert settings.client.max_retries == int(runs["PREFECT_CLIENT_MAX_RETRIES"]) > 5
+    assert settings.server.concurrency.lease_storage == FILE_LEASE_STORAGE
+    monkeypatch.setenv(LEASE_STORAGE_SETTING, "prefect.server.concurrency.lease_storage.memory")
+    assert server_env()[LEASE_STORAGE_SETTING].endswith(".memory")  # an explicit choice wins
+
+
 def test_missing_deployment_is_an_error(tmp_path: Path) -> None:
     """A prefect.yaml without the named deployment is reported with its path."""
     bad = tmp_path / "prefect.yaml"
@@ -78,13 +98,6 @@ def test_missing_deployment_is_an_error(tmp_path: Path) -> None:
 
 
 # --- the end-to-end test against a real server -------------------------------------------
-
-
-def free_port() -> int:
-    """A free TCP port on the loopback interface."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def git(root: Path, *args: str) -> str:
@@ -126,47 +139,14 @@ def make_project(dest: Path) -> Path:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """A real Prefect server on a free loopback port, SQLite under tmp_path."""
-    port = free_port()
-    env = dict(os.environ)
-    env |= {
-        "PREFECT_HOME": str(tmp_path / "prefect"),
-        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
-        "PREFECT_LOGGING_LEVEL": "INFO",
-    }
-    log = (tmp_path / "server.log").open("w")
-    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]
-    proc = subprocess.Popen([*cmd, "--port", str(port)], env=env, stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + SERVER_START_S
-        while True:
-            try:
-                if httpx.get(f"{env['PREFECT_API_URL']}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(
-                    f"server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}"
-                )
-            time.sleep(1)
-        yield env
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+def server(prefect_server: PrefectServer) -> dict[str, str]:
+    """The environment that points clients at a real Prefect server (see conftest)."""
+    return prefect_server.env
 
 
 def flow_runs(api: str) -> list[dict[str, Any]]:
     """All flow runs on the server, oldest expected start first."""
-    r = httpx.post(f"{api}/flow_runs/filter", json={"sort": "EXPECTED_START_TIME_ASC"}, timeout=10)
+    r = httpx.post(f"{api}/flow_runs/filter", json={"sort": "EXPECTED_START_TIME_ASC"}, timeout=30)
     r.raise_for_status()
     return r.json()
 
@@ -182,14 +162,34 @@ def completed(api: str) -> list[dict[str, Any]]:
 
 
 def wait_for(predicate: Any, what: str, serve_log: Path, timeout: float = RUN_TIMEOUT_S) -> Any:
-    """Poll until predicate() is truthy; fail with the serve log tail on timeout."""
+    """Poll until predicate() is truthy; fail with the serve log tail on timeout.
+
+    An API call that times out or cannot connect counts as "not yet": a server busy with a
+    worker and its flow runs on a loaded machine may answer a poll late.
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = predicate()
+        try:
+            value = predicate()
+        except httpx.HTTPError:
+            value = None
         if value:
             return value
         time.sleep(POLL_S)
     pytest.fail(f"timed out waiting for {what}: {serve_log.read_text()[-3000:]}")
+
+
+def stamp(value: str) -> datetime:
+    """An API timestamp as an aware datetime (string order is wrong when one lacks a fraction)."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def deployment_limit(api: str, dep_id: str) -> int | None:
+    """The deployment's concurrency limit as the server holds it."""
+    deployment = httpx.get(f"{api}/deployments/{dep_id}", timeout=30).json()
+    return deployment["concurrency_limit"] or (
+        deployment.get("global_concurrency_limit") or {}
+    ).get("limit")
 
 
 def model_tags(root: Path) -> list[str]:
@@ -231,11 +231,7 @@ def test_scheduled_runs_on_a_real_server(tmp_path: Path, server: dict[str, str])
             timeout=10,
         )
         assert {a["key"] for a in r.json()} >= ARTIFACT_KEYS
-        deployment = httpx.get(f"{api}/deployments/{first['deployment_id']}", timeout=10).json()
-        assert (
-            deployment["concurrency_limit"] == 1
-            or (deployment.get("global_concurrency_limit") or {}).get("limit") == 1
-        )
+        assert deployment_limit(api, first["deployment_id"]) == 1
 
         # a scheduled run with nothing changed records nothing new
         second = wait_for(
@@ -255,7 +251,7 @@ def test_scheduled_runs_on_a_real_server(tmp_path: Path, server: dict[str, str])
         versions = history(root)
         assert [v["tags"] for v in versions] == [["xray-model-v1"], ["xray-model-v2"]]
         raw = [v["data"]["data/raw"] for v in versions]
-        spans = sorted((r["start_time"], r["end_time"]) for r in completed(api))
+        spans = sorted((stamp(r["start_time"]), stamp(r["end_time"])) for r in completed(api))
         assert all(a[1] <= b[0] for a, b in pairwise(spans)), "runs overlapped"
         assert raw[0] != raw[1]
         assert [v["model_md5"] for v in models_for_data(root, raw[0])] == [versions[0]["model_md5"]]
@@ -314,18 +310,32 @@ def test_a_failing_stage_fails_the_run_and_records_nothing(tmp_path: Path) -> No
     assert "missing.zip" in (root / "params.yaml").read_text()  # the override was applied
 
 
-def run_states(api: str, run_id: str) -> list[str]:
-    """The names of every state a flow run went through."""
-    r = httpx.get(f"{api}/flow_run_states/", params={"flow_run_id": run_id}, timeout=10)
+def run_states(api: str, run_id: str) -> list[dict[str, Any]]:
+    """Every state a flow run went through, oldest first."""
+    r = httpx.get(f"{api}/flow_run_states/", params={"flow_run_id": run_id}, timeout=30)
     r.raise_for_status()
-    return [s["name"] for s in r.json()]
+    return sorted(r.json(), key=lambda s: stamp(s["timestamp"]))
+
+
+def completed_runs(api: str, ids: list[str]) -> list[dict[str, Any]] | None:
+    """The runs `ids` once all are COMPLETED (None before); a failed one fails the test."""
+    runs = [httpx.get(f"{api}/flow_runs/{i}", timeout=30).json() for i in ids]
+    bad = [r for r in runs if r["state_type"] in ("FAILED", "CRASHED", "CANCELLED")]
+    if bad:
+        pytest.fail(f"flow run {bad[0]['name']} {bad[0]['state_type']}")
+    return runs if all(r["state_type"] == "COMPLETED" for r in runs) else None
 
 
 @pytest.mark.slow
 def test_second_run_waits_for_the_first_on_a_process_worker(
     tmp_path: Path, server: dict[str, str]
 ) -> None:
-    """`xray deploy` on a process pool; two runs at once: the second waits for a slot."""
+    """`xray deploy` on a process pool; two runs at once: one waits, starting after the other.
+
+    Both runs exist before the worker starts, so its first poll submits both: the server gives
+    the deployment's one slot to one of them (at Pending) and turns the other back to
+    Scheduled/AwaitingConcurrencySlot (later perhaps renamed Late) until the first has ended.
+    """
     api = server["PREFECT_API_URL"]
     root = make_project(tmp_path / "project")
     env = server | {"XRAY_WORKDIR": str(root), "PREFECT_WORKER_QUERY_SECONDS": "2"}
@@ -333,11 +343,12 @@ def test_second_run_waits_for_the_first_on_a_process_worker(
     out = subprocess.run(deploy, cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     dep_id = out.stdout.strip().rsplit(" ", 1)[-1]
+    assert deployment_limit(api, dep_id) == 1
     quick = {"stages": ["download"], "push": False, "record": False}
     ids = []
     for _ in range(2):
         r = httpx.post(
-            f"{api}/deployments/{dep_id}/create_flow_run", json={"parameters": quick}, timeout=10
+            f"{api}/deployments/{dep_id}/create_flow_run", json={"parameters": quick}, timeout=30
         )
         r.raise_for_status()
         ids.append(r.json()["id"])
@@ -346,14 +357,15 @@ def test_second_run_waits_for_the_first_on_a_process_worker(
     with worker_log.open("w") as log:
         proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=log)
     try:
-        wait_for(lambda: len(completed(api)) == 2, "both runs", worker_log, timeout=600)
+        runs = wait_for(lambda: completed_runs(api, ids), "both runs", worker_log, timeout=600)
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
-    runs = completed(api)
-    assert runs[0]["end_time"] <= runs[1]["start_time"], "the two runs overlapped"
-    waited = [i for i in ids if "AwaitingConcurrencySlot" in run_states(api, i)]
-    assert waited, f"no run waited for the slot: {[run_states(api, i) for i in ids]}"
+    names = {i: [s["name"] for s in run_states(api, i)] for i in ids}
+    waited = [i for i in ids if "AwaitingConcurrencySlot" in names[i]]
+    assert len(waited) == 1, f"expected exactly one run to wait for the slot: {names}"
+    waiter, holder = (runs[1], runs[0]) if waited[0] == ids[1] else (runs[0], runs[1])
+    assert stamp(holder["end_time"]) <= stamp(waiter["start_time"]), "the two runs overlapped"
