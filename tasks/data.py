@@ -65,14 +65,19 @@ def make_dataset(
     *,
     shuffle_seed: int | None = None,
     augment: Callable | None = None,
+    drop_remainder: bool = False,
 ):
-    """A tf.data pipeline over in-memory arrays: shuffle, batch, augment on the fly, prefetch."""
+    """A tf.data pipeline over in-memory arrays: shuffle, batch, augment on the fly, prefetch.
+
+    `drop_remainder` leaves out the last partial batch (with reshuffling, other images
+    each epoch): multi-worker training needs every step to give each worker data.
+    """
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices((x, y.astype("float32")))
     if shuffle_seed is not None:
         ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if augment is not None:
         ds = ds.map(
             lambda a, b: (augment(tf.cast(a, "float32"), training=True), b),

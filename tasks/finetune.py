@@ -22,6 +22,7 @@ import numpy as np
 
 from tasks.corruptions import corrupt_image, rng_for
 from tasks.data import RAW_DIR, class_weights, labels_of, load_images, make_dataset, resize
+from tasks.distribute import localize, make_strategy, replicated, usable_rows
 from tasks.io import read_csv, sha256_bytes, write_csv
 from tasks.models import load_model, read_meta, save_model
 from tasks.params import Params, load_params
@@ -118,13 +119,17 @@ def corrupted_batches(
     batch_size: int,
     clean_fraction: float = 0.0,
     first_epoch: int = 0,
+    rows: int | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Endless shuffled batches of freshly corrupted training images, from `first_epoch` on."""
+    """Endless shuffled batches of freshly corrupted training images, from `first_epoch` on.
+
+    `rows` (default: all) images of each epoch's order are used (tasks.distribute.usable_rows).
+    """
     n = len(images)
     with ThreadPoolExecutor(CORRUPT_THREADS) as pool:
         for epoch in range(first_epoch, 1 << 30):
-            order = np.random.default_rng([seed, epoch]).permutation(n)
-            for start in range(0, n, batch_size):
+            order = np.random.default_rng([seed, epoch]).permutation(n)[:rows]
+            for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
                 keys = [f"{shas[i]}|train|{epoch}" for i in idx]
                 xs = list(
@@ -161,10 +166,20 @@ def finetune(
         )
     severities = list(params.corrupt.severities)
     configure(p.seed, params.train.deterministic, params.train.threads)
-    model, meta = load_model(base_path)
-    size, positive = int(meta["image_size"]), meta["positive_class"]
+    strategy = make_strategy(p.strategy, params.train.cpu_replicas, key="finetune.strategy")
+    table: list[dict[str, Any]] = []
 
-    table = freeze(model, p.trainable_layers, p.unfreeze_from)
+    def build() -> keras.Model:
+        """The base model, frozen and compiled (under the strategy; outside it for the output)."""
+        model, _ = load_model(base_path)
+        table[:] = freeze(model, p.trainable_layers, p.unfreeze_from)
+        compile_model(model, p.learning_rate)
+        return model
+
+    with strategy.scope():
+        model = build()
+    meta = read_meta(base_path)
+    size, positive = int(meta["image_size"]), meta["positive_class"]
     write_csv(layers_csv, table, ("index", "name", "type", "trainable", "params"))
     trainable = [r for r in table if r["trainable"] and r["params"]]
     log.info(
@@ -177,7 +192,6 @@ def finetune(
             for r in table
         ),
     )
-    compile_model(model, p.learning_rate)
 
     train_rows = read_csv(splits_dir / "train.csv")
     val_rows = read_csv(splits_dir / "val.csv")
@@ -195,6 +209,14 @@ def finetune(
         x_val = np.concatenate([x_val, np.stack([resize(img, size) for img in val_raw])[..., None]])
         y_val = np.concatenate([y_val, y_val])
 
+    replicas = int(strategy.num_replicas_in_sync)
+    n_train = usable_rows(len(images), p.batch_size, replicas)
+    n_val = usable_rows(len(x_val), p.batch_size, replicas)
+    if replicas > 1 and (p.batch_size < replicas or not n_train or not n_val):
+        raise ValueError(
+            f"finetune.batch_size: {p.batch_size} (the global batch, split across {replicas} "
+            f"replicas) must be at least {replicas} and the splits at least that many images"
+        )
     signature = (
         tf.TensorSpec((None, size, size, 1), tf.float32),
         tf.TensorSpec((None,), tf.float32),
@@ -215,26 +237,30 @@ def finetune(
                 batch_size=p.batch_size,
                 clean_fraction=p.clean_fraction,
                 first_epoch=first_epoch,
+                rows=n_train,
             ),
             output_signature=signature,
         ).prefetch(2)
 
-    val_ds = make_dataset(x_val, y_val, p.batch_size)
+    val_ds = make_dataset(x_val[:n_val], y_val[:n_val], p.batch_size)
     t0 = time.perf_counter()
-    summary = fit(
-        model,
-        train_data,
-        val_ds,
-        epochs=p.epochs,
-        patience=p.patience,
-        live_dir=live_dir,
-        work_dir=work_dir,
-        class_weight=class_weights(y_train),
-        steps_per_epoch=math.ceil(len(images) / p.batch_size),
-        extra_callbacks=callbacks,
-        fingerprint=p.model_dump_json() + sha256_bytes(base_path.read_bytes()),
-    )
+    with replicated(model, strategy, train_data(0)):
+        summary = fit(
+            model,
+            train_data,
+            val_ds,
+            epochs=p.epochs,
+            patience=p.patience,
+            live_dir=live_dir,
+            work_dir=work_dir,
+            class_weight=class_weights(y_train),
+            steps_per_epoch=math.ceil(n_train / p.batch_size),
+            extra_callbacks=callbacks,
+            fingerprint=p.model_dump_json() + sha256_bytes(base_path.read_bytes()),
+        )
     seconds = time.perf_counter() - t0
+    summary["replicas"] = replicas
+    model = localize(model, strategy, build)
     threshold = choose_threshold(y_val, predict(model, x_val, p.batch_size))
     new_meta = {
         **read_meta(base_path),

@@ -266,6 +266,9 @@ class TrainParams(_Section):
     threads: Annotated[int, Field(ge=0)] = 0
     mixed_precision: bool = False  # bfloat16 compute, float32 weights
     jit_compile: bool = False  # XLA
+    # tf.distribute (tasks/distribute.py, docs/scale-out.md); batch_size is the global batch
+    strategy: Literal["default", "mirrored", "multi_worker"] = "default"
+    cpu_replicas: Annotated[int, Field(ge=0, le=64)] = 0  # mirrored, no GPU: N logical CPUs
 
     @model_validator(mode="after")
     def _weights(self) -> TrainParams:
@@ -287,6 +290,8 @@ class FinetuneParams(_Section):
     patience: PosInt = 3
     seed: int = 43
     clean_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.5
+    # one machine only: its Python-generator input cannot be sharded across workers
+    strategy: Literal["default", "mirrored"] = "default"
 
 
 class EvaluateParams(_Section):

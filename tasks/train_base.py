@@ -13,6 +13,16 @@ import keras
 import numpy as np
 
 from tasks.data import RAW_DIR, class_weights, load_split, make_dataset
+from tasks.distribute import (
+    discard,
+    is_chief,
+    localize,
+    make_strategy,
+    replicated,
+    shard,
+    usable_rows,
+    worker_dirs,
+)
 from tasks.io import sha256_bytes
 from tasks.models import build_model, save_model
 from tasks.params import Params, TrainParams, load_params
@@ -76,10 +86,16 @@ def train_base(
     raw_dir: Path = RAW_DIR,
     callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> dict[str, Any]:
-    """Train params.train.arch on the train split; save the best-on-val model with its threshold."""
+    """Train params.train.arch on the train split; save the best-on-val model with its threshold.
+
+    Under `train.strategy` multi_worker, a non-chief worker trains in step with the chief
+    and returns without writing the model or the dvclive log.
+    """
     p = params.train
     positive = params.data.positive_class
     configure(p.seed, p.deterministic, p.threads)
+    strategy = make_strategy(p.strategy, p.cpu_replicas)
+    chief = is_chief(strategy)
     t0 = time.perf_counter()
     x_train, y_train, _ = load_split(splits_dir / "train.csv", p.image_size, positive, raw_dir)
     x_val, y_val, _ = load_split(splits_dir / "val.csv", p.image_size, positive, raw_dir)
@@ -90,9 +106,25 @@ def train_base(
         time.perf_counter() - t0,
     )
 
-    steps = math.ceil(len(x_train) / p.batch_size)
-    with precision(p.mixed_precision):
-        model = build_model(p.arch, p.image_size, p.weights)
+    replicas = int(strategy.num_replicas_in_sync)
+    n_train = usable_rows(len(x_train), p.batch_size, replicas)
+    n_val = usable_rows(len(x_val), p.batch_size, replicas)
+    if replicas > 1 and (p.batch_size < replicas or not n_train or not n_val):
+        raise ValueError(
+            f"train.batch_size: {p.batch_size} (the global batch, split across {replicas} "
+            f"replicas) must be at least {replicas} and the splits at least that many images"
+        )
+    if n_train < len(x_train) or n_val < len(x_val):
+        log.info(
+            "%d replicas: a last batch of fewer images than replicas is left out "
+            "(train %d of %d images per epoch, val %d of %d for the epoch metrics)",
+            replicas,
+            n_train,
+            len(x_train),
+            n_val,
+            len(x_val),
+        )
+    steps = math.ceil(n_train / p.batch_size)
     lr = learning_rate(
         p.lr_schedule,
         p.learning_rate,
@@ -100,35 +132,55 @@ def train_base(
         steps_per_epoch=steps,
         warmup_epochs=p.warmup_epochs,
     )
-    compile_model(model, lr, p.weight_decay, jit_compile=p.jit_compile)
+
+    def build() -> keras.Model:
+        """The compiled model: under the strategy to train, outside it for the output."""
+        with precision(p.mixed_precision):
+            model = build_model(p.arch, p.image_size, p.weights)
+        compile_model(model, lr, p.weight_decay, jit_compile=p.jit_compile)
+        return model
+
+    with strategy.scope():
+        model = build()
     augment = p.augment and p.augment_strength > 0
-    train_ds = make_dataset(
-        x_train,
-        y_train,
-        p.batch_size,
-        shuffle_seed=p.seed,
-        augment=augmenter(p.seed, p.augment_strength) if augment else None,
+    train_ds = shard(
+        make_dataset(
+            x_train,
+            y_train,
+            p.batch_size,
+            shuffle_seed=p.seed,
+            augment=augmenter(p.seed, p.augment_strength) if augment else None,
+            drop_remainder=n_train < len(x_train),
+        )
     )
-    val_ds = make_dataset(x_val, y_val, p.batch_size)
+    val_ds = shard(make_dataset(x_val[:n_val], y_val[:n_val], p.batch_size))
+    run_work_dir, run_live_dir = worker_dirs(strategy, work_dir, live_dir)
     t0 = time.perf_counter()
-    summary = fit(
-        model,
-        lambda first_epoch: advance(train_ds, first_epoch),
-        val_ds,
-        epochs=p.epochs,
-        patience=p.patience,
-        live_dir=live_dir,
-        work_dir=work_dir,
-        class_weight=class_weights(y_train),
-        steps_per_epoch=steps,
-        reduce_on_plateau=p.lr_schedule == "plateau",
-        extra_callbacks=callbacks,
-        fingerprint=p.model_dump_json()
-        + sha256_bytes(
-            (splits_dir / "train.csv").read_bytes() + (splits_dir / "val.csv").read_bytes()
-        ),
-    )
+    with replicated(model, strategy, train_ds):
+        summary = fit(
+            model,
+            lambda first_epoch: advance(train_ds, first_epoch),
+            val_ds,
+            epochs=p.epochs,
+            patience=p.patience,
+            live_dir=run_live_dir,
+            work_dir=run_work_dir,
+            class_weight=class_weights(y_train),
+            steps_per_epoch=steps,
+            reduce_on_plateau=p.lr_schedule == "plateau",
+            extra_callbacks=callbacks,
+            fingerprint=p.model_dump_json()
+            + sha256_bytes(
+                (splits_dir / "train.csv").read_bytes() + (splits_dir / "val.csv").read_bytes()
+            ),
+        )
     seconds = time.perf_counter() - t0
+    summary["replicas"] = replicas
+    model = localize(model, strategy, build)
+    if not chief:
+        discard(run_work_dir)
+        log.info("non-chief worker: trained in %.0fs; the chief writes the model", seconds)
+        return {**summary, "chief": False, "seconds": seconds}
 
     threshold = choose_threshold(*shifted_val_scores(model, x_val, y_val, p))
     meta = {
@@ -154,7 +206,7 @@ def train_base(
         summary["best_val_auc"],
         threshold,
     )
-    return {**summary, "threshold": threshold, "seconds": seconds}
+    return {**summary, "chief": True, "threshold": threshold, "seconds": seconds}
 
 
 def main() -> None:
