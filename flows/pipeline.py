@@ -21,7 +21,8 @@ from tasks.params import STAGES, load_params
 TAIL_LINES = 40
 DOWNLOAD_RETRIES = 2
 DOWNLOAD_RETRY_DELAY_S = 30
-STOP_GRACE_S = 30  # a stopped stage gets this long to exit on SIGINT before SIGKILL
+STOP_GRACE_S = 30  # a stopped stage gets this long to exit (SIGINT, then SIGTERM) before SIGKILL
+INT_GRACE_S = 5  # ... of which this long on SIGINT alone
 
 
 class StageFailed(RuntimeError):
@@ -115,15 +116,24 @@ def _wait_out_interruption(
 
 
 def _stop_stage(stage: str, proc: subprocess.Popen[str], exc: BaseException, log: Any) -> None:
-    """Interrupt the stage's process group as Ctrl-C would; kill it after STOP_GRACE_S."""
+    """Stop the stage's process group: SIGINT as Ctrl-C would, then SIGTERM, then SIGKILL.
+
+    SIGTERM follows after INT_GRACE_S because a process started in the background by a
+    non-interactive shell inherits SIGINT ignored (and so does DVC under it).
+    """
     log.warning("%s | stopping the stage (%s)", stage, type(exc).__name__)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGINT)  # DVC's own graceful stop
-    try:
-        proc.communicate(timeout=STOP_GRACE_S)  # drained: a full pipe would block it
-    except subprocess.TimeoutExpired:
+    for sig, wait_s in (
+        (signal.SIGINT, INT_GRACE_S),  # DVC's own graceful stop
+        (signal.SIGTERM, STOP_GRACE_S - INT_GRACE_S),  # the stages unwind on SIGTERM too
+        (signal.SIGKILL, None),
+    ):
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, sig)
+        try:
+            proc.communicate(timeout=wait_s)  # drained: a full pipe would block it
+            return
+        except subprocess.TimeoutExpired:
+            log.warning("%s | still running %ss after %s", stage, wait_s, sig.name)
 
 
 @task(cache_policy=NO_CACHE, persist_result=False)
