@@ -189,6 +189,22 @@ def usable_rows(n: int, batch_size: int, replicas: int) -> int:
     return n - tail if 0 < tail < replicas else n
 
 
+def split_rows(
+    key: str, batch_size: int, replicas: int, n_train: int, n_val: int
+) -> tuple[int, int]:
+    """usable_rows of the train and val splits; a batch or split too small is a one-line error.
+
+    `key` is the params key of the batch size (train.batch_size, finetune.batch_size).
+    """
+    train, val = (usable_rows(n, batch_size, replicas) for n in (n_train, n_val))
+    if replicas > 1 and (batch_size < replicas or not train or not val):
+        raise ValueError(
+            f"{key}: {batch_size} (the global batch, split across {replicas} "
+            f"replicas) must be at least {replicas} and the splits at least that many images"
+        )
+    return train, val
+
+
 def _batch_norms(layer: Any) -> Iterator[keras.layers.BatchNormalization]:
     """Every BatchNormalization layer inside `layer`, nested models included."""
     for sub in getattr(layer, "layers", ()):

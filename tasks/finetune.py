@@ -22,7 +22,7 @@ import numpy as np
 
 from tasks.corruptions import corrupt_image, rng_for
 from tasks.data import RAW_DIR, class_weights, labels_of, load_images, make_dataset, resize
-from tasks.distribute import localize, make_strategy, replicated, usable_rows
+from tasks.distribute import localize, make_strategy, replicated, split_rows
 from tasks.io import read_csv, sha256_bytes, write_csv
 from tasks.models import load_model, read_meta, save_model
 from tasks.params import Params, load_params
@@ -210,13 +210,9 @@ def finetune(
         y_val = np.concatenate([y_val, y_val])
 
     replicas = int(strategy.num_replicas_in_sync)
-    n_train = usable_rows(len(images), p.batch_size, replicas)
-    n_val = usable_rows(len(x_val), p.batch_size, replicas)
-    if replicas > 1 and (p.batch_size < replicas or not n_train or not n_val):
-        raise ValueError(
-            f"finetune.batch_size: {p.batch_size} (the global batch, split across {replicas} "
-            f"replicas) must be at least {replicas} and the splits at least that many images"
-        )
+    n_train, n_val = split_rows(
+        "finetune.batch_size", p.batch_size, replicas, len(images), len(x_val)
+    )
     signature = (
         tf.TensorSpec((None, size, size, 1), tf.float32),
         tf.TensorSpec((None,), tf.float32),

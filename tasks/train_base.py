@@ -20,7 +20,7 @@ from tasks.distribute import (
     make_strategy,
     replicated,
     shard,
-    usable_rows,
+    split_rows,
     worker_dirs,
 )
 from tasks.io import sha256_bytes
@@ -107,13 +107,9 @@ def train_base(
     )
 
     replicas = int(strategy.num_replicas_in_sync)
-    n_train = usable_rows(len(x_train), p.batch_size, replicas)
-    n_val = usable_rows(len(x_val), p.batch_size, replicas)
-    if replicas > 1 and (p.batch_size < replicas or not n_train or not n_val):
-        raise ValueError(
-            f"train.batch_size: {p.batch_size} (the global batch, split across {replicas} "
-            f"replicas) must be at least {replicas} and the splits at least that many images"
-        )
+    n_train, n_val = split_rows(
+        "train.batch_size", p.batch_size, replicas, len(x_train), len(x_val)
+    )
     if n_train < len(x_train) or n_val < len(x_val):
         log.info(
             "%d replicas: a last batch of fewer images than replicas is left out "
