@@ -14,10 +14,14 @@ import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import yaml
+
+from tasks.io import MANIFEST_FIELDS, png_bytes, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -147,6 +151,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_for(
+    predicate: Callable[[], object], what: str, log: Path, *, timeout: float, poll_s: float
+) -> Any:
+    """Poll predicate() until truthy; fail with the log's tail on timeout.
+
+    An API call that times out or cannot connect counts as "not yet": a server busy with a
+    worker and its flow runs (or restarting) on a loaded machine may answer a poll late.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except httpx.HTTPError:
+            value = None
+        if value:
+            return value
+        time.sleep(poll_s)
+    pytest.fail(f"timed out waiting for {what}: {log.read_text()[-4000:]}")
+
+
 class PrefectServer:
     """A real Prefect server as `xray server` runs it, on a free loopback port; restartable.
 
@@ -219,3 +243,29 @@ def prefect_server(tmp_path: Path) -> Iterator[PrefectServer]:
         yield server
     finally:
         server.stop()
+
+
+def write_generated_split(
+    raw: Path, splits: Path, name: str, n: int, draw: Callable[[str], np.ndarray]
+) -> None:
+    """n generated PNGs, classes alternating (draw(label) -> 2-D uint8), and the split CSV."""
+    rows = []
+    for i in range(n):
+        label = ("NORMAL", "PNEUMONIA")[i % 2]
+        img = draw(label)
+        rel = f"images/{name}/{label}/{name}{i}.png"
+        (raw / rel).parent.mkdir(parents=True, exist_ok=True)
+        (raw / rel).write_bytes(png_bytes(img))
+        rows.append(
+            {
+                "path": rel,
+                "label": label,
+                "source_split": name,
+                "patient_id": f"{name}{i}",
+                "sha256": f"{name}{i:062d}",
+                "width": img.shape[1],
+                "height": img.shape[0],
+            }
+        )
+    splits.mkdir(parents=True, exist_ok=True)
+    write_csv(splits / f"{name}.csv", rows, MANIFEST_FIELDS)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
+from conftest import write_generated_split
 
 from tasks.finetune import finetune, freeze
-from tasks.io import MANIFEST_FIELDS, png_bytes, read_csv
+from tasks.io import read_csv
 from tasks.models import build_model, load_model, save_model
 from tasks.params import parse_params
 
@@ -21,31 +21,14 @@ IMAGE = 48
 def _write_split(raw: Path, splits: Path, name: str, n: int, rng: np.random.Generator) -> None:
     """n generated PNGs (bright disc = PNEUMONIA) and their split CSV."""
     yy, xx = np.mgrid[:IMAGE, :IMAGE]
-    rows = []
-    for i in range(n):
-        label = ("NORMAL", "PNEUMONIA")[i % 2]
+
+    def draw(label: str) -> np.ndarray:
         img = rng.integers(30, 120, (IMAGE, IMAGE)).astype(np.uint8)
         if label == "PNEUMONIA":
             img[(yy - IMAGE // 2) ** 2 + (xx - IMAGE // 2) ** 2 < (IMAGE // 4) ** 2] = 230
-        rel = f"images/{name}/{label}/{name}{i}.png"
-        (raw / rel).parent.mkdir(parents=True, exist_ok=True)
-        (raw / rel).write_bytes(png_bytes(img))
-        rows.append(
-            {
-                "path": rel,
-                "label": label,
-                "source_split": name,
-                "patient_id": f"{name}{i}",
-                "sha256": f"{name}{i:060d}",
-                "width": IMAGE,
-                "height": IMAGE,
-            }
-        )
-    splits.mkdir(parents=True, exist_ok=True)
-    with (splits / f"{name}.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, MANIFEST_FIELDS)
-        w.writeheader()
-        w.writerows(rows)
+        return img
+
+    write_generated_split(raw, splits, name, n, draw)
 
 
 @pytest.fixture(scope="module")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
+from conftest import write_generated_split
 
-from tasks.io import MANIFEST_FIELDS, png_bytes
 from tasks.models import ARCH_NAMES, build_model, load_model, read_meta, save_model
 from tasks.params import parse_params
 
@@ -79,33 +78,15 @@ def write_tiny_split(root: Path, n: int = 16, size: int = 40) -> tuple[Path, Pat
     raw, splits = root / "raw", root / "splits"
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:size, :size]
+
+    def draw(label: str) -> np.ndarray:
+        img = rng.integers(0, 80, (size, size)).astype(np.uint8)
+        if label == "PNEUMONIA":
+            img[(yy - size // 2) ** 2 + (xx - size // 2) ** 2 < (size // 4) ** 2] = 220
+        return img
+
     for split in ("train", "val"):
-        rows = []
-        for i in range(n):
-            label = ("NORMAL", "PNEUMONIA")[i % 2]
-            img = rng.integers(0, 80, (size, size)).astype(np.uint8)
-            if label == "PNEUMONIA":
-                img[(yy - size // 2) ** 2 + (xx - size // 2) ** 2 < (size // 4) ** 2] = 220
-            rel = f"images/{split}/{label}/{split}{i}.png"
-            (raw / rel).parent.mkdir(parents=True, exist_ok=True)
-            data = png_bytes(img)
-            (raw / rel).write_bytes(data)
-            rows.append(
-                {
-                    "path": rel,
-                    "label": label,
-                    "source_split": split,
-                    "patient_id": f"{split}{i}",
-                    "sha256": f"{split}{i:062d}",
-                    "width": size,
-                    "height": size,
-                }
-            )
-        splits.mkdir(parents=True, exist_ok=True)
-        with (splits / f"{split}.csv").open("w", newline="") as f:
-            w = csv.DictWriter(f, MANIFEST_FIELDS)
-            w.writeheader()
-            w.writerows(rows)
+        write_generated_split(raw, splits, split, n, draw)
     return raw, splits
 
 

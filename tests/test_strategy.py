@@ -6,7 +6,6 @@ initializes, so every training run here is a fresh `python` subprocess.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import socket
@@ -19,10 +18,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_env
+from conftest import ROOT, run_env, write_generated_split
 
 from tasks.distribute import is_chief, tf_config, usable_rows, worker_dirs
-from tasks.io import MANIFEST_FIELDS, png_bytes
 from tasks.params import ParamsError, parse_params
 
 IMAGE = 64
@@ -66,36 +64,18 @@ print("SUMMARY " + json.dumps(summary))
 
 def write_split(root: Path) -> Path:
     """Generated train/val splits: PNEUMONIA images carry a brighter disc at a random place."""
-    raw, splits = root / "raw", root / "splits"
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:IMAGE, :IMAGE]
+
+    def draw(label: str) -> np.ndarray:
+        img = rng.normal(100, 40, (IMAGE, IMAGE))
+        r, (cy, cx) = rng.uniform(8, 14), rng.uniform(20, IMAGE - 20, 2)
+        if label == "PNEUMONIA":
+            img[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] += 80
+        return np.clip(img, 0, 255).astype(np.uint8)
+
     for split in ("train", "val"):
-        rows = []
-        for i in range(PER_SPLIT):
-            label = ("NORMAL", "PNEUMONIA")[i % 2]
-            img = rng.normal(100, 40, (IMAGE, IMAGE))
-            r, (cy, cx) = rng.uniform(8, 14), rng.uniform(20, IMAGE - 20, 2)
-            if label == "PNEUMONIA":
-                img[(yy - cy) ** 2 + (xx - cx) ** 2 < r**2] += 80
-            rel = f"images/{split}/{label}/{split}{i}.png"
-            (raw / rel).parent.mkdir(parents=True, exist_ok=True)
-            (raw / rel).write_bytes(png_bytes(np.clip(img, 0, 255).astype(np.uint8)))
-            rows.append(
-                {
-                    "path": rel,
-                    "label": label,
-                    "source_split": split,
-                    "patient_id": f"{split}{i}",
-                    "sha256": f"{split}{i:062d}",
-                    "width": IMAGE,
-                    "height": IMAGE,
-                }
-            )
-        splits.mkdir(parents=True, exist_ok=True)
-        with (splits / f"{split}.csv").open("w", newline="") as f:
-            w = csv.DictWriter(f, MANIFEST_FIELDS)
-            w.writeheader()
-            w.writerows(rows)
+        write_generated_split(root / "raw", root / "splits", split, PER_SPLIT, draw)
     return root
 
 
