@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import dvc
-from test_corrupt import leftovers, make_split, tree
+from test_corrupt import leftovers, make_split, sigterm_corrupt_midway, tree
 from test_download import BROKEN, BROKEN_REASONS, Outs, _folder
 
 import tasks.compute as compute
@@ -262,31 +258,7 @@ def test_compute_is_no_stage_dependency() -> None:
 
 def test_sigterm_on_dask_leaves_previous_output(tmp_path: Path) -> None:
     """A terminated stage on a LocalCluster removes its staging folder and exits."""
-    make_split(tmp_path / "data", n=40)
-    out = tmp_path / "data" / "corrupted"
-    out.mkdir()
-    (out / "previous.txt").write_text("kept")
-    params = {
-        "corrupt": {"families": list(FAMILIES), "severities": [1, 2, 3, 4, 5]},
-        "compute": {"executor": "dask", "workers": DASK_WORKERS},
-    }
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tasks.corrupt"], cwd=tmp_path, env=env, stderr=subprocess.PIPE
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        stages = list((tmp_path / "data").glob(".corrupted.*.tmp"))
-        if stages and any(stages[0].rglob("*.png")):
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode != 0, err.decode()
-    assert leftovers(tmp_path / "data") == []
-    assert tree(out) == {"previous.txt": b"kept"}
+    sigterm_corrupt_midway(tmp_path, {"executor": "dask", "workers": DASK_WORKERS}, timeout_s=120)
 
 
 @pytest.mark.slow

@@ -197,7 +197,8 @@ def test_params_errors(section: dict[str, object], needle: str) -> None:
     assert "\n" not in str(err.value)
 
 
-def test_sigterm_mid_run_leaves_previous_output(tmp_path: Path) -> None:
+def sigterm_corrupt_midway(tmp_path: Path, compute: dict, timeout_s: float) -> None:
+    """Run `python -m tasks.corrupt`, SIGTERM it once PNGs are staged: the old output stays."""
     import os
     import signal
     import subprocess
@@ -213,7 +214,7 @@ def test_sigterm_mid_run_leaves_previous_output(tmp_path: Path) -> None:
     (out / "previous.txt").write_text("kept")
     params = {
         "corrupt": {"families": list(FAMILIES), "severities": [1, 2, 3, 4, 5]},
-        "compute": {"workers": 2},
+        "compute": compute,
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     repo = Path(__file__).resolve().parents[1]
@@ -221,7 +222,7 @@ def test_sigterm_mid_run_leaves_previous_output(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "tasks.corrupt"], cwd=tmp_path, env=env, stderr=subprocess.PIPE
     )
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and proc.poll() is None:
         stages = list((tmp_path / "data").glob(".corrupted.*.tmp"))
         if stages and any(stages[0].rglob("*.png")):
@@ -233,3 +234,7 @@ def test_sigterm_mid_run_leaves_previous_output(tmp_path: Path) -> None:
     assert proc.returncode != 0, err.decode()
     assert leftovers(tmp_path / "data") == []
     assert tree(out) == {"previous.txt": b"kept"}
+
+
+def test_sigterm_mid_run_leaves_previous_output(tmp_path: Path) -> None:
+    sigterm_corrupt_midway(tmp_path, {"workers": 2}, timeout_s=60)
