@@ -6,8 +6,8 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from datetime import datetime
+from functools import partial
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import PrefectServer, tracked_files
+from conftest import wait_for as conftest_wait_for
 
 from flows.deploy import (
     FILE_LEASE_STORAGE,
@@ -161,22 +162,7 @@ def completed(api: str) -> list[dict[str, Any]]:
     return sorted(done, key=lambda r: r["end_time"])
 
 
-def wait_for(predicate: Any, what: str, serve_log: Path, timeout: float = RUN_TIMEOUT_S) -> Any:
-    """Poll until predicate() is truthy; fail with the serve log tail on timeout.
-
-    An API call that times out or cannot connect counts as "not yet": a server busy with a
-    worker and its flow runs on a loaded machine may answer a poll late.
-    """
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except httpx.HTTPError:
-            value = None
-        if value:
-            return value
-        time.sleep(POLL_S)
-    pytest.fail(f"timed out waiting for {what}: {serve_log.read_text()[-3000:]}")
+wait_for = partial(conftest_wait_for, timeout=RUN_TIMEOUT_S, poll_s=POLL_S)
 
 
 def stamp(value: str) -> datetime:

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import httpx
 import pytest
 import yaml
 from conftest import PrefectServer, dvc, git
+from conftest import wait_for as conftest_wait_for
 
 from flows.pipeline import dvc_repro
 from tasks.params import STAGES
@@ -143,18 +145,7 @@ def test_the_record_comes_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 # --- a real server restarted in the middle of a deployment run -----------------------------
 
 
-def poll(predicate: Any, what: str, log: Path, timeout: float = RUN_TIMEOUT_S) -> Any:
-    """Poll predicate() until truthy (API errors count as not yet); fail with the log tail."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except httpx.HTTPError:
-            value = None
-        if value:
-            return value
-        time.sleep(POLL_S)
-    pytest.fail(f"timed out waiting for {what}: {log.read_text()[-4000:]}")
+poll = partial(conftest_wait_for, timeout=RUN_TIMEOUT_S, poll_s=POLL_S)
 
 
 def flow_run(api: str, run_id: str) -> dict[str, Any]:
