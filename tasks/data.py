@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
 from tasks.io import read_csv, read_gray
+
+if TYPE_CHECKING:
+    from tasks.augment import AcquisitionAugment
 
 RAW_DIR = Path("data/raw")
 LOAD_THREADS = 4
@@ -64,26 +68,34 @@ def make_dataset(
     batch_size: int,
     *,
     shuffle_seed: int | None = None,
-    augment: Callable | None = None,
+    augment: AcquisitionAugment | None = None,
     drop_remainder: bool = False,
 ):
     """A tf.data pipeline over in-memory arrays: shuffle, batch, augment on the fly, prefetch.
 
+    With `augment`, the cache holds `augment.prepare(x)` (each image beside its blurred
+    copy, computed once) and every batch gets its own random key from a stream seeded by
+    the layer's seed that draws anew on every pass: new augmentations each epoch, the
+    same ones on a rerun (and on a resumed run, see tasks.training.advance).
     `drop_remainder` leaves out the last partial batch (with reshuffling, other images
     each epoch): multi-worker training needs every step to give each worker data.
     """
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((x, y.astype("float32")))
+    labels = y.astype("float32")
+    if augment is None:
+        ds = tf.data.Dataset.from_tensor_slices((x, labels))
+    else:
+        ds = tf.data.Dataset.from_tensor_slices((augment.prepare(x), labels))
     if shuffle_seed is not None:
         ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    if augment is not None:
-        ds = ds.map(
-            lambda a, b: (augment(tf.cast(a, "float32"), training=True), b),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
-        )
-    else:
-        ds = ds.map(lambda a, b: (tf.cast(a, "float32"), b))
+    if augment is None:
+        return ds.map(lambda a, b: (tf.cast(a, "float32"), b)).prefetch(tf.data.AUTOTUNE)
+    keys = tf.data.Dataset.random(seed=augment.seed, rerandomize_each_iteration=True).batch(2)
+    ds = tf.data.Dataset.zip(ds, keys).map(
+        lambda batch, key: (augment(batch[0], training=True, key=key), batch[1]),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
     return ds.prefetch(tf.data.AUTOTUNE)

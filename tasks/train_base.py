@@ -12,6 +12,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from tasks.augment import augmenter
 from tasks.data import RAW_DIR, class_weights, load_split, make_dataset
 from tasks.distribute import (
     discard,
@@ -28,7 +29,6 @@ from tasks.models import build_model, save_model
 from tasks.params import Params, TrainParams, load_params
 from tasks.training import (
     advance,
-    augmenter,
     choose_threshold,
     compile_model,
     configure,

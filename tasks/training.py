@@ -20,18 +20,6 @@ MONITOR = "val_auc"
 LR_FACTOR = 0.5
 LR_PATIENCE = 2
 MIN_LR = 1e-6
-AUGMENT = {
-    "rotation": 0.03,  # fraction of a full turn (0.03 = +-10.8 degrees)
-    "zoom": 0.1,
-    "translation": 0.05,
-    "contrast": 0.3,
-    "brightness": 0.2,
-    "gamma": 0.3,  # log-gamma range: exposure curve differences
-    "blur": 1.0,  # blend toward a 5x5 Gaussian blur (and up to half as much sharpening)
-    "noise": 0.03,  # max per-image noise standard deviation, 0..1 pixel scale
-}
-BLUR_SIGMA = 1.2
-BLUR_RADIUS = 2
 COSINE_FLOOR = 0.01  # the cosine schedule ends at this fraction of the peak rate
 
 
@@ -48,120 +36,6 @@ def configure(seed: int, deterministic: bool, threads: int) -> None:
             tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
         except RuntimeError:  # TF already started in this process (tests, notebooks)
             log.warning("train.threads: TF is already initialized; thread counts unchanged")
-
-
-def _gaussian_kernel(sigma: float, radius: int) -> np.ndarray:
-    """A normalized 1-D Gaussian (2*radius+1 taps): the blur runs as two separable passes."""
-    t = np.arange(-radius, radius + 1, dtype=np.float32)
-    g = np.exp(-(t**2) / (2 * sigma**2))
-    return (g / g.sum()).astype(np.float32)
-
-
-class AcquisitionAugment(keras.layers.Layer):
-    """On-the-fly augmentation for acquisition differences, fused into one pass per batch.
-
-    One projective resampling for rotation, zoom and translation (not one per layer),
-    then per-image blur/sharpen, contrast, brightness, gamma and Gaussian noise.
-    Takes and returns 0..255 float pixels (N, H, W, 1); identity outside training.
-    """
-
-    def __init__(
-        self,
-        strength: float = 1.0,
-        seed: int = 0,
-        ranges: dict[str, float] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.strength, self.seed = float(strength), int(seed)
-        unknown = set(ranges or {}) - set(AUGMENT)
-        if unknown:
-            raise ValueError(
-                f"augmentation ranges: unknown {sorted(unknown)}; known {list(AUGMENT)}"
-            )
-        self.base_ranges = {**AUGMENT, **(ranges or {})}
-        self.ranges = {k: v * self.strength for k, v in self.base_ranges.items()}
-        self.kernel = _gaussian_kernel(BLUR_SIGMA, BLUR_RADIUS)
-
-    def get_config(self) -> dict[str, Any]:
-        """Layer config (strength and seed)."""
-        config = {**super().get_config(), "strength": self.strength, "seed": self.seed}
-        return config if self.base_ranges == AUGMENT else {**config, "ranges": self.base_ranges}
-
-    def call(self, images: Any, training: bool = True) -> Any:
-        """Augment a batch when training."""
-        import tensorflow as tf
-
-        if not training:
-            return images
-        r, seed = self.ranges, self.seed
-        x = tf.cast(images, tf.float32) / 255.0
-        n = tf.shape(x)[0]
-        h, w = tf.cast(tf.shape(x)[1], tf.float32), tf.cast(tf.shape(x)[2], tf.float32)
-        draws = tf.random.uniform([10, n], 0.0, 1.0, seed=seed + 1)  # per-image scalars
-
-        def uniform(k: int, lo: float, hi: float) -> Any:
-            return lo + (hi - lo) * draws[k]
-
-        def per_image(v: Any) -> Any:
-            return tf.reshape(v, [-1, 1, 1, 1])
-
-        theta = uniform(1, -1.0, 1.0) * (2.0 * np.pi * r["rotation"])
-        scale = uniform(2, 1.0 - r["zoom"], 1.0 + r["zoom"])  # input pixels per output pixel
-        tx = uniform(3, -1.0, 1.0) * r["translation"] * w
-        ty = uniform(4, -1.0, 1.0) * r["translation"] * h
-        cx, cy = (w - 1.0) / 2.0, (h - 1.0) / 2.0
-        cos, sin = tf.cos(theta) * scale, tf.sin(theta) * scale
-        zeros = tf.zeros_like(cos)
-        rows = [cos, -sin, cx - cos * cx + sin * cy + tx, sin, cos, cy - sin * cx - cos * cy + ty]
-        x = tf.raw_ops.ImageProjectiveTransformV3(
-            images=x,
-            transforms=tf.stack([*rows, zeros, zeros], axis=1),
-            output_shape=tf.shape(x)[1:3],
-            fill_value=0.0,
-            interpolation="BILINEAR",
-            fill_mode="NEAREST",
-        )
-        if r["blur"] > 0:
-            taps = self.kernel.shape[0]
-            blurred = tf.nn.depthwise_conv2d(
-                tf.nn.depthwise_conv2d(
-                    x, self.kernel.reshape(taps, 1, 1, 1), [1, 1, 1, 1], padding="SAME"
-                ),
-                self.kernel.reshape(1, taps, 1, 1),
-                [1, 1, 1, 1],
-                padding="SAME",
-            )
-            top = min(r["blur"], 1.0)
-            x = x + per_image(uniform(5, -0.5 * top, top)) * (blurred - x)
-        # Contrast about the image mean and brightness as one affine map, then gamma as
-        # exp(g * log x): tf.pow with a tensor exponent costs about 4x as much on a CPU.
-        mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
-        c = per_image(uniform(6, 1.0 - r["contrast"], 1.0 + r["contrast"]))
-        x = x * c + (mean * (1.0 - c) + per_image(uniform(7, -r["brightness"], r["brightness"])))
-        if r["gamma"] > 0:
-            x = tf.clip_by_value(x, 1e-6, 1.0)
-            x = tf.exp(tf.math.log(x) * per_image(tf.exp(uniform(8, -r["gamma"], r["gamma"]))))
-        if r["noise"] <= 0:
-            return tf.clip_by_value(x, 0.0, 1.0) * 255.0
-        # The noise field from a stateless generator (about 10x cheaper per pixel than the
-        # stateful op), keyed by a seed drawn from the layer's seeded stream: still
-        # reproducible, still new noise on every batch.
-        key = tf.random.uniform([2], 0, 2**31 - 1, dtype=tf.int64, seed=seed + 10)
-        x = x + per_image(uniform(9, 0.0, r["noise"])) * tf.random.stateless_normal(
-            tf.shape(x), seed=key
-        )
-        return tf.clip_by_value(x, 0.0, 1.0) * 255.0
-
-
-def augmenter(
-    seed: int, strength: float = 1.0, ranges: dict[str, float] | None = None
-) -> keras.layers.Layer:
-    """The training augmentation; `strength` scales every range (0 = identity).
-
-    `ranges` overrides single entries of AUGMENT; a range of 0 skips that operation.
-    """
-    return AcquisitionAugment(strength, seed, ranges, name="augment")
 
 
 def learning_rate(

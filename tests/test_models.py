@@ -138,7 +138,7 @@ def test_train_base_resumes_after_a_kill(tmp_path: Path) -> None:
 
 
 def test_augmentation_keeps_shape_and_range_and_is_identity_when_off() -> None:
-    from tasks.training import augmenter
+    from tasks.augment import augmenter
 
     x = _pixels(4, 48, seed=2).astype("float32")
     out = np.asarray(augmenter(0)(x, training=True))
@@ -211,7 +211,7 @@ def test_threshold_scores_add_seeded_augmented_copies_of_val() -> None:
 def test_augmentation_is_seeded_and_ranges_override_single_operations() -> None:
     import tensorflow as tf
 
-    from tasks.training import augmenter
+    from tasks.augment import augmenter
 
     x = _pixels(4, 48, seed=3).astype("float32")
     draws = []
