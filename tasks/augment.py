@@ -142,17 +142,17 @@ class AcquisitionAugment(keras.layers.Layer):
         blurred = tf.clip_by_value(tf.round(_blur(x, self.taps)), 0.0, 255.0)
         return tf.cast(tf.concat([tf.round(x), blurred], axis=-1), tf.uint8)
 
-    def prepare(self, images: np.ndarray) -> np.ndarray:
-        """The cache form of uint8 images (N, H, W, 1): (N, H, W, 2), image and blurred copy."""
-        if len(images) == 0:
-            return np.zeros((*images.shape[:3], 2), np.uint8)
+    def prepare(self, images: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The cache form of uint8 images (N, H, W, 1): (N, H, W, 2), image and blurred copy.
+
+        Written into `out` (such as a np.memmap of a cache file) when given.
+        """
+        out = np.zeros((*images.shape[:3], 2), np.uint8) if out is None else out
         run = self._jit("prepare", self._with_blur)
-        return np.concatenate(
-            [
-                run(images[i : i + PREPARE_CHUNK]).numpy()
-                for i in range(0, len(images), PREPARE_CHUNK)
-            ]
-        )
+        for i in range(0, len(images), PREPARE_CHUNK):
+            chunk = np.asarray(images[i : i + PREPARE_CHUNK])
+            out[i : i + len(chunk)] = run(chunk).numpy()
+        return out
 
     def _augment(self, prepared: Any, draws: Any, bits: Any) -> Any:
         """The augmented batch from prepared images, uniform draws (DRAWS, N) and noise bits."""

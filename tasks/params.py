@@ -228,6 +228,10 @@ class ComputeParams(_Section):
     executor: Literal["local", "dask"] = "local"
     dask_address: str = ""  # empty: a LocalCluster on 127.0.0.1 for the stage's duration
     workers: Annotated[int, Field(ge=0)] = 0  # local processes / LocalCluster workers; 0 = cores
+    # Decoded training images: in memory, or in .npy files read batch by batch (np.memmap).
+    # auto: files when the decoded images would pass cache_memory_mb (0 = a quarter of RAM).
+    cache: Literal["auto", "memory", "file"] = "auto"
+    cache_memory_mb: Annotated[int, Field(ge=0)] = 0
 
     @field_validator("dask_address")
     @classmethod

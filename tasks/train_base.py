@@ -13,7 +13,7 @@ import keras
 import numpy as np
 
 from tasks.augment import augmenter
-from tasks.data import RAW_DIR, class_weights, load_split, make_dataset
+from tasks.data import RAW_DIR, class_weights, image_cache, load_split, make_dataset
 from tasks.distribute import (
     discard,
     is_chief,
@@ -24,7 +24,7 @@ from tasks.distribute import (
     split_rows,
     worker_dirs,
 )
-from tasks.io import sha256_bytes
+from tasks.io import read_csv, sha256_bytes
 from tasks.models import build_model, save_model
 from tasks.params import Params, TrainParams, load_params
 from tasks.training import (
@@ -89,16 +89,40 @@ def train_base(
     """Train params.train.arch on the train split; save the best-on-val model with its threshold.
 
     Under `train.strategy` multi_worker, a non-chief worker trains in step with the chief
-    and returns without writing the model or the dvclive log.
+    and returns without writing the model or the dvclive log. The decoded images stay in
+    memory or go to files beside the model (`compute.cache`): the outputs are the same.
     """
+    p, c = params.train, params.compute
+    n_train, n_val = (len(read_csv(splits_dir / f"{s}.csv")) for s in ("train", "val"))
+    copies = 3 if p.augment and p.augment_strength > 0 else 1  # + the prepared two channels
+    nbytes = (n_train * copies + n_val) * p.image_size**2
+    with image_cache(c.cache, nbytes, c.cache_memory_mb, model_path) as cache:
+        return _train_base(
+            params, splits_dir, model_path, live_dir, work_dir, raw_dir, callbacks, cache
+        )
+
+
+def _train_base(
+    params: Params,
+    splits_dir: Path,
+    model_path: Path,
+    live_dir: Path,
+    work_dir: Path,
+    raw_dir: Path,
+    callbacks: Sequence[keras.callbacks.Callback],
+    cache: Path | None,
+) -> dict[str, Any]:
+    """train_base with the decoded images in memory, or in files in `cache`."""
     p = params.train
     positive = params.data.positive_class
     configure(p.seed, p.deterministic, p.threads)
     strategy = make_strategy(p.strategy, p.cpu_replicas)
     chief = is_chief(strategy)
     t0 = time.perf_counter()
-    x_train, y_train, _ = load_split(splits_dir / "train.csv", p.image_size, positive, raw_dir)
-    x_val, y_val, _ = load_split(splits_dir / "val.csv", p.image_size, positive, raw_dir)
+    x_train, y_train, _ = load_split(
+        splits_dir / "train.csv", p.image_size, positive, raw_dir, cache
+    )
+    x_val, y_val, _ = load_split(splits_dir / "val.csv", p.image_size, positive, raw_dir, cache)
     log.info(
         "loaded %d train / %d val images in %.1fs",
         len(x_train),

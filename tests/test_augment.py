@@ -79,7 +79,7 @@ def test_raw_and_prepared_inputs_give_the_same_batch() -> None:
     from_raw = np.asarray(layer(x.astype("float32"), training=True, key=key))
     from_prepared = np.asarray(layer(layer.prepare(x), training=True, key=key))
     np.testing.assert_array_equal(from_raw, from_prepared)
-    assert from_raw.shape == x.shape and 0.0 <= from_raw.min() and from_raw.max() <= 255.0
+    assert from_raw.shape == x.shape and from_raw.min() >= 0.0 and from_raw.max() <= 255.0
 
 
 def _epochs(seed: int, passes: int) -> list[np.ndarray]:
