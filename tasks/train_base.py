@@ -93,17 +93,20 @@ def train_base(
     memory or go to files beside the model (`compute.cache`): the outputs are the same.
     """
     p, c = params.train, params.compute
+    configure(p.seed, p.deterministic, p.threads)
+    strategy = make_strategy(p.strategy, p.cpu_replicas)  # a bad setup fails before any I/O
     n_train, n_val = (len(read_csv(splits_dir / f"{s}.csv")) for s in ("train", "val"))
     copies = 3 if p.augment and p.augment_strength > 0 else 1  # + the prepared two channels
     nbytes = (n_train * copies + n_val) * p.image_size**2
     with image_cache(c.cache, nbytes, c.cache_memory_mb, model_path) as cache:
         return _train_base(
-            params, splits_dir, model_path, live_dir, work_dir, raw_dir, callbacks, cache
+            params, strategy, splits_dir, model_path, live_dir, work_dir, raw_dir, callbacks, cache
         )
 
 
 def _train_base(
     params: Params,
+    strategy: Any,
     splits_dir: Path,
     model_path: Path,
     live_dir: Path,
@@ -115,8 +118,6 @@ def _train_base(
     """train_base with the decoded images in memory, or in files in `cache`."""
     p = params.train
     positive = params.data.positive_class
-    configure(p.seed, p.deterministic, p.threads)
-    strategy = make_strategy(p.strategy, p.cpu_replicas)
     chief = is_chief(strategy)
     t0 = time.perf_counter()
     x_train, y_train, _ = load_split(
