@@ -53,6 +53,24 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deps(args: argparse.Namespace) -> int:
+    """Check that every DVC stage lists each project module its command imports."""
+    from flows.stage_deps import check_stages, describe
+
+    try:
+        results = check_stages(args.workdir)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.verbose:
+        for r in results:
+            print(f"{r.stage}: {' '.join(r.needed)}")
+    line = describe(results)
+    ok = all(r.ok for r in results)
+    print(line if ok else f"error: {line}", file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `xray`."""
     parser = argparse.ArgumentParser(prog="xray", description=__doc__)
@@ -80,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     pred.add_argument("--json", action="store_true", help="one JSON object per line")
     pred.add_argument("--batch-size", type=int, default=32)
     pred.set_defaults(func=cmd_predict)
+    dep = sub.add_parser(
+        "deps",
+        help="check that each dvc.yaml stage lists every project module it imports",
+        description="Exit 1 naming each stage whose deps miss a module its command imports "
+        "(a stale cache) or list one it never imports (needless reruns).",
+    )
+    dep.add_argument("--workdir", type=Path, default=Path("."), help="project folder (default: .)")
+    dep.add_argument("-v", "--verbose", action="store_true", help="print each stage's modules")
+    dep.set_defaults(func=cmd_deps)
     add_ops_commands(sub)  # server, serve, deploy, audit: flows/ops_cli.py
     return parser
 
