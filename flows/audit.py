@@ -2,6 +2,9 @@
 
 Records come from the workspace (reports/lineage.json, written by `evaluate`, checked against
 dvc.lock) and from git history (every commit touching dvc.lock, e.g. the record branch).
+The run stamps (created, flow run id, git commit, host) are not in lineage.json: they come from
+the record commit's run.json (flows/record.py), for records made before run.json from the
+stamps their lineage.json carried, else the commit time.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from flows.record import RUN_JSON
 from tasks.lineage import (
     LINEAGE_JSON,
     LOCK_FILE,
@@ -28,6 +32,9 @@ from tasks.lineage import (
 
 HASH_RE = re.compile(r"[0-9a-fA-F]{6,32}(\.dir)?")
 DATA_STAGES = ("download", "split", "corrupt")
+METRIC_KEYS = ("accuracy", "auc", "sensitivity", "specificity")
+# metrics.json `<model>.suite` (tasks/evaluate.py suite_metrics): means over the corruption suite
+SUITE_KEYS = ("mean_accuracy", "mean_auc", "heldout_mean_accuracy", "heldout_mean_auc", "mbe")
 
 
 class AuditError(ValueError):
@@ -87,7 +94,7 @@ def history(root: Path) -> list[dict[str, Any]]:
             continue
         lineage = _show_json(root, commit, str(LINEAGE_JSON)) or {}
         entry["source_identity"] = (lineage.get("data") or {}).get("identity")
-        entry["flow_run_id"] = lineage.get("flow_run_id")
+        entry["flow_run_id"] = run_record(root, commit, date, lineage)["flow_run_id"]
         entry["tags"] = tags.get(commit, [])
         seen = versions.get(entry["model_md5"])
         if seen is None:
@@ -96,6 +103,29 @@ def history(root: Path) -> list[dict[str, Any]]:
             seen["tags"] = sorted(set(seen["tags"]) | set(entry["tags"]))
             seen.setdefault("commits", [seen["commit"]]).append(commit)
     return list(versions.values())
+
+
+def run_record(
+    root: Path, commit: str, date: str | None = None, lineage: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The run stamps of a record commit: created, flow_run_id, code, host.
+
+    From its run.json; for records made before run.json, the stamps its lineage.json carried;
+    else the commit time (`date`, read from git when not given) and nulls.
+    """
+    stamps = _show_json(root, commit, RUN_JSON)
+    if not isinstance(stamps, dict):
+        if lineage is None:
+            lineage = _show_json(root, commit, str(LINEAGE_JSON)) or {}
+        stamps = {k: lineage[k] for k in ("created", "flow_run_id", "code") if k in lineage}
+    if not stamps.get("created"):
+        stamps["created"] = date or _git(root, "show", "-s", "--format=%cI", commit)
+    return {
+        "created": stamps.get("created"),
+        "flow_run_id": stamps.get("flow_run_id"),
+        "code": stamps.get("code") or {"commit": None, "dirty": None, "dirty_files": []},
+        "host": stamps.get("host"),
+    }
 
 
 def _version(stages: dict[str, Any], commit: str, date: str) -> dict[str, Any] | None:
@@ -149,14 +179,15 @@ def audit(root: Path, model: str) -> dict[str, Any]:
     if record:
         for name, m in record["models"].items():
             if m["md5"].startswith(md5):
-                return _answer(record, name, "workspace", root)
+                return _workspace_answer(record, name, root)
     for entry in reversed(history(root)):
         lineage = _show_json(root, entry["commit"], str(LINEAGE_JSON))
         if not lineage:
             continue
         for name, m in lineage.get("models", {}).items():
             if m["md5"].startswith(md5):
-                answer = _answer(lineage, name, f"git {entry['commit']}", root)
+                stamps = run_record(root, entry["commit"], entry["date"], lineage)
+                answer = _answer(lineage, name, f"git {entry['commit']}", stamps, root)
                 answer["recorded"] = {"commit": entry["commit"], "tags": entry["tags"]}
                 return answer
     try:
@@ -172,8 +203,30 @@ def audit(root: Path, model: str) -> dict[str, Any]:
     }
 
 
-def _answer(record: dict[str, Any], name: str, where: str, root: Path) -> dict[str, Any]:
-    """The audit answer for one model of a lineage record."""
+def _workspace_answer(record: dict[str, Any], name: str, root: Path) -> dict[str, Any]:
+    """The audit answer from the workspace's lineage.json; run stamps from the record of its
+    finetuned model (the oldest commit holding it), else unknown (code: at audit time)."""
+    finetuned = (record["models"].get("finetuned") or {}).get("md5")
+    try:
+        entry = next((e for e in history(root) if e["model_md5"] == finetuned), None)
+    except AuditError:  # not a git repository
+        entry = None
+    if entry is None:
+        stamps = {
+            "created": None,
+            "flow_run_id": None,
+            "code": {**code_version(root), "note": "at audit time, not at training time"},
+            "host": None,
+        }
+        return _answer(record, name, "workspace", stamps, root)
+    stamps = run_record(root, entry["commit"], entry["date"])
+    return _answer(record, name, f"workspace (run record: git {entry['commit']})", stamps, root)
+
+
+def _answer(
+    record: dict[str, Any], name: str, where: str, stamps: dict[str, Any], root: Path
+) -> dict[str, Any]:
+    """The audit answer for one model of a lineage record and the stamps of its run."""
     m = record["models"][name]
     tags = [name for name, _, md5 in _model_tags(root) if md5 == m["md5"]]
     return {
@@ -183,10 +236,11 @@ def _answer(record: dict[str, Any], name: str, where: str, root: Path) -> dict[s
         "upstream": m["upstream"],
         "data": record["data"],
         "params": m["params"],
-        "code": record["code"],
+        "code": stamps["code"],
         "versions": record["versions"],
-        "created": record["created"],
-        "flow_run_id": record.get("flow_run_id"),
+        "created": stamps["created"],
+        "flow_run_id": stamps["flow_run_id"],
+        "host": stamps.get("host"),
         "metrics": (record.get("metrics") or {}).get(name),
         "source": where,
         "tags": tags,
@@ -213,7 +267,8 @@ def format_audit(a: dict[str, Any]) -> str:
         for k, v in flatten(values):
             lines.append(f"  {stage:<11} {k} = {json.dumps(v)}")
     code = a.get("code") or {}
-    lines.append(f"code:         git {code.get('commit')} (dirty: {code.get('dirty')})")
+    note = f" ({code['note']})" if code.get("note") else ""
+    lines.append(f"code:         git {code.get('commit')} (dirty: {code.get('dirty')}){note}")
     for k, v in (a.get("versions") or {}).items():
         lines.append(f"{k + ':':<14}{v}")
     lines.append(f"created:      {a.get('created')}")
@@ -221,10 +276,10 @@ def format_audit(a: dict[str, Any]) -> str:
     lines.append(f"record from:  {a.get('source')}")
     lines.append("metrics:")
     for dataset, values in (a.get("metrics") or {}).items():
-        keys = ("accuracy", "auc", "sensitivity", "specificity")
-        lines.append(
-            f"  {dataset}: " + ", ".join(f"{k} {values[k]:.4f}" for k in keys if k in values)
-        )
+        keys = SUITE_KEYS if dataset == "suite" else METRIC_KEYS
+        shown = [f"{k} {values[k]:.4f}" for k in keys if isinstance(values.get(k), int | float)]
+        if shown:
+            lines.append(f"  {dataset}: " + ", ".join(shown))
     return "\n".join(lines)
 
 

@@ -34,7 +34,7 @@ def stage_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     run_id = current_flow_run_id()
-    if run_id:  # read by tasks/lineage.py: the model card names the flow run
+    if run_id:  # tasks/lineage.py flow_run_id; no DVC output may depend on it (dvc.lock)
         env["XRAY_FLOW_RUN_ID"] = run_id
     return env
 
@@ -160,11 +160,11 @@ def push_outputs(workdir: str, remote: str | None) -> dict[str, Any]:
 
 
 @task(cache_policy=NO_CACHE, persist_result=False, name="record", task_run_name="record")
-def record_model(workdir: str, branch: str) -> dict[str, Any]:
-    """Commit dvc.lock, params and lineage on the record branch; tag a new model version."""
+def record_model(workdir: str, branch: str, stamps: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Commit dvc.lock, params, lineage and the run stamps on the record branch; tag a new model."""
     from flows.record import record_run
 
-    result = record_run(Path(workdir), branch, current_flow_run_id())
+    result = record_run(Path(workdir), branch, current_flow_run_id(), stamps)
     if result["recorded"]:
         get_run_logger().info("recorded %s on %s (tag %s)", result["commit"], branch, result["tag"])
     else:
@@ -173,11 +173,11 @@ def record_model(workdir: str, branch: str) -> dict[str, Any]:
 
 
 @task(cache_policy=NO_CACHE, persist_result=False, name="artifacts", task_run_name="artifacts")
-def publish(workdir: str) -> dict[str, Any]:
-    """Metrics table, lineage table and model card as Prefect artifacts."""
+def publish(workdir: str, stamps: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Metrics table, lineage table and model card (with the run stamps) as Prefect artifacts."""
     from flows.record import publish_artifacts
 
-    return publish_artifacts(Path(workdir))
+    return publish_artifacts(Path(workdir), stamps)
 
 
 def apply_changes(root: Path, source: str | None, overrides: dict[str, Any] | None) -> None:
@@ -197,12 +197,15 @@ def after_stages(
     The record comes last so that a run which fails anywhere (a stage, the push, or Prefect's
     API when the server is away) records nothing; a rerun then records it.
     """
+    from flows.record import run_stamps
+
     out: dict[str, Any] = {}
+    stamps = run_stamps(root, current_flow_run_id())  # one set for the artifacts and the record
     if push:
         out["push"] = push_outputs(str(root), remote)
-    out["artifacts"] = publish(str(root))
+    out["artifacts"] = publish(str(root), stamps)
     if record and full:
-        out["record"] = record_model(str(root), branch)
+        out["record"] = record_model(str(root), branch, stamps)
     elif record:
         print("not recording: only some stages ran")
     return out

@@ -5,6 +5,11 @@ code plus dvc.lock, params.yaml and the lineage reports, built with a private gi
 neither the checked-out branch nor the working tree is touched. Each new finetuned model
 hash gets an annotated tag `xray-model-vN` whose message names the hash. A run whose
 recorded files equal the branch tip's records nothing.
+
+The run's stamps (when, which git commit and dirty files, which Prefect flow run, which host)
+are not DVC outputs, so they never make dvc.lock differ between runs: they go into the
+record commit as ``run.json`` (only on the record branch) and as message trailers, and into
+the Prefect model card artifact.
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +31,10 @@ from tasks.lineage import (
     MODEL_CARD,
     LineageError,
     build_record,
+    code_version,
     current_record,
     flatten,
+    flow_run_id,
     read_lock,
     render_card,
 )
@@ -41,6 +50,7 @@ RECORDED = (
     str(LINEAGE_JSON),
     str(MODEL_CARD),
 )
+RUN_JSON = "run.json"  # the run stamps, in record commits only (tasks/lineage.py NOT_CODE)
 FINETUNED_OUT = "models/finetuned.keras"
 REMOTE_NAME = "xray"
 DVC = (sys.executable, "-m", "dvc")
@@ -176,6 +186,45 @@ def _next_tag(root: Path) -> str:
     return f"{TAG_PREFIX}{max(numbers, default=0) + 1}"
 
 
+def run_stamps(root: Path, run_id: str | None = None) -> dict[str, Any]:
+    """This run's stamps: time, git commit (+ dirty code files), Prefect flow run id, host.
+
+    `run_id` defaults to the flow run named in the environment (tasks/lineage.py FLOW_RUN_ENV).
+    """
+    return {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "flow_run_id": run_id or flow_run_id(),
+        "code": code_version(root),
+        "host": socket.gethostname(),
+    }
+
+
+def render_stamps(stamps: dict[str, Any]) -> str:
+    """The run stamps as a markdown section (appended to the model card artifact)."""
+    code = stamps.get("code") or {}
+    lines = ["", "## Run provenance", ""]
+    lines.append(f"- created: {stamps.get('created')}")
+    lines.append(f"- Prefect flow run: {stamps.get('flow_run_id') or 'none (not run by a flow)'}")
+    lines.append(f"- git commit: `{code.get('commit')}` (dirty: {code.get('dirty')})")
+    if code.get("dirty_files"):
+        lines.append("- dirty files: " + ", ".join(f"`{f}`" for f in code["dirty_files"]))
+    lines.append(f"- host: {stamps.get('host')}")
+    return "\n".join(lines) + "\n"
+
+
+def _trailers(stamps: dict[str, Any]) -> str:
+    """The run stamps as git trailers for the record commit message (run.json has them all)."""
+    code = stamps.get("code") or {}
+    values = {
+        "Xray-Created": stamps.get("created"),
+        "Xray-Flow-Run": stamps.get("flow_run_id") or "none",
+        "Xray-Code-Commit": code.get("commit"),
+        "Xray-Code-Dirty": str(code.get("dirty")).lower(),
+        "Xray-Host": stamps.get("host"),
+    }
+    return "\n".join(f"{k}: {v}" for k, v in values.items())
+
+
 def finetuned_md5(root: Path) -> str | None:
     """The finetuned model's hash in root/dvc.lock."""
     for stage in read_lock(root).values():
@@ -185,8 +234,17 @@ def finetuned_md5(root: Path) -> str | None:
     return None
 
 
-def record_run(root: Path, branch: str = DEFAULT_BRANCH, flow_run_id: str | None = None) -> dict:
-    """Commit the run's lock, params and reports on `branch`; tag a new model. Idempotent."""
+def record_run(
+    root: Path,
+    branch: str = DEFAULT_BRANCH,
+    flow_run_id: str | None = None,
+    stamps: dict[str, Any] | None = None,
+) -> dict:
+    """Commit the run's lock, params and reports on `branch`; tag a new model. Idempotent.
+
+    The commit also holds RUN_JSON, the run's stamps (`stamps`, else `run_stamps` now); they
+    are left out of the comparison with the tip, so a run that changed nothing records nothing.
+    """
     if not git(root, "rev-parse", "--is-inside-work-tree", check=False):
         raise RecordError(f"{root}: not a git repository (cannot record the run)")
     head = git(root, "rev-parse", "--verify", "-q", "HEAD", check=False)
@@ -197,6 +255,9 @@ def record_run(root: Path, branch: str = DEFAULT_BRANCH, flow_run_id: str | None
     md5 = finetuned_md5(root)
     if md5 is None:
         raise RecordError(f"{root}/dvc.lock: no {FINETUNED_OUT} output (did finetune run?)")
+    if stamps is None:
+        stamps = run_stamps(root, flow_run_id)
+    run_id = stamps.get("flow_run_id")
     env = _identity_env(root)
     ref = f"refs/heads/{branch}"
     tip = git(root, "rev-parse", "--verify", "-q", ref, check=False) or None
@@ -206,6 +267,11 @@ def record_run(root: Path, branch: str = DEFAULT_BRANCH, flow_run_id: str | None
         git(root, "read-tree", head, env=env_idx)
         git(root, "add", "-u", env=env_idx)  # the code as it ran, dirty or not
         git(root, "add", "-f", "--", *files, env=env_idx)
+        stamps_file = Path(tmp) / RUN_JSON
+        stamps_text = json.dumps(stamps, indent=2, sort_keys=True) + "\n"
+        stamps_file.write_text(stamps_text)
+        blob = git(root, "hash-object", "-w", "--", str(stamps_file))
+        git(root, "update-index", "--add", "--cacheinfo", f"100644,{blob},{RUN_JSON}", env=env_idx)
         tree = git(root, "write-tree", env=env_idx)
     if tip and all(_blob(root, tree, f) == _blob(root, tip, f) for f in files):
         tag = _tags(root).get(md5)
@@ -215,14 +281,15 @@ def record_run(root: Path, branch: str = DEFAULT_BRANCH, flow_run_id: str | None
     parents = [tip] if tip else []
     if not tip or not _is_ancestor(root, head, tip):
         parents.append(head)
-    run = f" (flow run {flow_run_id})" if flow_run_id else ""
-    message = f"xray: record model {md5[:12]}{run}"
+    run = f" (flow run {run_id})" if run_id else ""
+    message = f"xray: record model {md5[:12]}{run}\n\n{_trailers(stamps)}"
     args = ["commit-tree", tree, "-m", message]
     for p in parents:
         args += ["-p", p]
     commit = git(root, *args, env=env)
     git(root, "update-ref", ref, commit, tip or "0" * 40, env=env)
     if git(root, "symbolic-ref", "-q", "HEAD", check=False) == ref:
+        (root / RUN_JSON).write_text(stamps_text)  # so the checkout matches the record
         git(root, "reset", "-q", env=env)  # the checked-out branch moved: refresh its index
     tag = _tags(root).get(md5)
     new_tag = tag is None
@@ -257,10 +324,16 @@ def _is_ancestor(root: Path, a: str, b: str) -> bool:
     return r.returncode == 0
 
 
-def publish_artifacts(root: Path) -> dict[str, Any]:
-    """Prefect artifacts for this run: metrics table, lineage table, markdown model card."""
+def publish_artifacts(root: Path, stamps: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Prefect artifacts for this run: metrics table, lineage table, markdown model card.
+
+    The card is reports/model_card.md's plus a "Run provenance" section with this run's stamps
+    (`stamps`, else `run_stamps` now).
+    """
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+    if stamps is None:
+        stamps = run_stamps(root)
     try:
         record = current_record(root) or build_record(root)
     except LineageError as e:
@@ -286,5 +359,6 @@ def publish_artifacts(root: Path) -> dict[str, Any]:
             }
         )
     create_table_artifact(lineage, key="xray-lineage", description="dvc.lock lineage")
-    create_markdown_artifact(render_card(record), key="xray-model-card", description="Model card")
+    card = render_card(record) + render_stamps(stamps)
+    create_markdown_artifact(card, key="xray-model-card", description="Model card")
     return {"artifacts": ["xray-metrics", "xray-lineage", "xray-model-card"]}

@@ -2,7 +2,11 @@
 
 `write_model_card` (called at the end of the `evaluate` stage) writes
 ``reports/lineage.json`` (machine-readable) and ``reports/model_card.md`` (the same, for people).
-The audit command (`flows/audit.py`) reads the same records back, also from git history.
+Both are DVC outputs, so they are a pure function of the stage's deps and params: no time, git
+commit, host or flow run id (code identity is the md5 of each stage's code deps in dvc.lock).
+Those run stamps go to the run record instead (`flows/record.py`: ``run.json`` on the record
+branch and the Prefect artifacts); `code_version` and `flow_run_id` below supply them.
+The audit command (`flows/audit.py`) reads the records back, also from git history.
 """
 
 from __future__ import annotations
@@ -12,7 +16,6 @@ import json
 import logging
 import os
 import subprocess
-from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -36,8 +39,10 @@ VERSION_PACKAGES = {
     "prefect": ("prefect",),
     "dvc": ("dvc",),
 }
-# Not "code": recorded themselves, so they do not make the tree dirty.
-NOT_CODE = ("dvc.lock", "params.yaml", "reports/", "dvclive/", "data/", "models/")
+# Not "code": recorded themselves, so they do not make the tree dirty (run.json: the run
+# record, flows/record.py RUN_JSON, in the tree only when the record branch is checked out).
+NOT_CODE = ("dvc.lock", "params.yaml", "run.json", "reports/", "dvclive/", "data/", "models/")
+CODE_NOTE = "the md5 of each stage's code deps in dvc.lock; the git commit is in the run record"
 CHUNK = 1 << 20
 
 log = logging.getLogger("xray.lineage")
@@ -206,7 +211,11 @@ def _read_json(path: Path) -> Any:
 
 
 def build_record(root: Path = Path(".")) -> dict[str, Any]:
-    """The lineage record of root's models: hashes from the files, the rest from dvc.lock."""
+    """The lineage record of root's models: hashes from the files, the rest from dvc.lock.
+
+    Deterministic: the same dvc.lock, models, source identity, metrics and installed packages
+    give the same record (run stamps are the run record's, see the module docstring).
+    """
     stages = read_lock(root)
     models: dict[str, Any] = {}
     for name, rel in MODELS.items():
@@ -232,10 +241,7 @@ def build_record(root: Path = Path(".")) -> dict[str, Any]:
             "identity": _read_json(root / SOURCE_JSON),
             "raw_md5": raw["md5"] if raw else None,
         },
-        "code": code_version(root),
         "versions": versions(),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "flow_run_id": flow_run_id(),
         "metrics": _read_json(root / METRICS_JSON),
     }
 
@@ -270,8 +276,8 @@ def _fmt(value: Any) -> str:
 
 
 def render_card(record: dict[str, Any]) -> str:
-    """The model card: lineage, provenance and metrics as markdown."""
-    data, code, ver = record["data"], record["code"], record["versions"]
+    """The model card: lineage, provenance and metrics as markdown (no run stamps)."""
+    data, ver = record["data"], record["versions"]
     identity = data.get("identity") or {}
     lines = ["# Model card: xray-transfer", ""]
     lines += [
@@ -299,9 +305,7 @@ def render_card(record: dict[str, Any]) -> str:
         for key, value in flatten(values):
             lines.append(f"| {stage} | {key} | {_fmt(value)} |")
     lines += ["", "## Provenance", ""]
-    lines.append(f"- git commit: `{code.get('commit')}` (dirty: {code.get('dirty')})")
-    lines.append(f"- created: {record['created']}")
-    lines.append(f"- Prefect flow run: {record.get('flow_run_id') or 'none (not run by a flow)'}")
+    lines.append(f"- code: {CODE_NOTE}")
     lines.append("- versions: " + ", ".join(f"{k} {v}" for k, v in ver.items()))
     lines += ["", "## Evaluation", "", "| model | dataset | metric | value |", "|---|---|---|---|"]
     for model, sets in (record.get("metrics") or {}).items():

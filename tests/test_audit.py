@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-from flows.audit import AuditError, audit, history, models_for_data
+from flows.audit import AuditError, audit, format_audit, history, models_for_data, run_record
 from flows.cli import main
-from flows.record import RecordError, apply_overrides, record_run
+from flows.record import RUN_JSON, RecordError, apply_overrides, record_run, render_stamps
 from tasks.lineage import file_md5, render_card, write_model_card
 
 PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
@@ -121,8 +121,11 @@ def test_audit_matches_dvc_lock(project: Path) -> None:
     assert a["params"]["download"] == lock["download"]["params"]["params.yaml"]
     assert a["params"]["finetune"] == {"finetune": {"epochs": 1}}
     assert a["data"]["identity"]["seed"] == 7
+    # no record yet: the run stamps are unknown, the code is the one at audit time
+    assert a["source"] == "workspace" and a["created"] is None and a["flow_run_id"] is None
     assert a["code"]["commit"] == git(project, "rev-parse", "HEAD")
     assert a["code"]["dirty"] is False
+    assert a["code"]["note"] == "at audit time, not at training time"
     assert set(a["versions"]) == {"tensorflow", "keras", "prefect", "dvc"}
     assert a["versions"]["dvc"]
     assert a["metrics"]["clean"]["accuracy"] == pytest.approx(0.57)
@@ -133,16 +136,89 @@ def test_audit_matches_dvc_lock(project: Path) -> None:
 
 
 def test_dirty_code_is_flagged_but_outputs_are_not(project: Path) -> None:
-    """A changed code file makes the record dirty; dvc.lock and params.yaml do not."""
+    """A changed code file makes the run record dirty; dvc.lock and params.yaml do not."""
     write_version(project, 7)
     git(project, "add", "-f", "dvc.lock")
     git(project, "commit", "-qm", "lock")
     (project / "params.yaml").write_text((project / "params.yaml").read_text() + "\n")
-    assert write_model_card(project / "reports", project)["code"]["dirty"] is False
+    clean = record_run(project, "records")
+    assert run_record(project, clean["commit"])["code"]["dirty"] is False
     (project / "tasks/download.py").write_text("# changed\n")
-    record = write_model_card(project / "reports", project)
-    assert record["code"]["dirty"] is True
-    assert record["code"]["dirty_files"] == ["tasks/download.py"]
+    write_version(project, 8)
+    dirty = record_run(project, "records")
+    code = run_record(project, dirty["commit"])["code"]
+    assert code["dirty"] is True and code["dirty_files"] == ["tasks/download.py"]
+    assert "Xray-Code-Dirty: true" in git(project, "log", "-1", "--format=%B", dirty["commit"])
+
+
+def test_lineage_and_model_card_are_the_same_on_every_run(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No run stamps in the DVC outputs: another flow run, commit or dirty tree, equal bytes."""
+    write_version(project, 7)  # writes both once
+    reports = project / "reports"
+    names = ("lineage.json", "model_card.md")
+    first = {f: (reports / f).read_bytes() for f in names}
+    monkeypatch.setenv("XRAY_FLOW_RUN_ID", "run-a")
+    (project / "tasks/download.py").write_text("# changed\n")  # a dirty tree
+    write_model_card(reports, project)
+    assert {f: (reports / f).read_bytes() for f in names} == first
+    monkeypatch.setenv("XRAY_FLOW_RUN_ID", "run-b")
+    git(project, "commit", "-qam", "another commit")
+    record = write_model_card(reports, project)
+    assert {f: (reports / f).read_bytes() for f in names} == first
+    assert record is not None and not {"created", "flow_run_id", "code"} & set(record)
+    card = first["model_card.md"].decode()
+    assert "run-a" not in card and "run-b" not in card and "- git commit:" not in card
+    assert "- code: the md5 of each stage's code deps in dvc.lock" in card
+
+
+def test_the_run_record_carries_the_stamps_and_audit_reads_them(project: Path, capsys: Any) -> None:
+    """record_run commits run.json (flow run, commit, time, host) and trailers; audit reads it."""
+    write_version(project, 7)
+    head = git(project, "rev-parse", "HEAD")
+    result = record_run(project, "records", "run-42")
+    stamps = json.loads(git(project, "show", f"{result['commit']}:{RUN_JSON}"))
+    assert stamps["flow_run_id"] == "run-42"
+    assert stamps["code"] == {"commit": head, "dirty": False, "dirty_files": []}
+    assert stamps["created"] and stamps["host"]
+    message = git(project, "log", "-1", "--format=%B", result["commit"])
+    assert "Xray-Flow-Run: run-42" in message and f"Xray-Code-Commit: {head}" in message
+    assert not (project / RUN_JSON).exists()  # only in the record commit
+    # a rerun with another flow run id changed no recorded file: nothing new is recorded
+    assert record_run(project, "records", "run-43")["recorded"] is False
+
+    for a in (audit(project, "models/finetuned.keras"), audit(project, "models/base.keras")):
+        assert a["flow_run_id"] == "run-42" and a["code"]["commit"] == head
+        assert a["created"] == stamps["created"] and a["host"] == stamps["host"]
+        assert a["source"] == f"workspace (run record: git {result['commit']})"
+    assert history(project)[0]["flow_run_id"] == "run-42"
+    text = format_audit(audit(project, "models/finetuned.keras"))
+    assert "flow run:     run-42" in text and f"code:         git {head}" in text
+    assert "created:      " + stamps["created"] in text
+    card = render_stamps(stamps)
+    assert "## Run provenance" in card and "run-42" in card and head in card
+
+
+def test_records_made_before_run_json_fall_back(project: Path) -> None:
+    """An older record: stamps from its lineage.json when it had them, else the commit time."""
+    write_version(project, 7)
+    result = record_run(project, "records", "run-1")
+    tree = git(project, "rev-parse", f"{result['commit']}^{{tree}}")
+    git(project, "read-tree", tree)  # rebuild that record without run.json in a scratch index
+    git(project, "rm", "-q", "--cached", RUN_JSON)
+    old = git(project, "commit-tree", git(project, "write-tree"), "-m", "old record")
+    git(project, "reset", "-q")
+    when = git(project, "show", "-s", "--format=%cI", old)
+    assert run_record(project, old) == {
+        "created": when,
+        "flow_run_id": None,
+        "code": {"commit": None, "dirty": None, "dirty_files": []},
+        "host": None,
+    }
+    legacy = {"created": "2026-01-01T00:00:00+00:00", "flow_run_id": "run-0", "code": {"c": 1}}
+    stamps = run_record(project, old, lineage=legacy)
+    assert stamps["flow_run_id"] == "run-0" and stamps["created"] == legacy["created"]
 
 
 def test_unknown_model_is_one_clear_error(project: Path) -> None:
@@ -191,6 +267,8 @@ def test_records_history_and_reverse_lookup(
     old = audit(project, h1["finetuned"])
     assert old["source"] == f"git {first['commit']}"
     assert old["flow_run_id"] == "run-1"
+    assert old["code"]["commit"] == head_before
+    assert [v["flow_run_id"] for v in versions] == ["run-1", "run-3"]
     assert old["tags"] == ["xray-model-v1"]
     assert old["data"]["identity"]["seed"] == 7
 
@@ -203,6 +281,7 @@ def test_records_history_and_reverse_lookup(
     assert main(["audit", "--workdir", str(project), "models/finetuned.keras"]) == 0
     text = capsys.readouterr().out
     assert h2["finetuned"] in text and "stage finetune" in text
+    assert "flow run:     run-3" in text
 
 
 def test_failed_run_leaves_the_record_intact(project: Path) -> None:
@@ -247,16 +326,35 @@ def test_model_card_renders_without_metrics() -> None:
             }
         },
         "data": {"source": "synthetic", "identity": None, "raw_md5": "r.dir"},
-        "code": {"commit": "c0ffee", "dirty": False},
         "versions": {"dvc": "3"},
-        "created": "2026-11-29T00:00:00+00:00",
-        "flow_run_id": None,
         "metrics": None,
     }
     card = render_card(record)
     for heading in ("## Models", "## Data", "## Upstream outputs", "## Params", "## Provenance"):
         assert heading in card
-    assert "none (not run by a flow)" in card
+    assert "- versions: dvc 3" in card
+    stamps = render_stamps({"created": "t", "flow_run_id": None, "code": {}, "host": "h"})
+    assert "none (not run by a flow)" in stamps
+
+
+def test_audit_text_shows_the_suite_means() -> None:
+    """The `suite` metrics block prints its means; a block with nothing to show is left out."""
+    answer = {
+        "model": "m",
+        "md5": "abc",
+        "stage": "finetune",
+        "upstream": [],
+        "params": {},
+        "metrics": {
+            "clean": {"accuracy": 0.9, "auc": 0.95},
+            "suite": {"mean_accuracy": 0.8, "mean_auc": 0.85, "mbe": 1.2, "rmbe": None},
+            "other": {"n": "x"},
+        },
+    }
+    text = format_audit(answer)
+    assert "  clean: accuracy 0.9000, auc 0.9500" in text
+    assert "  suite: mean_accuracy 0.8000, mean_auc 0.8500, mbe 1.2000" in text
+    assert "other" not in text and not any(line.endswith(": ") for line in text.splitlines())
 
 
 def test_without_a_record_the_audit_says_provenance_is_unknown(project: Path) -> None:

@@ -210,7 +210,9 @@ def test_scheduled_runs_on_a_real_server(tmp_path: Path, server: dict[str, str])
         assert "models/finetuned.keras" in locked
         assert any(remote.rglob("*")), "dvc push left the remote empty"
         lineage = json.loads(git(root, "show", f"{tip}:reports/lineage.json"))
-        assert lineage["flow_run_id"] == first["id"]
+        assert "flow_run_id" not in lineage  # a DVC output: no run stamps (dvc.lock stays put)
+        stamps = json.loads(git(root, "show", f"{tip}:run.json"))
+        assert stamps["flow_run_id"] == first["id"]
         r = httpx.post(
             f"{api}/artifacts/filter",
             json={"artifacts": {"flow_run_id": {"any_": [first["id"]]}}},

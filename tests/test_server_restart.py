@@ -130,7 +130,7 @@ def test_the_record_comes_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 
     calls: list[str] = []
 
-    def unreachable(workdir: str) -> None:
+    def unreachable(workdir: str, stamps: object = None) -> None:
         calls.append("artifacts")
         raise httpx.ConnectError("All connection attempts failed")
 
