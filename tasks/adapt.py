@@ -61,7 +61,11 @@ class AdaptSettings:
         """A short name of the adaptation, e.g. `adabn+tent+prior`, `none`."""
         steps = [
             name
-            for name, on in (("adabn", self.bn), ("tent", self.tent_steps > 0), ("prior", self.prior))
+            for name, on in (
+                ("adabn", self.bn),
+                ("tent", self.tent_steps > 0),
+                ("prior", self.prior),
+            )
             if on
         ]
         return "+".join(steps) or "none"
@@ -248,7 +252,9 @@ def tent(
     if not variables or steps <= 0:
         return {"steps": 0, "status": "off"}
     saved = [v.numpy() for v in variables]
-    saved_stats = [(bn.moving_mean.numpy(), bn.moving_variance.numpy()) for bn in batchnorm_layers(model)]
+    saved_stats = [
+        (bn.moving_mean.numpy(), bn.moving_variance.numpy()) for bn in batchnorm_layers(model)
+    ]
     p0 = _scores(model, images, batch_size)
     call0, ent0 = float(np.mean(p0 >= threshold)), float(np.mean(binary_entropy(p0)))
     optimizer = keras.optimizers.Adam(learning_rate=lr)
@@ -372,6 +378,25 @@ def prior_correction(
     return out
 
 
+def reference_priors(
+    model: keras.Model, images: np.ndarray, batch_size: int, seed: int = 0
+) -> dict[str, float]:
+    """EM prior estimates on the source's own validation images, as is and after AdaBN on them.
+
+    Stored in the model file: a target's estimate is read as a label shift relative to the
+    one made the same way (with or without AdaBN) on data of known balance, so that the
+    estimator's bias (class-weighted training, miscalibration) cancels out.
+    """
+    p = _scores(model, images, batch_size)
+    with restored(model):
+        adabn(model, images, batch_size, seed)
+        p_bn = _scores(model, images, batch_size)
+    return {
+        "prior_reference": round(em_prior(p), 6),
+        "prior_reference_adabn": round(em_prior(p_bn), 6),
+    }
+
+
 def images_hash(images: np.ndarray) -> str:
     """sha256 of the target images as the model sees them (shape and pixels)."""
     h = hashlib.sha256(repr(images.shape).encode())
@@ -387,32 +412,61 @@ def adapt(
     The images are (N, H, W, 1) at the model's input size. Nothing is changed when there
     are fewer than `s.min_images` of them (the report says why).
     """
+    new_meta, report, _ = _adapt(model, meta, images, s)
+    return new_meta, report
+
+
+def predict_adapted(
+    model: keras.Model, meta: dict[str, Any], images: np.ndarray, s: AdaptSettings
+) -> tuple[np.ndarray, float, AdaptReport]:
+    """P(positive) of the images by the model adapted to them, its threshold and the report.
+
+    The model is left as it was (every weight and statistic restored).
+    """
+    with restored(model):
+        new_meta, report, p = _adapt(model, meta, images, s)
+        if p is None:
+            p = _scores(model, images, s.batch_size)
+    return p, float(new_meta["threshold"]), report
+
+
+def _adapt(
+    model: keras.Model, meta: dict[str, Any], images: np.ndarray, s: AdaptSettings
+) -> tuple[dict[str, Any], AdaptReport, np.ndarray | None]:
+    """adapt(), plus the adapted model's scores when they were computed on the way."""
     threshold = float(meta["threshold"])
     report = AdaptReport(method=s.method, images=len(images), threshold=threshold)
     if s.method == "none":
         report.skipped = "no adaptation configured"
-        return dict(meta), report
+        return dict(meta), report, None
     if len(images) < s.min_images:
         report.skipped = f"{len(images)} images, fewer than adapt.min_images={s.min_images}"
         report.warnings.append(report.skipped)
-        return dict(meta), report
+        return dict(meta), report, None
     if s.bn:
         adabn(model, images, s.batch_size, s.seed)
     if s.tent_steps > 0:
         report.tent = tent(
-            model, images, threshold, s.tent_steps, s.tent_lr, s.batch_size, s.seed, s.tent_max_shift
+            model,
+            images,
+            threshold,
+            s.tent_steps,
+            s.tent_lr,
+            s.batch_size,
+            s.seed,
+            s.tent_max_shift,
         )
         if report.tent.get("status", "").startswith("reverted"):
             report.warnings.append(f"TENT {report.tent['status']}")
+    p = None
     if s.prior:
-        reference = meta.get("prior_reference")
+        reference = meta.get("prior_reference_adabn" if s.bn else "prior_reference")
+        reference = meta.get("prior_reference") if reference is None else reference
         if reference is None:
             report.warnings.append("no prior_reference in the model file: threshold not moved")
         else:
             p = _scores(model, images, s.batch_size)
-            report.prior = prior_correction(
-                p, threshold, float(reference), meta.get("train_prior")
-            )
+            report.prior = prior_correction(p, threshold, float(reference), meta.get("train_prior"))
             threshold = report.prior["threshold_after"]
             if report.prior["warning"]:
                 report.warnings.append(report.prior["warning"])
@@ -437,7 +491,7 @@ def adapt(
             "source_threshold": float(meta["threshold"]),
         },
     }
-    return new_meta, report
+    return new_meta, report, p
 
 
 @contextmanager

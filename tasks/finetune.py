@@ -20,6 +20,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from tasks.adapt import reference_priors
 from tasks.corruptions import corrupt_image, rng_for
 from tasks.data import RAW_DIR, class_weights, labels_of, load_images, make_dataset, resize
 from tasks.distribute import localize, make_strategy, replicated, split_rows
@@ -205,8 +206,10 @@ def finetune(
         ]
     )[..., None]
     y_val = labels_of(val_rows, positive)
+    x_clean = np.stack([resize(img, size) for img in val_raw])[..., None]
+    val_prior = float(np.mean(y_val))
     if p.clean_fraction > 0:  # select and set the threshold on clean and corrupted val alike
-        x_val = np.concatenate([x_val, np.stack([resize(img, size) for img in val_raw])[..., None]])
+        x_val = np.concatenate([x_val, x_clean])
         y_val = np.concatenate([y_val, y_val])
 
     replicas = int(strategy.num_replicas_in_sync)
@@ -268,6 +271,8 @@ def finetune(
         "finetune_clean_fraction": p.clean_fraction,
         "finetune_families": families,
         "finetune_severities": severities,
+        "val_prior": round(val_prior, 6),
+        **reference_priors(model, x_clean, p.batch_size),
     }
     save_model(model, model_path, new_meta)
     finish(work_dir)

@@ -32,10 +32,30 @@ XRAY_NET_DROPOUT = 0.3
 BN_MOMENTUM = 0.9  # small data: BatchNorm statistics must settle within a few epochs
 
 
-def seed_cnn(image_size: int) -> keras.Model:
+NORMALIZE = ("none", "standardize")
+
+
+def _intensity(inputs: Any, normalize: str) -> Any:
+    """Pixels 0..255 to the network's scale: /255, or each image to zero mean, unit variance.
+
+    `standardize` makes the model blind to an image's overall exposure and contrast (a
+    linear change of its gray levels), the largest difference between X-ray sites, with a
+    built-in layer (no custom code in the model file).
+    """
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    if normalize == "standardize":
+        x = layers.LayerNormalization(
+            axis=(1, 2, 3), center=False, scale=False, epsilon=1e-3, name="standardize"
+        )(x)
+    elif normalize != "none":
+        raise ValueError(f"train.normalize: unknown {normalize!r} (known: {', '.join(NORMALIZE)})")
+    return x
+
+
+def seed_cnn(image_size: int, normalize: str = "none") -> keras.Model:
     """The blog's 4-block CNN (valid 3x3 convs, BatchNorm, dense 128-64, dropout 0.2)."""
     inputs = keras.Input((image_size, image_size, 1), name="pixels")
-    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    x = _intensity(inputs, normalize)
     for i, filters in enumerate(SEED_FILTERS, start=1):
         x = layers.Conv2D(filters, 3, activation="relu", name=f"conv{i}")(x)
         x = layers.BatchNormalization(name=f"bn{i}")(x)
@@ -71,7 +91,7 @@ def _sep_block(x: Any, filters: int, name: str) -> Any:
     return layers.ReLU(name=f"{name}_out")(y)
 
 
-def xray_net(image_size: int) -> keras.Model:
+def xray_net(image_size: int, normalize: str = "none") -> keras.Model:
     """A small residual separable-conv CNN with global pooling, sized for a 2-core CPU.
 
     Two strided 3x3 convs take the input to 1/4 resolution cheaply, three residual
@@ -79,7 +99,7 @@ def xray_net(image_size: int) -> keras.Model:
     1.6M-weight dense layer. About 0.19M weights.
     """
     inputs = keras.Input((image_size, image_size, 1), name="pixels")
-    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    x = _intensity(inputs, normalize)
     for i, width in enumerate(XRAY_NET_STEM, start=1):
         x = _conv_bn(x, width, f"stem{i}", strides=2)
     for i, width in enumerate(XRAY_NET_WIDTHS, start=1):
@@ -138,9 +158,13 @@ ARCHS = {"seed_cnn": seed_cnn, "xray_net": xray_net}
 ARCH_NAMES = (*ARCHS, *BACKBONES)
 
 
-def build_model(arch: str, image_size: int, weights: str | None = None) -> keras.Model:
+def build_model(
+    arch: str, image_size: int, weights: str | None = None, normalize: str = "none"
+) -> keras.Model:
     """Build an architecture by name; `weights` ('imagenet' or None) for backbones only."""
     if arch in BACKBONES:
+        if normalize != "none":
+            raise ValueError(f"train.normalize: {arch} has its own input preprocessing (use none)")
         return backbone_model(arch, image_size, weights)
     if arch not in ARCHS:
         raise ValueError(
@@ -148,7 +172,7 @@ def build_model(arch: str, image_size: int, weights: str | None = None) -> keras
         )
     if weights is not None:
         raise ValueError(f"train.weights: {arch} has no pretrained weights (use null)")
-    return ARCHS[arch](image_size)
+    return ARCHS[arch](image_size, normalize)
 
 
 def _renumber_shared_ids(config: Any, ids: dict[int, int] | None = None) -> Any:

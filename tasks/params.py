@@ -256,6 +256,8 @@ class TrainParams(_Section):
     )
     weights: Literal["imagenet"] | None = None  # Keras Applications backbones only
     image_size: Annotated[int, Field(ge=32, le=1024)] = 160
+    # none (pixels / 255) | standardize (each image to zero mean, unit variance, in the model)
+    normalize: Literal["none", "standardize"] = "none"
     batch_size: PosInt = 32
     epochs: PosInt = 20
     learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 2e-3
@@ -276,6 +278,8 @@ class TrainParams(_Section):
 
     @model_validator(mode="after")
     def _weights(self) -> TrainParams:
+        if self.normalize != "none" and self.arch not in ("xray_net", "seed_cnn"):
+            raise ValueError(f"normalize: {self.arch} has its own input preprocessing (use none)")
         if self.weights is not None and self.arch in ("xray_net", "seed_cnn"):
             raise ValueError(f"weights: {self.arch} has no pretrained weights (use null)")
         if self.warmup_epochs >= self.epochs:
@@ -301,6 +305,38 @@ class FinetuneParams(_Section):
 class EvaluateParams(_Section):
     batch_size: PosInt = 64
     grid_images: Annotated[int, Field(ge=1, le=64)] = 8
+    # The acquisition-shift proxy (tasks/proxy.py): val images under these tasks.shift names
+    # (checked by the evaluate stage before it reads anything), again at this class balance.
+    proxy_shifts: tuple[str, ...] = (
+        "equalize",
+        "window_level",
+        "unsharp",
+        "low_res",
+        "heel",
+        "collimation",
+        "markers",
+        "grid_lines",
+    )
+    proxy_prior: Fraction | None = 0.5
+    proxy_seed: int = 11
+
+
+class AdaptParams(_Section):
+    """Unsupervised adaptation to each target set (evaluate) and `xray adapt` defaults."""
+
+    models: tuple[Literal["base", "finetuned"], ...] = ("base", "finetuned")
+    bn: bool = True  # AdaBN
+    tent_steps: Annotated[int, Field(ge=0, le=1000)] = 0
+    tent_lr: Annotated[float, Field(gt=0.0, le=0.1)] = 1e-4
+    tent_max_shift: Annotated[float, Field(gt=0.0, le=1.0)] = 0.15
+    prior: bool = False  # label-shift threshold correction (EM)
+    min_images: PosInt = 32
+    batch_size: PosInt = 64
+    seed: int = 0
+
+    def settings(self) -> dict[str, Any]:
+        """The keyword arguments of tasks.adapt.AdaptSettings."""
+        return self.model_dump(exclude={"models"})
 
 
 class Params(_Section):
@@ -310,6 +346,7 @@ class Params(_Section):
     train: TrainParams = TrainParams()
     finetune: FinetuneParams = FinetuneParams()
     evaluate: EvaluateParams = EvaluateParams()
+    adapt: AdaptParams = AdaptParams()
     compute: ComputeParams = ComputeParams()
 
 

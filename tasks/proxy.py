@@ -71,7 +71,9 @@ def proxy_sets(
     """Per model input size: the val images clean and under every shift, at both balances."""
     unknown = [s for s in shifts if s not in SHIFTS]
     if unknown:
-        raise ValueError(f"evaluate.proxy_shifts: unknown shift {unknown[0]!r} (known: {', '.join(SHIFTS)})")
+        raise ValueError(
+            f"evaluate.proxy_shifts: unknown shift {unknown[0]!r} (known: {', '.join(SHIFTS)})"
+        )
     y = labels_of(rows, positive)
     raw = load_images([raw_dir / r["path"] for r in rows], None)
     keys = [r["sha256"] for r in rows]

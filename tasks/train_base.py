@@ -12,6 +12,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from tasks.adapt import reference_priors
 from tasks.augment import augmenter
 from tasks.data import RAW_DIR, class_weights, image_cache, load_split, make_dataset
 from tasks.distribute import (
@@ -157,7 +158,7 @@ def _train_base(
     def build() -> keras.Model:
         """The compiled model: under the strategy to train, outside it for the output."""
         with precision(p.mixed_precision):
-            model = build_model(p.arch, p.image_size, p.weights)
+            model = build_model(p.arch, p.image_size, p.weights, p.normalize)
         compile_model(model, lr, p.weight_decay, jit_compile=p.jit_compile)
         return model
 
@@ -206,6 +207,7 @@ def _train_base(
     threshold = choose_threshold(*shifted_val_scores(model, x_val, y_val, p))
     meta = {
         "arch": p.arch,
+        "normalize": p.normalize,
         "image_size": p.image_size,
         "channels": 1,
         "classes": list(params.data.classes),
@@ -215,6 +217,9 @@ def _train_base(
         "stage": "train_base",
         "best_epoch": summary["best_epoch"],
         "val_auc": summary["best_val_auc"],
+        "train_prior": round(float(np.mean(y_train)), 6),
+        "val_prior": round(float(np.mean(y_val)), 6),
+        **reference_priors(model, x_val, p.batch_size),
     }
     save_model(model, model_path, meta)
     finish(work_dir)

@@ -106,7 +106,9 @@ def test_tent_guard_reverts_to_the_adabn_model() -> None:
 def test_adaptation_is_deterministic_and_restorable() -> None:
     x = _images(shift=40)
     meta = {"threshold": 0.5, "prior_reference": 0.6}
-    s = AdaptSettings(bn=True, tent_steps=2, tent_lr=1e-3, tent_max_shift=1.0, prior=True, batch_size=16)
+    s = AdaptSettings(
+        bn=True, tent_steps=2, tent_lr=1e-3, tent_max_shift=1.0, prior=True, batch_size=16
+    )
     results = []
     for _ in range(2):
         model = _model()
