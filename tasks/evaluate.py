@@ -26,19 +26,23 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from tasks.adapt import AdaptReport, AdaptSettings, predict_adapted, reference_priors
 from tasks.corruptions import HELD_OUT
 from tasks.data import RAW_DIR, labels_of, load_images
 from tasks.io import read_csv, read_gray, write_csv, write_json
 from tasks.lineage import write_model_card
 from tasks.metrics import binary_metrics
 from tasks.models import load_model
-from tasks.params import EvaluateParams, load_params
-from tasks.training import predict
+from tasks.params import AdaptParams, EvaluateParams, load_params
+from tasks.proxy import ProxySet, proxy_sets
+from tasks.training import configure, predict
 
 log = logging.getLogger("xray.evaluate")
 
 MODELS = {"base": Path("models/base.keras"), "finetuned": Path("models/finetuned.keras")}
 TEST_CSV = Path("data/splits/test.csv")
+VAL_CSV = Path("data/splits/val.csv")
+ADAPTED = "_adapted"  # suffix of a model adapted to each target set without its labels
 CORRUPTED_DIR = Path("data/corrupted")
 REPORTS = Path("reports")
 LIVE = {"base": Path("dvclive/train_base"), "finetuned": Path("dvclive/finetune")}
@@ -473,11 +477,22 @@ def evaluate(
     live: dict[str, Path] | None = None,
     held_out: Sequence[str] = HELD_OUT,
     raw_dir: Path = RAW_DIR,
+    adapt: AdaptParams | None = None,
+    val_csv: Path = VAL_CSV,
 ) -> dict[str, Any]:
-    """Evaluate every model; write metrics, robustness, plot data and figures."""
+    """Evaluate every model, and each adapted to every target set; write reports and figures."""
     models = models or MODELS
     live = live or LIVE
+    adapt = adapt or AdaptParams()
     positive = classes[1]
+    proxy_names = list(params.proxy_shifts)
+    from tasks.shift import SHIFTS
+
+    for name in proxy_names:  # a bad name fails before anything is read
+        if name not in SHIFTS:
+            raise ValueError(
+                f"evaluate.proxy_shifts: unknown shift {name!r} (known: {', '.join(SHIFTS)})"
+            )
     test_rows = read_csv(test_csv)
     y = labels_of(test_rows, positive)
     bad_rows = read_csv(corrupted_dir / "manifest.csv")
@@ -491,64 +506,105 @@ def evaluate(
     baseline = BASELINE if BASELINE in models else next(iter(models))
 
     loaded = {}
+    metas: dict[str, dict[str, Any]] = {}
     for name, path in models.items():
         model, meta = load_model(path)
         loaded[name] = (model, int(meta["image_size"]), float(meta["threshold"]))
+        metas[name] = meta
     sizes = sorted({size for _, size, _ in loaded.values()})
+    settings = AdaptSettings(**adapt.settings())
+    adapted = [m for m in adapt.models if m in loaded] if settings.method != "none" else []
+    variants = [*models, *(m + ADAPTED for m in adapted)]
+
+    val_rows = read_csv(val_csv)
+    t0 = time.perf_counter()
+    proxy = proxy_sets(
+        val_rows, raw_dir, positive, sizes, proxy_names, params.proxy_prior, params.proxy_seed
+    )
+    log.info(
+        "proxy: %d val sets per input size in %.1fs", len(proxy[sizes[0]]), time.perf_counter() - t0
+    )
+    for name in adapted:  # model files from before the references were stored
+        if "prior_reference" not in metas[name]:
+            size = loaded[name][1]
+            clean_val = next(s for s in proxy[size] if s.name == "val/clean")
+            metas[name] = {
+                **metas[name],
+                **reference_priors(loaded[name][0], clean_val.images, settings.batch_size),
+            }
 
     t0 = time.perf_counter()
     n_scored = 0
+    adaptation: dict[str, dict[str, Any]] = {v: {} for v in variants if v.endswith(ADAPTED)}
 
-    def score(paths: list[Path]) -> dict[str, np.ndarray]:
-        """Decode the images once per input size and predict with every model."""
+    def score(x: dict[int, np.ndarray], spans: dict[str, slice]) -> dict[str, dict[str, Any]]:
+        """Every model's scores and threshold on each named span of one decoded batch.
+
+        Plain models predict the whole batch at once; adapted ones are adapted to each
+        span's images alone (one target set each), never seeing a label.
+        """
         nonlocal n_scored
-        x = {size: load_images(paths, size) for size in sizes}
-        n_scored += len(paths)
-        return {
-            name: predict(model, x[size], params.batch_size)
-            for name, (model, size, _) in loaded.items()
-        }
+        n_scored += len(next(iter(x.values())))
+        out: dict[str, dict[str, Any]] = {span: {} for span in spans}
+        for name, (model, size, threshold) in loaded.items():
+            p = predict(model, x[size], params.batch_size)
+            for span, sl in spans.items():
+                out[span][name] = (p[sl], threshold)
+        for name in adapted:
+            model, size, _ = loaded[name]
+            for span, sl in spans.items():
+                p, thr, report = predict_adapted(model, metas[name], x[size][sl], settings)
+                out[span][name + ADAPTED] = (p, thr)
+                adaptation[name + ADAPTED][span] = _report_row(report)
+        return out
 
-    metrics: dict[str, dict[str, Any]] = {name: {} for name in models}
+    metrics: dict[str, dict[str, Any]] = {name: {} for name in variants}
     clean: dict[str, dict[str, Any]] = {}
-    per_group: dict[str, dict[tuple[str, int], dict[str, Any]]] = {n: {} for n in models}
+    per_group: dict[str, dict[tuple[str, int], dict[str, Any]]] = {n: {} for n in variants}
     roc_rows: list[dict[str, Any]] = []
-    p_clean = score([raw_dir / r["path"] for r in test_rows])
-    for name, (_, _, threshold) in loaded.items():
-        clean[name] = binary_metrics(y, p_clean[name], threshold)
+    x_clean = {size: load_images([raw_dir / r["path"] for r in test_rows], size) for size in sizes}
+    scored = score(x_clean, {"clean": slice(None)})["clean"]
+    for name, (p, threshold) in scored.items():
+        clean[name] = binary_metrics(y, p, threshold)
         metrics[name]["clean"] = clean[name]
-        roc_rows += _roc_rows(name, "clean", y, p_clean[name])
-    # One predict call per family (all its severities) keeps per-call overhead low.
+        roc_rows += _roc_rows(name, "clean", y, p)
+    # One decode and one plain predict call per family (all its severities).
     by_family: dict[str, list[tuple[str, int]]] = defaultdict(list)
     for key in groups:
         by_family[key[0]].append(key)
     for keys in by_family.values():
         rows = [r for key in keys for r in by_group[key]]
-        probs = score([corrupted_dir / r["path"] for r in rows])
-        start = 0
+        x = {size: load_images([corrupted_dir / r["path"] for r in rows], size) for size in sizes}
+        spans, start = {}, 0
         for key in keys:
-            n = len(by_group[key])
+            spans[f"{key[0]}/{key[1]}"] = slice(start, start + len(by_group[key]))
+            start += len(by_group[key])
+        scored_spans = score(x, spans)
+        for key in keys:
             y_g = labels_of(by_group[key], positive)
-            for name, (_, _, threshold) in loaded.items():
-                p_g = probs[name][start : start + n]
+            for name, (p_g, threshold) in scored_spans[f"{key[0]}/{key[1]}"].items():
                 per_group[name][key] = binary_metrics(y_g, p_g, threshold)
                 if key == ref:
                     metrics[name]["corrupted"] = per_group[name][key]
                     roc_rows += _roc_rows(name, "corrupted", y_g, p_g)
-            start += n
+    proxy_rows = _score_proxy(
+        proxy, loaded, metas, adapted, settings, params.batch_size, adaptation
+    )
+    for name in variants:
+        metrics[name]["proxy"] = proxy_summary(proxy_rows[name], params.proxy_prior)
     seconds = time.perf_counter() - t0
     log.info(
         "scored %d images x %d models in %.1fs (%.0f images/s decoded, %.0f predictions/s)",
         n_scored,
-        len(models),
+        len(variants),
         seconds,
         n_scored / seconds,
-        n_scored * len(models) / seconds,
+        n_scored * len(variants) / seconds,
     )
 
     robustness = summarize(clean, per_group, held_out, baseline)
     robustness["reference"] = {"family": ref[0], "severity": ref[1]}
-    for name in models:
+    for name in variants:
         metrics[name]["suite"] = suite_metrics(robustness["models"][name]["summary"])
         s = metrics[name]["suite"]
         log.info(
@@ -570,6 +626,15 @@ def evaluate(
     write_json(reports / "metrics.json", metrics)
     write_model_card(reports)  # lineage.json + model_card.md (reads metrics.json)
     write_json(reports / "robustness.json", robustness)
+    write_json(
+        reports / "adaptation.json",
+        {"settings": {**adapt.settings(), "method": settings.method}, "variants": adaptation},
+    )
+    write_json(
+        reports / "proxy.json",
+        {"shifts": proxy_names, "prior": params.proxy_prior, "variants": proxy_rows},
+    )
+    plot_proxy(proxy_rows, figures / "proxy_accuracy.png")
     write_csv(reports / "plots" / "roc.csv", roc_rows, ("model", "dataset", "fpr", "tpr"))
     plot_history(live, figures / "history.png")
     confusions = {m: {d: metrics[m][d] for d in ("clean", "corrupted")} for m in metrics}
@@ -606,10 +671,89 @@ def evaluate(
     return metrics
 
 
+def _report_row(report: AdaptReport) -> dict[str, Any]:
+    """What adaptation did on one target set, for reports/adaptation.json (no label in it)."""
+    row = report.as_dict()
+    return {
+        k: row[k]
+        for k in ("images", "adapted", "skipped", "threshold", "prior", "tent", "warnings")
+    }
+
+
+def _score_proxy(
+    proxy: dict[int, list[ProxySet]],
+    loaded: dict[str, tuple[Any, int, float]],
+    metas: dict[str, dict[str, Any]],
+    adapted: Sequence[str],
+    settings: AdaptSettings,
+    batch_size: int,
+    adaptation: dict[str, dict[str, Any]],
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Metrics of every variant on every proxy set (adapted ones adapted to each set alone)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, (model, size, threshold) in loaded.items():
+        out[name] = {}
+        for target in proxy[size]:
+            p = predict(model, target.images, batch_size)
+            out[name][target.name] = binary_metrics(target.labels, p, threshold)
+    for name in adapted:
+        model, size, _ = loaded[name]
+        out[name + ADAPTED] = {}
+        for target in proxy[size]:
+            p, thr, report = predict_adapted(model, metas[name], target.images, settings)
+            out[name + ADAPTED][target.name] = binary_metrics(target.labels, p, thr)
+            adaptation[name + ADAPTED][f"proxy:{target.name}"] = _report_row(report)
+    return out
+
+
+PROXY_KEYS = ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity")
+
+
+def proxy_summary(rows: dict[str, dict[str, Any]], prior: float | None) -> dict[str, Any]:
+    """The flat `<model>.proxy` block of metrics.json: clean val and means over the shifts."""
+    out: dict[str, Any] = {}
+    balances = [("val", "")] + ([(f"val@{prior:g}", "balanced_")] if prior is not None else [])
+    for balance, prefix in balances:
+        shifted = [
+            m for k, m in rows.items() if k.startswith(balance + "/") and k != f"{balance}/clean"
+        ]
+        for key in PROXY_KEYS:
+            out[f"{prefix}clean_{key}"] = _num(rows[f"{balance}/clean"][key])
+            out[f"{prefix}shift_{key}"] = _mean([m[key] for m in shifted])
+        out[f"{prefix}shift_min_accuracy"] = (
+            _num(min(m["accuracy"] for m in shifted)) if shifted else None
+        )
+    return out
+
+
+def plot_proxy(rows: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
+    """Accuracy of every variant on every proxy set: grouped bars, one group per set."""
+    variants = list(rows)
+    sets = list(next(iter(rows.values())))
+    width = 0.8 / len(variants)
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.55 * len(sets) * len(variants) / 2), 4.6))
+    xs = np.arange(len(sets))
+    for i, v in enumerate(variants):
+        ax.bar(xs + i * width, [rows[v][s]["accuracy"] for s in sets], width, label=v)
+    ax.set_xticks(xs + 0.4 - width / 2, sets, rotation=60, ha="right", fontsize=7)
+    lo = min(rows[v][s]["accuracy"] for v in variants for s in sets)
+    ax.set_ylim(max(0.0, lo - 0.05), 1.0)
+    ax.set_ylabel("accuracy")
+    ax.set_title("acquisition-shift proxy: val images under unseen site differences")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main() -> None:
     """Run the stage from params.yaml."""
     params = load_params()
-    evaluate(params.evaluate, params.data.classes, held_out=params.corrupt.held_out)
+    configure(params.adapt.seed, deterministic=True, threads=params.train.threads)
+    evaluate(
+        params.evaluate, params.data.classes, held_out=params.corrupt.held_out, adapt=params.adapt
+    )
 
 
 if __name__ == "__main__":

@@ -329,7 +329,7 @@ class AdaptParams(_Section):
     tent_steps: Annotated[int, Field(ge=0, le=1000)] = 0
     tent_lr: Annotated[float, Field(gt=0.0, le=0.1)] = 1e-4
     tent_max_shift: Annotated[float, Field(gt=0.0, le=1.0)] = 0.15
-    prior: bool = False  # label-shift threshold correction (EM)
+    prior: bool = True  # label-shift threshold correction (EM), after AdaBN
     min_images: PosInt = 32
     batch_size: PosInt = 64
     seed: int = 0

@@ -14,8 +14,8 @@ from test_corrupt import make_split
 import tasks.evaluate as ev
 from tasks.corrupt import corrupt
 from tasks.data import resize
-from tasks.io import read_csv, read_gray
-from tasks.params import CorruptParams, EvaluateParams
+from tasks.io import read_csv, read_gray, write_csv
+from tasks.params import AdaptParams, CorruptParams, EvaluateParams
 
 FAMILIES = ("seed", "jpeg", "elastic")
 HELD = ("elastic",)
@@ -106,8 +106,30 @@ def _expected_probs(paths: list[Path], weight: float, size: int) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-weight * (means - 0.4)))
 
 
+def _val_split(tmp_path: Path, raw: Path) -> Path:
+    """A val.csv of other generated images in the same raw folder."""
+    _, val = make_split(tmp_path / "v", seed=5)
+    rows = read_csv(val)
+    for r in rows:
+        r["path"] = r["path"].replace("test/", "val/")
+        (raw / r["path"]).parent.mkdir(parents=True, exist_ok=True)
+        (raw / r["path"]).write_bytes(
+            (tmp_path / "v" / "raw" / r["path"].replace("val/", "test/")).read_bytes()
+        )
+    out = tmp_path / "splits" / "val.csv"
+    write_csv(out, rows, list(rows[0]))
+    return out
+
+
+ADAPT = AdaptParams(prior=True, min_images=4, batch_size=8)
+PROXY = EvaluateParams(
+    batch_size=7, grid_images=3, proxy_shifts=("equalize", "low_res"), proxy_prior=0.4
+)
+
+
 def test_evaluate_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     raw, csv = make_split(tmp_path)
+    val_csv = _val_split(tmp_path, raw)
     corrupted = tmp_path / "corrupted"
     corrupt(CorruptParams(families=FAMILIES, severities=SEVERITIES), csv, raw, corrupted, 1)
     size = 32
@@ -126,7 +148,7 @@ def test_evaluate_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     reports = tmp_path / "reports"
     live = {"base": tmp_path / "live_b", "finetuned": tmp_path / "live_f"}
     metrics = ev.evaluate(
-        EvaluateParams(batch_size=7, grid_images=3),
+        PROXY,
         ("NORMAL", "PNEUMONIA"),
         models=models,
         test_csv=csv,
@@ -135,6 +157,8 @@ def test_evaluate_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         live=live,
         held_out=HELD,
         raw_dir=raw,
+        adapt=ADAPT,
+        val_csv=val_csv,
     )
     manifest = read_csv(corrupted / "manifest.csv")
     # Every image decoded exactly once, shared by both models.
@@ -177,5 +201,68 @@ def test_evaluate_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         "corruption_grid.png",
         "samples.png",
         "confusion.png",
+        "proxy_accuracy.png",
     ):
         assert (reports / "figures" / fig).stat().st_size > 1000
+    # Adapted variants beside the plain models, on the clean, corrupted and proxy sets.
+    assert set(on_disk) == {"base", "finetuned", "base_adapted", "finetuned_adapted"}
+    for name in on_disk:
+        assert {"clean", "corrupted", "suite", "proxy"} <= set(on_disk[name])
+        assert on_disk[name]["proxy"]["shift_accuracy"] is not None
+        assert on_disk[name]["proxy"]["balanced_shift_accuracy"] is not None
+    adaptation = json.loads((reports / "adaptation.json").read_text())
+    assert adaptation["settings"]["method"] == "adabn+prior"
+    clean_report = adaptation["variants"]["base_adapted"]["clean"]
+    assert clean_report["adapted"] and clean_report["prior"]["estimate"] is not None
+    # The adapted threshold is the one metrics used.
+    assert on_disk["base_adapted"]["clean"]["threshold"] == pytest.approx(
+        clean_report["threshold"], abs=1e-6
+    )
+    assert "proxy:val@0.4/low_res" in adaptation["variants"]["finetuned_adapted"]
+    proxy = json.loads((reports / "proxy.json").read_text())
+    assert set(proxy["variants"]["base"]) == {
+        f"{b}/{s}" for b in ("val", "val@0.4") for s in ("clean", "equalize", "low_res")
+    }
+
+
+def _shuffle_labels(csv: Path, seed: int) -> None:
+    """Permute the label column of a split or manifest file in place."""
+    rows = read_csv(csv)
+    labels = [r["label"] for r in rows]
+    np.random.default_rng(seed).shuffle(labels)
+    for r, label in zip(rows, labels, strict=True):
+        r["label"] = label
+    write_csv(csv, rows, list(rows[0]))
+
+
+def test_adaptation_never_reads_labels(tmp_path: Path) -> None:
+    raw, csv = make_split(tmp_path)
+    val_csv = _val_split(tmp_path, raw)
+    corrupted = tmp_path / "corrupted"
+    corrupt(CorruptParams(families=("seed",), severities=(3,)), csv, raw, corrupted, 1)
+    models = {"base": tmp_path / "base.keras"}
+    _tiny_model(models["base"], 8.0, 0.5, 32)
+    outputs = []
+    labels_before = [r["label"] for r in read_csv(csv)]
+    for run in range(2):
+        if run:
+            for f in (csv, val_csv, corrupted / "manifest.csv"):
+                _shuffle_labels(f, seed=3)
+        reports = tmp_path / f"reports{run}"
+        ev.evaluate(
+            PROXY,
+            ("NORMAL", "PNEUMONIA"),
+            models=models,
+            test_csv=csv,
+            corrupted_dir=corrupted,
+            reports=reports,
+            live={"base": tmp_path / "live"},
+            held_out=(),
+            raw_dir=raw,
+            adapt=AdaptParams(models=("base",), prior=True, min_images=4, batch_size=8),
+            val_csv=val_csv,
+        )
+        outputs.append(reports)
+    a, b = ((r / "adaptation.json").read_bytes() for r in outputs)
+    assert a == b  # estimates, thresholds and reports: identical under shuffled labels
+    assert labels_before != [r["label"] for r in read_csv(csv)]  # the shuffle did shuffle
