@@ -6,13 +6,16 @@ import json
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
 from tasks.data import resize
 from tasks.ingest import IMAGE_SUFFIXES, BadImage, load_image
 from tasks.params import DataParams
+
+if TYPE_CHECKING:
+    from tasks.adapt import AdaptSettings
 
 DEFAULTS = DataParams()  # decode exactly as ingest does: same pixel limit, same longest side
 EXIT_OK, EXIT_SOME_FAILED, EXIT_NO_MODEL = 0, 1, 2
@@ -45,17 +48,20 @@ def prepare(path: Path, size: int) -> np.ndarray:
     return resize(gray, size)
 
 
-def _row(path: Path, p: float, meta: dict[str, Any]) -> dict[str, Any]:
-    """The result of one image."""
+def _row(path: Path, p: float, meta: dict[str, Any], adapted: bool | None = None) -> dict[str, Any]:
+    """The result of one image (`adapted` only under `--adapt`)."""
     negative, positive = meta["classes"][0], meta.get("positive_class", meta["classes"][-1])
     threshold = float(meta["threshold"])
-    return {
+    row = {
         "path": str(path),
         "label": positive if p >= threshold else negative,
         "probability": round(p, 6),
         "positive_class": positive,
         "threshold": round(threshold, 6),
     }
+    if adapted is not None:
+        row["adapted"] = adapted
+    return row
 
 
 def _emit(row: dict[str, Any], as_json: bool, out: TextIO) -> None:
@@ -65,7 +71,8 @@ def _emit(row: dict[str, Any], as_json: bool, out: TextIO) -> None:
     else:
         print(
             f"{row['path']}\t{row['label']}\tP({row['positive_class']})={row['probability']:.4f}"
-            f"\tthreshold={row['threshold']:.4f}",
+            f"\tthreshold={row['threshold']:.4f}"
+            + (f"\tadapted={str(row['adapted']).lower()}" if "adapted" in row else ""),
             file=out,
         )
 
@@ -78,8 +85,14 @@ def predict_paths(
     batch_size: int = 32,
     out: TextIO | None = None,
     err: TextIO | None = None,
+    adapt: AdaptSettings | None = None,
+    prior_flag: bool | None = None,
 ) -> int:
-    """Predict every image; one line per image on `out`, one-line errors on `err`; exit code."""
+    """Predict every image; one line per image on `out`, one-line errors on `err`; exit code.
+
+    With `adapt` settings the model is first adapted (in memory) to all the images, which
+    are then predicted at the adapted threshold (see `_predict_adapted`).
+    """
     from tasks.models import load_model
 
     out, err = out or sys.stdout, err or sys.stderr
@@ -88,6 +101,10 @@ def predict_paths(
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=err)
         return EXIT_NO_MODEL
+    if adapt is not None:
+        return _predict_adapted(
+            paths, Path(model_path), model, meta, adapt, prior_flag, as_json, out, err
+        )
     size = int(meta["image_size"])
     failed = 0
     batch: list[tuple[Path, np.ndarray]] = []
@@ -114,4 +131,40 @@ def predict_paths(
         elif len(batch) >= max(1, batch_size):
             flush()
     flush()
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _predict_adapted(
+    paths: Sequence[Path],
+    model_path: Path,
+    model: Any,
+    meta: dict[str, Any],
+    settings: AdaptSettings,
+    prior_flag: bool | None,
+    as_json: bool,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    """`xray predict --adapt`: read all images, adapt in memory, predict at the new threshold.
+
+    Fewer usable images than `settings.min_images`: said on `err`, predicted unadapted.
+    """
+    from tasks.adapt_cli import AdaptError, adapted_scores, check_prior, read_images
+
+    try:
+        check_prior(meta, model_path, prior_flag)
+    except AdaptError as e:
+        print(f"error: {e}", file=err)
+        return EXIT_SOME_FAILED
+    names, images, failed = read_images(paths, int(meta["image_size"]), err, level="error")
+    if names:
+        p, threshold, report = adapted_scores(model, meta, images, settings, err)
+        adapted = report is not None and report.adapted
+        if p is None:
+            p = model.predict(
+                images.astype("float32"), batch_size=settings.batch_size, verbose=0
+            ).reshape(-1)
+        shown = {**meta, "threshold": threshold}
+        for path, prob in zip(names, p, strict=True):
+            _emit(_row(path, float(prob), shown, adapted), as_json, out)
     return EXIT_SOME_FAILED if failed else EXIT_OK
