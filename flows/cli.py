@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -251,9 +252,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EPHEMERAL_STARTUP_TIMEOUT_S = "120"  # Prefect's 20 s default fails on a busy 2-core machine
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `xray` console script."""
     setup_logging()
+    # Before Prefect reads its settings; an explicit setting wins.
+    os.environ.setdefault(
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_TIMEOUT_S
+    )
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 
