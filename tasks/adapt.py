@@ -161,11 +161,16 @@ def _moments_step(model: keras.Model, bns: list[Any]) -> Any:
         import tensorflow as tf
 
         spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
+        ref = weakref.ref(model)  # the cache must not keep the model alive
+        refs = [weakref.ref(bn) for bn in bns]
 
         @tf.function(input_signature=[spec])
         def step(x: Any) -> list[Any]:
-            model(x, training=True)
-            return [bn.moving_mean.value for bn in bns] + [bn.moving_variance.value for bn in bns]
+            ref()(x, training=True)
+            layers = [r() for r in refs]
+            return [bn.moving_mean.value for bn in layers] + [
+                bn.moving_variance.value for bn in layers
+            ]
 
         _STEPS[model] = step
     return _STEPS[model]
@@ -224,7 +229,9 @@ def binary_entropy(p: np.ndarray) -> np.ndarray:
 
 def _scores(model: keras.Model, images: np.ndarray, batch_size: int) -> np.ndarray:
     """P(positive) in inference mode."""
-    return model.predict(images.astype("float32"), batch_size=batch_size, verbose=0).reshape(-1)
+    from tasks.training import predict
+
+    return predict(model, images, batch_size)
 
 
 def affine_weights(model: keras.Model) -> list[Any]:

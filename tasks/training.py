@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -389,6 +390,32 @@ def choose_threshold(y: np.ndarray, p: np.ndarray) -> float:
     return float(1.0 / (1.0 + np.exp(-mid)))
 
 
+_FORWARD: weakref.WeakKeyDictionary[keras.Model, Any] = weakref.WeakKeyDictionary()
+
+
+def _forward(model: keras.Model) -> Any:
+    """The model's inference pass compiled once per model (any batch size).
+
+    Faster than `model.predict`, which builds a tf.data pipeline on every call (and logs a
+    TensorFlow error line each time); reads the model's current weights on every call.
+    """
+    if model not in _FORWARD:
+        import tensorflow as tf
+
+        spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
+        ref = weakref.ref(model)  # the cache must not keep the model alive
+        _FORWARD[model] = tf.function(lambda x: ref()(x, training=False), input_signature=[spec])
+    return _FORWARD[model]
+
+
 def predict(model: keras.Model, x: np.ndarray, batch_size: int) -> np.ndarray:
     """Probabilities of the positive class for uint8 images (N, H, W, 1)."""
-    return model.predict(x.astype("float32"), batch_size=batch_size, verbose=0).reshape(-1)
+    if len(x) == 0:
+        return np.zeros(0, np.float32)
+    fn = _forward(model)
+    return np.concatenate(
+        [
+            np.asarray(fn(x[i : i + batch_size].astype("float32"))).reshape(-1)
+            for i in range(0, len(x), batch_size)
+        ]
+    )
