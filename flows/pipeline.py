@@ -15,12 +15,9 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.download import is_url
 from tasks.params import STAGES, load_params
 
 TAIL_LINES = 40
-DOWNLOAD_RETRIES = 2
-DOWNLOAD_RETRY_DELAY_S = 30
 STOP_GRACE_S = 30  # a stopped stage gets this long to exit (SIGINT, then SIGTERM) before SIGKILL
 INT_GRACE_S = 5  # ... of which this long on SIGINT alone
 
@@ -227,16 +224,16 @@ def pipeline(
     apply_changes(root, source, overrides)
     if not (root / "dvc.yaml").exists():
         raise FileNotFoundError(f"{root}: no dvc.yaml here (run inside the project)")
-    params = load_params(root / "params.yaml")
+    load_params(root / "params.yaml")  # validated before any stage runs
     selected = list(stages or STAGES)
     unknown = [s for s in selected if s not in STAGES]
     if unknown:
         raise ValueError(f"stages: unknown stage {unknown[0]!r} (known: {', '.join(STAGES)})")
     results = []
     for stage in selected:
+        # No Prefect retries: tasks/fetch.py retries transient network errors itself (and a
+        # rerun resumes its partial download); every other failure is permanent.
         options: dict[str, Any] = {"name": stage, "task_run_name": stage}
-        if stage == "download" and is_url(params.data.source):  # the only network access
-            options |= {"retries": DOWNLOAD_RETRIES, "retry_delay_seconds": DOWNLOAD_RETRY_DELAY_S}
         results.append(run_stage.with_options(**options)(stage, str(root)))
     ran = [r["stage"] for r in results if r["ran"]]
     print(f"stages run: {', '.join(ran) or 'none (all cached)'}")

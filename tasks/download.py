@@ -6,6 +6,10 @@ under ``data/raw/images/<source split>/<CLASS>/`` and listed in
 ``data/raw/manifest.csv``; broken files are quarantined to ``reports/quarantine.csv``
 and exact duplicates listed in ``reports/duplicates.csv``.
 
+A URL is fetched by tasks/fetch.py, the only place that retries: transient errors (connection
+errors, timeouts, HTTP 5xx/408/429) up to FETCH_RETRIES times with backoff, permanent ones
+fail at once. Its partial file is kept under ``.xray/downloads/<key>/`` so a rerun resumes.
+
 Change detection: `probe` records the source's identity (URL + ETag/Last-Modified/size
 or the pinned sha256; a local archive's sha256; a folder's tree hash) in
 ``data/source.json``, rewriting it only when the identity changed. That small file is a
@@ -40,8 +44,11 @@ MAGIC_SUFFIXES = ((b"PK\x03\x04", ".zip"), (b"\x1f\x8b", ".tar.gz"))
 """Leading bytes -> archive suffix, for URLs whose name does not say the type."""
 URL_VALIDATORS = ("etag", "last_modified", "size")
 FETCH_RETRIES = 5
+"""Retries of a transient failure (probe HEAD and transfer); no other layer retries."""
 FETCH_BACKOFF_S = 1.0
 """First retry delay of a failed transfer (doubles per retry)."""
+DOWNLOAD_CACHE = Path(".xray/downloads")
+"""Partial downloads of URL sources, kept across runs to resume (git- and dvc-ignored)."""
 QUARANTINE = Path("reports/quarantine.csv")
 DUPLICATES = Path("reports/duplicates.csv")
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")
@@ -122,7 +129,7 @@ def identify(params: DataParams, base: Path = Path(".")) -> dict[str, object]:
         from tasks.fetch import FetchError, probe
 
         try:
-            info = probe(source)
+            info = probe(source, retries=FETCH_RETRIES, backoff=FETCH_BACKOFF_S)
         except FetchError as e:
             raise DownloadError(f"data.source: {e}") from None
         if not (info["etag"] or info["last_modified"]):
@@ -262,13 +269,17 @@ def source_root(
         from tasks.fetch import FetchError, fetch
 
         try:
+            validators = None  # fetch probes them itself when needed
             if record is not None and not params.sha256:
                 now = identify(params)
-                _verify(recorded, {k: now[k] for k in URL_VALIDATORS}, record)
+                validators = {k: now[k] for k in URL_VALIDATORS}
+                _verify(recorded, validators, record)
             archive = fetch(
                 source,
                 work / _archive_name(source),
                 sha256=params.sha256,
+                validators=validators,
+                cache_dir=DOWNLOAD_CACHE,
                 retries=FETCH_RETRIES,
                 backoff=FETCH_BACKOFF_S,
             )

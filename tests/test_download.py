@@ -81,6 +81,7 @@ class Served:
     body: bytes = b""
     etag: str = '"v1"'
     fail_first: int = 0  # answer 500 to this many GETs
+    head_fail_first: int = 0  # answer 503 to this many HEADs
     cut_after: int | None = None  # the first successful GET stops after this many bytes
     corrupt: bool = False  # flip the first bytes (same length)
     requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
@@ -115,7 +116,8 @@ class Handler(BaseHTTPRequestHandler):
         """Validators and size only."""
         s = self._served()
         s.requests.append(("HEAD", dict(self.headers)))
-        self._headers(200, len(s.body))
+        heads = sum(1 for m, _ in s.requests if m == "HEAD")
+        self._headers(503 if heads <= s.head_fail_first else 200, len(s.body))
 
     def do_GET(self) -> None:
         """The body (ranged when asked with a matching If-Range), or a fault."""
@@ -150,9 +152,10 @@ def server() -> Iterator[tuple[str, Served]]:
 
 
 @pytest.fixture(autouse=True)
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Retry sleeps of milliseconds instead of seconds."""
+def fast_retries(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Retry sleeps of milliseconds instead of seconds; a private download cache."""
     monkeypatch.setattr(dl, "FETCH_BACKOFF_S", 0.01)
+    monkeypatch.setattr(dl, "DOWNLOAD_CACHE", tmp_path_factory.mktemp("downloads"))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -274,6 +277,30 @@ def test_url_with_faults_ingests_once_and_reprobe_downloads_nothing(
     assert not changed
     assert out.record.read_bytes() == record_before
     assert [m for m, _ in s.requests[n_requests:]] == ["HEAD"]  # no body fetched
+
+
+def test_stage_rerun_resumes_the_partial_download(
+    server: tuple[str, Served], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe's HEAD retries a 503; a transfer whose retries run out is resumed by the
+    rerun from the bytes kept in the download cache, with If-Range."""
+    base, s = server
+    s.body, s.cut_after, s.head_fail_first = _kaggle_zip(), 2000, 1
+    params = DataParams(source=f"{base}/data.zip")
+    out = Outs(tmp_path)
+    probe(params, out.record)
+    assert [m for m, _ in s.requests] == ["HEAD", "HEAD"]
+    monkeypatch.setattr(dl, "FETCH_RETRIES", 0)
+    with pytest.raises(DownloadError, match="giving up after 0 retries") as ei:
+        out.run(params)
+    assert "\n" not in str(ei.value)
+    assert not out.raw.exists()
+    assert [p.stat().st_size for p in dl.DOWNLOAD_CACHE.glob("*/part")] == [2000]
+    assert out.run(params)["images"] == N_KAGGLE
+    gets = s.gets()
+    assert len(gets) == 2
+    assert (gets[1]["Range"], gets[1]["If-Range"]) == ("bytes=2000-", '"v1"')
+    assert list(dl.DOWNLOAD_CACHE.iterdir()) == []
 
 
 def test_url_change_is_detected(server: tuple[str, Served], tmp_path: Path) -> None:
