@@ -385,22 +385,38 @@ def prior_correction(
     return out
 
 
-def reference_priors(
-    model: keras.Model, images: np.ndarray, batch_size: int, seed: int = 0
+def source_references(
+    model: keras.Model,
+    clean_val: np.ndarray,
+    threshold_sets: list[tuple[np.ndarray, np.ndarray]],
+    batch_size: int,
+    seed: int = 0,
 ) -> dict[str, float]:
-    """EM prior estimates on the source's own validation images, as is and after AdaBN on them.
+    """What adaptation needs to know of the source, from its labeled validation data.
 
-    Stored in the model file: a target's estimate is read as a label shift relative to the
-    one made the same way (with or without AdaBN) on data of known balance, so that the
-    estimator's bias (class-weighted training, miscalibration) cancels out.
+    AdaBN changes a model's calibration, so the threshold of an adapted model is chosen
+    again on the (images, labels) sets the stage chose its own threshold on, the way it
+    will be used: each set adapted to on its own, the Youden-J threshold of the pooled
+    scores (`threshold_adabn`). The EM prior estimates on the clean val images, as is and
+    after AdaBN on them, are the references a target's estimate is compared with: a label
+    shift is read relative to them, so the estimator's own bias (class-weighted training,
+    miscalibration) cancels out.
     """
-    p = _scores(model, images, batch_size)
-    with restored(model):
-        adabn(model, images, batch_size, seed)
-        p_bn = _scores(model, images, batch_size)
+    from tasks.training import choose_threshold
+
+    def adapted_scores(x: np.ndarray) -> np.ndarray:
+        with restored(model):
+            adabn(model, x, batch_size, seed)
+            return _scores(model, x, batch_size)
+
+    ps = [adapted_scores(x) for x, _ in threshold_sets]
     return {
-        "prior_reference": round(em_prior(p), 6),
-        "prior_reference_adabn": round(em_prior(p_bn), 6),
+        "prior_reference": round(em_prior(_scores(model, clean_val, batch_size)), 6),
+        "prior_reference_adabn": round(em_prior(adapted_scores(clean_val)), 6),
+        "threshold_adabn": round(
+            choose_threshold(np.concatenate([y for _, y in threshold_sets]), np.concatenate(ps)),
+            6,
+        ),
     }
 
 
@@ -441,8 +457,8 @@ def _adapt(
     model: keras.Model, meta: dict[str, Any], images: np.ndarray, s: AdaptSettings
 ) -> tuple[dict[str, Any], AdaptReport, np.ndarray | None]:
     """adapt(), plus the adapted model's scores when they were computed on the way."""
-    threshold = float(meta["threshold"])
-    report = AdaptReport(method=s.method, images=len(images), threshold=threshold)
+    source_threshold = float(meta["threshold"])
+    report = AdaptReport(method=s.method, images=len(images), threshold=source_threshold)
     if s.method == "none":
         report.skipped = "no adaptation configured"
         return dict(meta), report, None
@@ -450,8 +466,10 @@ def _adapt(
         report.skipped = f"{len(images)} images, fewer than adapt.min_images={s.min_images}"
         report.warnings.append(report.skipped)
         return dict(meta), report, None
+    threshold = source_threshold
     if s.bn:
         adabn(model, images, s.batch_size, s.seed)
+        threshold = float(meta.get("threshold_adabn", source_threshold))  # chosen on val, adapted
     if s.tent_steps > 0:
         report.tent = tent(
             model,
@@ -495,7 +513,7 @@ def _adapt(
             },
             "tent": report.tent,
             "prior": report.prior,
-            "source_threshold": float(meta["threshold"]),
+            "source_threshold": source_threshold,
         },
     }
     return new_meta, report, p

@@ -26,7 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from tasks.adapt import AdaptReport, AdaptSettings, predict_adapted, reference_priors
+from tasks.adapt import AdaptReport, AdaptSettings, predict_adapted, source_references
 from tasks.corruptions import HELD_OUT
 from tasks.data import RAW_DIR, labels_of, load_images
 from tasks.io import read_csv, read_gray, write_csv, write_json
@@ -525,13 +525,16 @@ def evaluate(
         "proxy: %d val sets per input size in %.1fs", len(proxy[sizes[0]]), time.perf_counter() - t0
     )
     for name in adapted:  # model files from before the references were stored
-        if "prior_reference" not in metas[name]:
+        if "threshold_adabn" not in metas[name]:
             size = loaded[name][1]
             clean_val = next(s for s in proxy[size] if s.name == "val/clean")
-            metas[name] = {
-                **metas[name],
-                **reference_priors(loaded[name][0], clean_val.images, settings.batch_size),
-            }
+            refs = source_references(
+                loaded[name][0],
+                clean_val.images,
+                [(clean_val.images, clean_val.labels)],
+                settings.batch_size,
+            )
+            metas[name] = {**refs, **metas[name]}
 
     t0 = time.perf_counter()
     n_scored = 0

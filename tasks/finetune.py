@@ -20,7 +20,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from tasks.adapt import reference_priors
+from tasks.adapt import source_references
 from tasks.corruptions import corrupt_image, rng_for
 from tasks.data import RAW_DIR, class_weights, labels_of, load_images, make_dataset, resize
 from tasks.distribute import localize, make_strategy, replicated, split_rows
@@ -208,6 +208,7 @@ def finetune(
     y_val = labels_of(val_rows, positive)
     x_clean = np.stack([resize(img, size) for img in val_raw])[..., None]
     val_prior = float(np.mean(y_val))
+    threshold_sets = [(x_val, y_val)] + ([(x_clean, y_val)] if p.clean_fraction > 0 else [])
     if p.clean_fraction > 0:  # select and set the threshold on clean and corrupted val alike
         x_val = np.concatenate([x_val, x_clean])
         y_val = np.concatenate([y_val, y_val])
@@ -272,7 +273,7 @@ def finetune(
         "finetune_families": families,
         "finetune_severities": severities,
         "val_prior": round(val_prior, 6),
-        **reference_priors(model, x_clean, p.batch_size),
+        **source_references(model, x_clean, threshold_sets, p.batch_size),
     }
     save_model(model, model_path, new_meta)
     finish(work_dir)

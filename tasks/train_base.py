@@ -12,7 +12,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from tasks.adapt import reference_priors
+from tasks.adapt import source_references
 from tasks.augment import augmenter
 from tasks.data import RAW_DIR, class_weights, image_cache, load_split, make_dataset
 from tasks.distribute import (
@@ -50,17 +50,17 @@ THRESHOLD_AUG_COPIES = 2  # augmented copies of the val set joined to it for the
 THRESHOLD_AUG_SEED_OFFSET = 1000  # their augmentation seed: train.seed + this
 
 
-def shifted_val_scores(
-    model: Any, x_val: np.ndarray, y_val: np.ndarray, p: TrainParams
-) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and scores of the val images plus seeded augmented copies of them.
+def threshold_sets(
+    x_val: np.ndarray, y_val: np.ndarray, p: TrainParams
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The val images and seeded augmented copies of them, as (images, labels) pairs.
 
     A threshold fitted on clean validation images alone hugs their nearly separable scores
     (0.15 on the real archive); adding copies under the training augmentation (exposure,
     contrast, pose, blur, noise: the acquisition shift the model must survive) moves it to
-    where it also holds under shift. Without augmentation, the clean scores only.
+    where it also holds under shift. Without augmentation, the clean images only.
     """
-    ys, ps = [y_val], [predict(model, x_val, p.batch_size)]
+    sets = [(x_val, y_val)]
     if p.augment and p.augment_strength > 0:
         import tensorflow as tf
 
@@ -73,9 +73,8 @@ def shifted_val_scores(
                     for i in range(0, len(x_val), p.batch_size)
                 ]
             )
-            ys.append(y_val)
-            ps.append(predict(model, shifted, p.batch_size))
-    return np.concatenate(ys), np.concatenate(ps)
+            sets.append((shifted, y_val))  # floats 0..255, as the model takes them
+    return sets
 
 
 def train_base(
@@ -204,7 +203,11 @@ def _train_base(
         log.info("non-chief worker: trained in %.0fs; the chief writes the model", seconds)
         return {**summary, "chief": False, "seconds": seconds}
 
-    threshold = choose_threshold(*shifted_val_scores(model, x_val, y_val, p))
+    sets = threshold_sets(x_val, y_val, p)
+    threshold = choose_threshold(
+        np.concatenate([y for _, y in sets]),
+        np.concatenate([predict(model, x, p.batch_size) for x, _ in sets]),
+    )
     meta = {
         "arch": p.arch,
         "normalize": p.normalize,
@@ -219,7 +222,7 @@ def _train_base(
         "val_auc": summary["best_val_auc"],
         "train_prior": round(float(np.mean(y_train)), 6),
         "val_prior": round(float(np.mean(y_val)), 6),
-        **reference_priors(model, x_val, p.batch_size),
+        **source_references(model, x_val, sets, p.batch_size),
     }
     save_model(model, model_path, meta)
     finish(work_dir)

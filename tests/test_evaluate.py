@@ -84,7 +84,9 @@ def test_summarize_undefined_values_are_null() -> None:
     json.dumps(r, allow_nan=False)  # strict JSON: no NaN anywhere in the new fields
 
 
-def _tiny_model(path: Path, weight: float, threshold: float, size: int) -> None:
+def _tiny_model(
+    path: Path, weight: float, threshold: float, size: int, extra: dict[str, Any] | None = None
+) -> None:
     """p = sigmoid(weight * (mean pixel / 255 - 0.4)), saved as the pipeline saves models."""
     import keras
 
@@ -97,7 +99,7 @@ def _tiny_model(path: Path, weight: float, threshold: float, size: int) -> None:
     model = keras.Model(inputs, out)
     model.layers[-1].set_weights([np.array([[weight]]), np.array([-0.4 * weight])])
     meta = {"image_size": size, "threshold": threshold, "positive_class": "PNEUMONIA"}
-    save_model(model, path, meta)
+    save_model(model, path, {**meta, **(extra or {})})
 
 
 def _expected_probs(paths: list[Path], weight: float, size: int) -> np.ndarray:
@@ -241,7 +243,9 @@ def test_adaptation_never_reads_labels(tmp_path: Path) -> None:
     corrupted = tmp_path / "corrupted"
     corrupt(CorruptParams(families=("seed",), severities=(3,)), csv, raw, corrupted, 1)
     models = {"base": tmp_path / "base.keras"}
-    _tiny_model(models["base"], 8.0, 0.5, 32)
+    # The source references in the file, so that no val label is read at evaluate time.
+    refs = {"prior_reference": 0.6, "prior_reference_adabn": 0.6, "threshold_adabn": 0.5}
+    _tiny_model(models["base"], 8.0, 0.5, 32, refs)
     outputs = []
     labels_before = [r["label"] for r in read_csv(csv)]
     for run in range(2):

@@ -192,20 +192,20 @@ def test_saved_model_bytes_do_not_depend_on_the_process(tmp_path: Path) -> None:
 
 def test_threshold_scores_add_seeded_augmented_copies_of_val() -> None:
     from tasks.params import TrainParams
-    from tasks.train_base import THRESHOLD_AUG_COPIES, shifted_val_scores
+    from tasks.train_base import THRESHOLD_AUG_COPIES, threshold_sets
 
-    keras.utils.set_random_seed(0)
-    model = build_model("xray_net", 32)
     x = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 1), dtype=np.uint8)
     y = np.array([0, 1, 0, 1, 0, 1])
     on = TrainParams(image_size=32, batch_size=4)
-    y_all, p_all = shifted_val_scores(model, x, y, on)
-    assert len(y_all) == len(p_all) == len(y) * (1 + THRESHOLD_AUG_COPIES)
-    assert not np.allclose(p_all[: len(y)], p_all[len(y) : 2 * len(y)])  # copies really shifted
-    _, p_again = shifted_val_scores(model, x, y, on)
-    np.testing.assert_array_equal(p_all, p_again)  # seeded: the same threshold on rerun
-    _, p_off = shifted_val_scores(model, x, y, TrainParams(image_size=32, augment=False))
-    assert len(p_off) == len(y)
+    sets = threshold_sets(x, y, on)
+    assert len(sets) == 1 + THRESHOLD_AUG_COPIES
+    assert sets[0][0] is x and all(np.array_equal(ys, y) for _, ys in sets)
+    assert all(xs.shape == x.shape for xs, _ in sets)
+    assert not np.array_equal(sets[1][0], x)  # copies really shifted
+    again = threshold_sets(x, y, on)
+    for (a, _), (b, _) in zip(sets, again, strict=True):
+        np.testing.assert_array_equal(a, b)  # seeded: the same threshold on rerun
+    assert len(threshold_sets(x, y, TrainParams(image_size=32, augment=False))) == 1
 
 
 def test_augmentation_is_seeded_and_ranges_override_single_operations() -> None:
