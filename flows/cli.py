@@ -77,11 +77,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.pipeline import StageFailed, pipeline
 
     try:
-        pipeline(workdir=str(args.workdir), stages=args.stages or None)
+        pipeline(
+            workdir=str(args.workdir), stages=args.stages or None, only_stale=not args.repro_each
+        )
     except (StageFailed, ParamsError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def cmd_repro(args: argparse.Namespace) -> int:
+    """`dvc repro ARGS`; a stage that fails gets its previous outputs back (dvc checkout)."""
+    from flows.repro import repro
+
+    dvc_args = [a for a in args.dvc_args if a != "--"]
+    return repro(args.workdir.resolve(), dvc_args)
 
 
 def cmd_params(args: argparse.Namespace) -> int:
@@ -188,7 +198,23 @@ def build_parser() -> argparse.ArgumentParser:
         choices=STAGES,
         help="run only this stage (repeatable)",
     )
+    run.add_argument(
+        "--repro-each",
+        action="store_true",
+        help="run `dvc repro --single-item` for every selected stage instead of only those "
+        "`dvc status` finds stale (slower; the behaviour before)",
+    )
     run.set_defaults(func=cmd_run)
+    rep = sub.add_parser(
+        "repro",
+        help="`dvc repro [ARGS...]`; a failed or stopped stage gets its previous outputs back",
+        description="Run `dvc repro` with these arguments (targets, -f, -s, ...). When a "
+        "stage fails or is stopped (Ctrl-C, SIGTERM), `dvc checkout STAGE` puts back the "
+        "outputs dvc.lock records for it, as far as the DVC cache has them.",
+    )
+    rep.add_argument("--workdir", type=Path, default=Path("."), help="project folder (default: .)")
+    rep.add_argument("dvc_args", nargs=argparse.REMAINDER, help="arguments for dvc repro")
+    rep.set_defaults(func=cmd_repro)
     par = sub.add_parser("params", help="validate params.yaml")
     par.add_argument("--file", type=Path, default=Path("params.yaml"))
     par.set_defaults(func=cmd_params)
@@ -262,7 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault(
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_TIMEOUT_S
     )
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command != "repro":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if unknown:  # options for dvc repro (xray repro -f STAGE)
+        args.dvc_args = unknown + args.dvc_args
     return int(args.func(args))
 
 

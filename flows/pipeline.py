@@ -1,4 +1,11 @@
-"""The pipeline as a Prefect flow: one task run per DVC stage; DVC alone decides what is cached."""
+"""The pipeline as a Prefect flow: one `dvc status`, then one task run per stale DVC stage.
+
+DVC alone decides what is stale: one `dvc status` over the selected stages (task run
+`dvc-status`), widened to every stage downstream of a stale one (DVC sees their changed
+deps only once the upstream stage ran), then `dvc repro --single-item` for each of those,
+in graph order. Up-to-date stages get no task run. A failed stage's previous outputs are
+checked out again (flows/repro.py).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.repro import StatusError, dvc_env, error_text, restore_outputs, stale_stages
 from tasks.params import STAGES, load_params
 
 TAIL_LINES = 40
@@ -28,8 +36,7 @@ class StageFailed(RuntimeError):
 
 def stage_env() -> dict[str, str]:
     """The environment for stage commands: this interpreter's bin folder first on PATH."""
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env = dvc_env()
     run_id = current_flow_run_id()
     if run_id:  # tasks/lineage.py flow_run_id; no DVC output may depend on it (dvc.lock)
         env["XRAY_FLOW_RUN_ID"] = run_id
@@ -74,12 +81,16 @@ def dvc_repro(stage: str, workdir: Path, log: Any) -> dict[str, Any]:
             rc = proc.wait()
         except BaseException as exc:
             _wait_out_interruption(stage, proc, exc, log)
+            if proc.returncode != 0:  # stopped, or failed after the interruption
+                note = restore_outputs(workdir, stage, stage_env())
+                log.warning("stage %s stopped (%s); %s", stage, type(exc).__name__, note)
             raise
     seconds = round(time.perf_counter() - t0, 2)
     if rc != 0:
         errors = [ln for ln in tail if ln.startswith(("error:", "ERROR:"))]
-        reason = errors[0] if errors else (tail[-1] if tail else "no output")
-        raise StageFailed(f"stage {stage} failed (exit {rc}): {reason}")
+        reason = error_text(errors[0]) if errors else (tail[-1] if tail else "no output")
+        note = restore_outputs(workdir, stage, stage_env())
+        raise StageFailed(f"stage {stage} failed (exit {rc}): {reason}; {note}")
     return {"stage": stage, "ran": ran, "seconds": seconds}
 
 
@@ -133,16 +144,43 @@ def _stop_stage(stage: str, proc: subprocess.Popen[str], exc: BaseException, log
             log.warning("%s | still running %ss after %s", stage, wait_s, sig.name)
 
 
-@task(cache_policy=NO_CACHE, persist_result=False)
-def run_stage(stage: str, workdir: str) -> dict[str, Any]:
-    """Run one DVC stage (skipped by DVC when cached)."""
-    if stage == "download":  # record the source's identity: unchanged -> DVC skips the stage
-        from tasks.download import DownloadError, probe_project
+def probe_source(workdir: Path, log: Any) -> None:
+    """Record data.source's identity (unchanged -> DVC finds `download` up to date)."""
+    from tasks.download import DownloadError, probe_project
 
-        try:
-            get_run_logger().info(probe_project(Path(workdir)))
-        except DownloadError as e:
-            raise StageFailed(f"stage download: {e}") from None
+    try:
+        log.info(probe_project(workdir))
+    except DownloadError as e:
+        raise StageFailed(f"stage download: {e}") from None
+
+
+@task(cache_policy=NO_CACHE, persist_result=False, name="dvc-status", task_run_name="dvc-status")
+def check_stages(workdir: str, selected: list[str]) -> list[str]:
+    """Probe the source (if `download` is selected), then ask DVC once which stages to run."""
+    root, log = Path(workdir), get_run_logger()
+    if "download" in selected:
+        probe_source(root, log)
+    t0 = time.perf_counter()
+    try:
+        to_run, reported = stale_stages(root, selected, stage_env())
+    except StatusError as e:
+        log.warning("%s; running every selected stage through dvc repro", e)
+        return selected
+    log.info(
+        "dvc status in %.1f s: stale %s; to run %s; up to date %s",
+        time.perf_counter() - t0,
+        ", ".join(s for s in selected if s in reported) or "none",
+        ", ".join(to_run) or "none",
+        ", ".join(s for s in selected if s not in to_run) or "none",
+    )
+    return to_run
+
+
+@task(cache_policy=NO_CACHE, persist_result=False)
+def run_stage(stage: str, workdir: str, probe: bool = False) -> dict[str, Any]:
+    """Run one DVC stage (skipped by DVC when cached); `probe`: record the source first."""
+    if probe:
+        probe_source(Path(workdir), get_run_logger())
     return dvc_repro(stage, Path(workdir), get_run_logger())
 
 
@@ -218,8 +256,12 @@ def pipeline(
     remote: str | None = None,
     record: bool = False,
     branch: str = "xray-records",
+    only_stale: bool = True,
 ) -> list[dict[str, Any]]:
-    """Apply overrides, validate params.yaml, run the stages through DVC, then push/record."""
+    """Apply overrides, validate params.yaml, run the stale stages through DVC, then push/record.
+
+    only_stale=False is the old path: `dvc repro --single-item` for every selected stage.
+    """
     root = Path(workdir).resolve()
     apply_changes(root, source, overrides)
     if not (root / "dvc.yaml").exists():
@@ -229,12 +271,17 @@ def pipeline(
     unknown = [s for s in selected if s not in STAGES]
     if unknown:
         raise ValueError(f"stages: unknown stage {unknown[0]!r} (known: {', '.join(STAGES)})")
+    # No Prefect retries: tasks/fetch.py retries transient network errors itself, the probe's
+    # HEAD included (and a rerun resumes its partial download); every other failure is permanent.
+    to_run = check_stages(str(root), selected) if only_stale else selected
     results = []
     for stage in selected:
-        # No Prefect retries: tasks/fetch.py retries transient network errors itself (and a
-        # rerun resumes its partial download); every other failure is permanent.
+        if stage not in to_run:  # up to date: no task run, no DVC process
+            results.append({"stage": stage, "ran": False, "seconds": 0.0, "cached": True})
+            continue
         options: dict[str, Any] = {"name": stage, "task_run_name": stage}
-        results.append(run_stage.with_options(**options)(stage, str(root)))
+        probe = stage == "download" and not only_stale
+        results.append(run_stage.with_options(**options)(stage, str(root), probe))
     ran = [r["stage"] for r in results if r["ran"]]
     print(f"stages run: {', '.join(ran) or 'none (all cached)'}")
     after_stages(root, stages is None, push, remote, record, branch)

@@ -1,0 +1,224 @@
+"""DVC around the stages: which are stale (one `dvc status`), and a failed stage's outputs back.
+
+DVC deletes a stage's outputs before it runs the stage and writes `dvc.lock` only when the
+stage succeeds, so after a failure the lock still describes the previous outputs: `dvc
+checkout STAGE` puts back those the cache has. `xray repro` (a thin wrapper over `dvc
+repro`) and the Prefect flow (`flows/pipeline.py`) both do that after a failed stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import yaml
+
+DVC = [sys.executable, "-m", "dvc"]
+RESTORE_TIMEOUT_S = 3600  # a checkout of 53k images from the cache takes minutes on a slow disk
+RUNNING_RE = re.compile(r"^Running stage '([^']+)'")
+REPRO_STOP_GRACE_S = 30  # `xray repro` waits this long after a second signal before SIGKILL
+
+
+class StatusError(RuntimeError):
+    """`dvc status` could not say which stages are stale."""
+
+
+def dvc_env() -> dict[str, str]:
+    """This environment with this interpreter's bin folder first on PATH (for stage commands)."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def error_text(line: str) -> str:
+    """An error line without its `error:`/`ERROR:` prefix."""
+    head, sep, rest = line.strip().partition(":")
+    return rest.strip() if sep and head.lower() == "error" else line.strip()
+
+
+def _norm(path: str) -> str:
+    """A dvc.yaml path in one spelling: relative, no trailing slash."""
+    return os.path.normpath(path).replace(os.sep, "/")
+
+
+def _paths(entries: Iterable[Any]) -> list[str]:
+    """The paths of dvc.yaml deps/outs entries (a string, or a one-key mapping with options)."""
+    out = []
+    for entry in entries or []:
+        out.extend([entry] if isinstance(entry, str) else list(entry))
+    return [_norm(p) for p in out]
+
+
+def _overlaps(a: str, b: str) -> bool:
+    """True when one path is the other or lies inside it (DVC's dep-on-out rule)."""
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
+def stage_graph(root: Path) -> dict[str, list[str]]:
+    """Each dvc.yaml stage, in file order, with the stages whose outputs it depends on."""
+    spec = yaml.safe_load((root / "dvc.yaml").read_text()) or {}
+    stages = spec.get("stages") or {}
+    outs = {
+        name: _paths(s.get("outs", [])) + _paths(s.get("metrics", [])) + _paths(s.get("plots", []))
+        for name, s in stages.items()
+    }
+    return {
+        name: [
+            up
+            for up in stages
+            if up != name
+            and any(_overlaps(d, o) for d in _paths(s.get("deps", [])) for o in outs[up])
+        ]
+        for name, s in stages.items()
+    }
+
+
+def with_downstream(stale: Iterable[str], graph: dict[str, list[str]]) -> set[str]:
+    """The stale stages plus every stage downstream of one (DVC sees those only later)."""
+    closure = set(stale)
+    changed = True
+    while changed:
+        grown = {s for s, ups in graph.items() if any(u in closure for u in ups)} - closure
+        closure |= grown
+        changed = bool(grown)
+    return closure
+
+
+def dvc_status(root: Path, stages: Iterable[str], env: dict[str, str] | None = None) -> set[str]:
+    """The stages `dvc status` reports changed (one DVC process for all of them)."""
+    proc = subprocess.run(
+        [*DVC, "status", "--json", *stages],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    try:
+        report = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None
+    except (IndexError, json.JSONDecodeError):
+        report = None
+    if not isinstance(report, dict):
+        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        errors = [ln for ln in lines if ln.startswith(("ERROR", "error"))]
+        raise StatusError(f"dvc status (exit {proc.returncode}): {(errors or lines or ['?'])[0]}")
+    return {name.rpartition(":")[2] for name in report}  # "sub/dvc.yaml:stage" -> "stage"
+
+
+def stale_stages(
+    root: Path, selected: list[str], env: dict[str, str] | None = None
+) -> tuple[list[str], set[str]]:
+    """The selected stages to run, in graph order, and those `dvc status` itself reported."""
+    reported = dvc_status(root, selected, env)
+    closure = with_downstream(reported, stage_graph(root))
+    return [s for s in selected if s in closure], reported
+
+
+def lock_outs(root: Path, stage: str) -> list[str] | None:
+    """The output paths dvc.lock records for `stage`; None when it has no entry."""
+    try:
+        lock = yaml.safe_load((root / "dvc.lock").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    entry = (lock.get("stages") or {}).get(stage)
+    if not isinstance(entry, dict):
+        return None
+    return [o["path"] for o in entry.get("outs") or [] if isinstance(o, dict) and "path" in o]
+
+
+def restore_outputs(root: Path, stage: str, env: dict[str, str] | None = None) -> str:
+    """Check out the failed stage's previous outputs as dvc.lock records them; what happened."""
+    outs = lock_outs(root, stage)
+    if not outs:
+        return "it had no previous outputs to restore (none in dvc.lock)"
+    try:
+        proc = subprocess.run(
+            [*DVC, "checkout", "--force", stage],  # --force: drop the failed run's partial outputs
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=RESTORE_TIMEOUT_S,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"restoring its previous outputs failed (dvc checkout {stage}): {e}"
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        why = " ".join(lines[:4]) or f"exit {proc.returncode}"
+        return f"restoring its previous outputs failed (dvc checkout {stage}): {why}"
+    missing = [o for o in outs if not (root / o).exists()]
+    if missing:  # `cache: false` outputs: DVC removed them and holds no copy
+        return (
+            f"its previous outputs were restored (dvc checkout {stage}) "
+            f"except {', '.join(missing)} (not in the DVC cache)"
+        )
+    return f"its previous outputs were restored (dvc checkout {stage})"
+
+
+def repro(root: Path, dvc_args: list[str]) -> int:
+    """`dvc repro DVC_ARGS`, output passed through; a failed stage's previous outputs restored.
+
+    Ctrl-C or SIGTERM goes to DVC (and the stage) once; a second one SIGKILLs them after
+    REPRO_STOP_GRACE_S. Either way the stage that was running gets its outputs back.
+    """
+    proc = subprocess.Popen(
+        [*DVC, "repro", *dvc_args],
+        cwd=root,
+        env=dvc_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        start_new_session=True,  # the signals reach it once, from us
+    )
+    signals: list[int] = []
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        """Pass the first signal on to DVC's process group; on the next, kill it."""
+        signals.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            if len(signals) == 1:
+                os.killpg(proc.pid, signum)
+            else:
+                os.killpg(proc.pid, signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=REPRO_STOP_GRACE_S)
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    running: str | None = None
+    first_error: str | None = None
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            match = RUNNING_RE.match(line)
+            if match:
+                running, first_error = match.group(1), None
+            elif line.startswith("Updating lock file"):  # that stage succeeded
+                running = None
+            elif first_error is None and line.startswith(("error:", "ERROR:")):
+                first_error = error_text(line)
+        rc = proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if rc == 0:
+        return 0
+    if running is None:  # DVC stopped before running any stage: nothing was removed
+        return rc
+    why = first_error or (f"stopped by {signal.Signals(signals[0]).name}" if signals else "")
+    note = restore_outputs(root, running.rpartition(":")[2], dvc_env())
+    print(f"error: stage {running} failed (exit {rc}): {why}; {note}", file=sys.stderr)
+    return 130 if signals else rc
