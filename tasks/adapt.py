@@ -40,6 +40,7 @@ log = logging.getLogger("xray.adapt")
 PROB_EPS = 1e-6
 EM_MAX_ITER = 1000
 EM_TOL = 1e-8
+ONE_CLASS = 0.05  # an estimated class share below this (or above 1 - it): one class only
 SOURCE_PRIOR = 0.5  # scores come from class-weighted training: balanced, as if the prior were 0.5
 
 
@@ -495,6 +496,12 @@ def _adapt(
             threshold = report.prior["threshold_after"]
             if report.prior["warning"]:
                 report.warnings.append(report.prior["warning"])
+            if not ONE_CLASS < report.prior["estimate"] < 1.0 - ONE_CLASS:
+                report.warnings.append(
+                    f"estimated PNEUMONIA share {report.prior['estimate']:.3f}: the images look "
+                    "like one class, and adapting to one class removes the difference the model "
+                    "looks for; adapt on a representative mix instead"
+                )
     report.adapted = True
     report.threshold = threshold
     new_meta = {

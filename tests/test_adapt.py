@@ -189,3 +189,13 @@ def test_prior_correction_warns_when_the_estimate_follows_the_models_bias() -> N
     out = prior_correction(p, 0.5, reference_prior=0.6, train_prior=0.7)
     assert out["estimate"] > 0.62
     assert out["warning"] and "direction of the model's own bias" in out["warning"]
+
+
+def test_a_one_class_target_gets_a_warning() -> None:
+    model = _model()
+    meta = {"threshold": 0.5, "prior_reference": 0.6, "prior_reference_adabn": 0.6}
+    # A constant model output near 0.01: every image looks NORMAL.
+    dense = model.get_layer("prob")
+    dense.set_weights([np.zeros_like(dense.get_weights()[0]), np.array([-4.6], "float32")])
+    _, report = adapt(model, meta, _images(shift=40), AdaptSettings(prior=True, batch_size=16))
+    assert any("look like one class" in w for w in report.warnings)
