@@ -1,7 +1,10 @@
 """`xray audit`: which data, params and code produced a model, and which models came from data.
 
 Records come from the workspace (reports/lineage.json, written by `evaluate`, checked against
-dvc.lock) and from git history (every commit touching dvc.lock, e.g. the record branch).
+dvc.lock) and from git history (every commit touching dvc.lock or run.json, e.g. the record
+branch, and every commit a model tag names). Model tags are GTO's `<artifact>@v<semver>`
+(flows/registry.py) and the older `xray-model-vN`; a version's record commit is the one its
+tag names.
 The run stamps (created, flow run id, git commit, host) are not in lineage.json: they come from
 the record commit's run.json (flows/record.py), for records made before run.json from the
 stamps their lineage.json carried, else the commit time.
@@ -15,7 +18,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from flows.record import RUN_JSON
+from flows.record import RUN_JSON, TAG_PREFIX, TAG_SUBJECT
+from flows.registry import RegistryError, registrations
 from tasks.lineage import (
     LINEAGE_JSON,
     LOCK_FILE,
@@ -47,23 +51,36 @@ def _git(root: Path, *args: str) -> str | None:
     return r.stdout.strip() if r.returncode == 0 else None
 
 
-def _model_tags(root: Path) -> list[tuple[str, str, str]]:
-    """(tag, commit, model hash) of every `xray-model-vN` tag."""
+def _model_tags(root: Path) -> list[dict[str, Any]]:
+    """Every model tag: GTO's `<artifact>@v<semver>` and the older `xray-model-vN` (finetuned).
+
+    Each is a dict: tag, artifact, commit, md5, version (GTO) or None.
+    """
     fmt = "%(refname:short)%09%(objectname)%09%(*objectname)%09%(contents:subject)"
-    out = _git(root, "for-each-ref", "refs/tags/xray-model-v*", f"--format={fmt}") or ""
-    tags = []
+    out = _git(root, "for-each-ref", f"refs/tags/{TAG_PREFIX}*", f"--format={fmt}") or ""
+    keys = ("tag", "artifact", "commit", "md5", "version")
+    try:
+        tags = [{k: r[k] for k in keys} for r in registrations(root)]
+    except RegistryError:  # not a git repository: no tags
+        return []
     for line in out.splitlines():
         name, obj, peeled, subject = [*line.split("\t"), "", "", ""][:4]
-        tags.append((name, peeled or obj, subject.removeprefix("xray model ").strip()))
+        md5 = subject.removeprefix(TAG_SUBJECT).strip()
+        tags.append(
+            {
+                "tag": name,
+                "artifact": "finetuned",
+                "commit": peeled or obj,
+                "md5": md5,
+                "version": None,
+            }
+        )
     return tags
 
 
-def _tags_by_commit(root: Path) -> dict[str, list[str]]:
-    """commit -> model tags pointing at it."""
-    tags: dict[str, list[str]] = {}
-    for name, commit, _ in _model_tags(root):
-        tags.setdefault(commit, []).append(name)
-    return tags
+def _has(root: Path, commit: str, path: str) -> bool:
+    """True when path exists at commit."""
+    return _git(root, "cat-file", "-e", f"{commit}:{path}") is not None
 
 
 def _show_json(root: Path, commit: str, path: str) -> Any:
@@ -75,34 +92,73 @@ def _show_json(root: Path, commit: str, path: str) -> Any:
         return None
 
 
-def history(root: Path) -> list[dict[str, Any]]:
-    """Every model version in git history (oldest first), with the data hashes behind it."""
-    log = _git(root, "log", "--all", "--reverse", "--format=%H%x09%cI", "--", LOCK_FILE)
+def _lock_commits(root: Path, tags: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(commit, date) of every commit that changed dvc.lock or run.json, or that a tag names.
+
+    Oldest first. `--full-history` keeps a record commit whose dvc.lock equals its code parent's
+    (a lock also committed on the code branch), which git's default simplification would drop.
+    """
+    fmt = "--format=%H%x09%ct%x09%cI"
+    args = ("--all", "--reverse", "--topo-order", "--full-history", fmt, "--", LOCK_FILE, RUN_JSON)
+    log = _git(root, "log", *args)
     if log is None:
         raise AuditError(f"{root}: not a git repository")
-    tags = _tags_by_commit(root)
-    versions: dict[str, dict[str, Any]] = {}
-    for line in log.splitlines():
-        commit, date = line.split("\t")
+    rows = [line.split("\t") for line in log.splitlines()]
+    seen = {r[0] for r in rows}
+    extra = sorted({t["commit"] for t in tags} - seen)
+    if extra:
+        shown = _git(root, "show", "-s", fmt, *extra) or ""
+        rows += [line.split("\t") for line in shown.splitlines() if line.count("\t") == 2]
+        rows.sort(key=lambda r: int(r[1]))  # stable: log order among equal seconds
+    return [(r[0], r[2]) for r in rows]
+
+
+def history(root: Path) -> list[dict[str, Any]]:
+    """Every model version in git history (oldest first): its record commit, tags, run stamps
+    and the data hashes behind it.
+
+    A version's record commit is the one its tag names, else the oldest commit with a run.json
+    holding it, else the oldest commit holding it; `commits` lists every commit holding it.
+    """
+    tags = _model_tags(root)
+    found: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
+    for commit, date in _lock_commits(root, tags):
         text = _git(root, "show", f"{commit}:{LOCK_FILE}")
         try:
             stages = parse_lock(text or "", f"{commit[:10]}:{LOCK_FILE}")
         except LineageError:
             continue
         entry = _version(stages, commit, date)
-        if entry is None:
-            continue
+        if entry is not None:
+            found.setdefault(entry["model_md5"], []).append((commit, date, entry))
+    versions = []
+    for md5, held in found.items():
+        mine = [t for t in tags if t["md5"] == md5 and t["artifact"] == "finetuned"]
+        tagged = {t["commit"] for t in mine}
+        commit, date, entry = (
+            next((h for h in held if h[0] in tagged), None)
+            or next((h for h in held if _has(root, h[0], RUN_JSON)), None)
+            or held[0]
+        )
         lineage = _show_json(root, commit, str(LINEAGE_JSON)) or {}
-        entry["source_identity"] = (lineage.get("data") or {}).get("identity")
-        entry["flow_run_id"] = run_record(root, commit, date, lineage)["flow_run_id"]
-        entry["tags"] = tags.get(commit, [])
-        seen = versions.get(entry["model_md5"])
-        if seen is None:
-            versions[entry["model_md5"]] = entry
-        else:
-            seen["tags"] = sorted(set(seen["tags"]) | set(entry["tags"]))
-            seen.setdefault("commits", [seen["commit"]]).append(commit)
-    return list(versions.values())
+        stamps = run_record(root, commit, date, lineage)
+        models = {"finetuned": md5, "base": entry["base_md5"]}
+        registry: dict[str, str] = {}
+        for t in tags:  # artifact -> its GTO tag (the first, should a hash have two)
+            if t["version"] and models.get(t["artifact"]) == t["md5"]:
+                registry.setdefault(t["artifact"], t["tag"])
+        gto_first = sorted(mine, key=lambda t: (t["version"] is None, t["tag"]))
+        entry.update(
+            source_identity=(lineage.get("data") or {}).get("identity"),
+            created=stamps["created"],
+            flow_run_id=stamps["flow_run_id"],
+            host=stamps["host"],
+            tags=[t["tag"] for t in gto_first],
+            registry=registry,
+            commits=[h[0] for h in held],
+        )
+        versions.append(entry)
+    return versions
 
 
 def run_record(
@@ -228,7 +284,7 @@ def _answer(
 ) -> dict[str, Any]:
     """The audit answer for one model of a lineage record and the stamps of its run."""
     m = record["models"][name]
-    tags = [name for name, _, md5 in _model_tags(root) if md5 == m["md5"]]
+    tags = sorted(t["tag"] for t in _model_tags(root) if t["md5"] == m["md5"])
     return {
         "model": m["path"],
         "md5": m["md5"],
@@ -289,8 +345,15 @@ def format_history(entries: list[dict[str, Any]]) -> str:
         return "no model versions found"
     out = []
     for e in entries:
-        tags = ", ".join(e["tags"]) or "(untagged)"
-        out.append(f"{tags}  model {e['model_md5']}  commit {e['commit'][:12]}  {e['date']}")
+        tags = ", ".join(e.get("tags") or []) or "(untagged)"
+        created = e.get("created") or e["date"]
+        out.append(f"{tags}  model {e['model_md5']}")
+        out.append(
+            f"    record {e['commit'][:12]}  created {created}  "
+            f"flow run {e.get('flow_run_id') or 'none'}"
+        )
+        base = (e.get("registry") or {}).get("base") or "(untagged)"
+        out.append(f"    {'base model':<24} {e.get('base_md5')}  {base}")
         out += [f"    {p:<24} {h}" for p, h in e["data"].items()]
         content = (e.get("source_identity") or {}).get("content_sha256")
         if content:

@@ -1,10 +1,16 @@
 """After the stages: param overrides, DVC push, a durable git record per model, Prefect artifacts.
 
 The record is a commit on a branch (default `xray-records`) holding the workspace's tracked
-code plus dvc.lock, params.yaml and the lineage reports, built with a private git index so
-neither the checked-out branch nor the working tree is touched. Each new finetuned model
-hash gets an annotated tag `xray-model-vN` whose message names the hash. A run whose
-recorded files equal the branch tip's records nothing.
+code plus dvc.lock, params.yaml, the lineage reports and every `cache: false` output, built
+with a private git index so neither the checked-out branch nor the working tree is touched
+(a clone of the branch plus `dvc pull` is a workspace `dvc repro` finds up to date). Each new
+finetuned model hash gets an annotated tag `xray-model-vN` whose message names the hash, and
+each new hash of a dvc.yaml artifact a GTO tag `<artifact>@v<semver>` (flows/registry.py).
+A run whose recorded files equal the branch tip's records nothing.
+
+`dvc push` goes to a remote found through DVC's config API (`resolve_remote`): a
+configured name, or a folder/URL, reused when a remote has that URL, else added to
+.dvc/config.local as `xray-<hash>`; the default remote is never changed.
 
 The run's stamps (when, which git commit and dirty files, which Prefect flow run, which host)
 are not DVC outputs, so they never make dvc.lock differ between runs: they go into the
@@ -14,6 +20,7 @@ the Prefect model card artifact.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -25,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from flows.registry import RegistryError, register_models
 from tasks.lineage import (
     LINEAGE_JSON,
     METRICS_JSON,
@@ -52,7 +60,7 @@ RECORDED = (
 )
 RUN_JSON = "run.json"  # the run stamps, in record commits only (tasks/lineage.py NOT_CODE)
 FINETUNED_OUT = "models/finetuned.keras"
-REMOTE_NAME = "xray"
+REMOTE_NAME = "xray"  # folders/URLs not yet configured: remote `xray-<hash>`
 DVC = (sys.executable, "-m", "dvc")
 FALLBACK_IDENTITY = {"name": "xray pipeline", "email": "xray@localhost"}
 GIT_TIMEOUT_S = 120
@@ -123,44 +131,88 @@ def apply_overrides(root: Path, overrides: dict[str, Any]) -> list[str]:
     return changed
 
 
-def dvc_push(root: Path, remote: str | None) -> dict[str, Any]:
-    """Push the cache to `remote`: a remote name, URL or folder (relative to root), or default."""
-    cmd = [*DVC, "push"]
-    if remote:
-        configured = subprocess.run(
-            [*DVC, "remote", "list"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.split()
-        if remote not in configured[::2]:
-            url = remote if "://" in remote else str((root / Path(remote).expanduser()).resolve())
-            subprocess.run(
-                [*DVC, "remote", "add", "--local", "--force", REMOTE_NAME, url],
-                cwd=root,
-                capture_output=True,
-                check=True,
-            )
-            remote = REMOTE_NAME
-        cmd += ["-r", remote]
-    else:
-        default = subprocess.run(
-            [*DVC, "remote", "default"], cwd=root, capture_output=True, text=True, check=False
-        )
-        if default.returncode != 0 or not default.stdout.strip():
+def _line(e: BaseException) -> str:
+    """An exception's message as one line."""
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def configured_remotes(root: Path) -> tuple[dict[str, str], str | None]:
+    """The DVC remotes of root (name -> URL, local paths absolute) and the default's name."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(root)) as repo:
+            config = repo.config
+            remotes = {name: str(conf.get("url", "")) for name, conf in config["remote"].items()}
+            return remotes, config["core"].get("remote")
+    except DvcException as e:
+        raise RecordError(f"{root}: cannot read the DVC config ({_line(e)})") from None
+
+
+def remote_url(root: Path, remote: str) -> str:
+    """A folder (relative to root, `~` expanded) made absolute; a URL (`scheme://`) as given."""
+    if re.match(r"\w+://", remote):
+        return remote
+    return str((root / Path(remote).expanduser()).resolve())
+
+
+def derived_remote_name(url: str) -> str:
+    """The remote name given to a folder or URL that no configured remote names: `xray-<hash>`."""
+    return f"{REMOTE_NAME}-{hashlib.sha256(url.encode()).hexdigest()[:8]}"
+
+
+def resolve_remote(root: Path, remote: str | None) -> str:
+    """The DVC remote name to push to: `remote` as a configured name, folder or URL, else default.
+
+    A folder or URL that no configured remote has is added to .dvc/config.local as
+    `xray-<hash>` (the default remote is left as it is).
+    """
+    remotes, default = configured_remotes(root)
+    if not remote:
+        if not default:
             raise RecordError(
                 "dvc push: no DVC remote configured (run `dvc remote add -d NAME PATH` "
                 "or set the deployment's `remote` parameter)"
             )
+        return default
+    if remote in remotes:
+        return remote
+    bare = "/" not in remote and not re.match(r"\w+://|~", remote)
+    if bare and not (root / remote).is_dir():
+        raise RecordError(f"dvc push: no remote or folder named {remote!r} (see `dvc remote list`)")
+    url = remote_url(root, remote)
+    same = sorted(n for n, u in remotes.items() if u.rstrip("/") == url.rstrip("/"))
+    if same:
+        return default if default in same else same[0]
+    name = derived_remote_name(url)
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(root)) as repo, repo.config.edit("local") as conf:
+            conf["remote"][name] = {"url": url}
+    except DvcException as e:
+        raise RecordError(f"dvc remote add {name}: {_line(e)}") from None
+    return name
+
+
+def dvc_push(root: Path, remote: str | None) -> dict[str, Any]:
+    """Push the cache to `remote`: a remote name, URL or folder (relative to root), or default."""
+    name = resolve_remote(root, remote)
     r = subprocess.run(
-        cmd, cwd=root, capture_output=True, text=True, check=False, timeout=PUSH_TIMEOUT_S
+        [*DVC, "push", "-r", name],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=PUSH_TIMEOUT_S,
     )
     out = (r.stdout + r.stderr).strip()
     if r.returncode != 0:
         last = out.splitlines()[-1] if out else f"exit {r.returncode}"
         raise RecordError(f"dvc push: {last}")
-    return {"remote": remote or "default", "output": out.splitlines()[-1] if out else ""}
+    return {"remote": name, "output": out.splitlines()[-1] if out else ""}
 
 
 def _tags(root: Path) -> dict[str, str]:
@@ -261,7 +313,8 @@ def record_run(
     env = _identity_env(root)
     ref = f"refs/heads/{branch}"
     tip = git(root, "rev-parse", "--verify", "-q", ref, check=False) or None
-    files = [f for f in RECORDED if (root / f).exists()] + _dvc_gitignores(root)
+    recorded = dict.fromkeys([*RECORDED, *uncached_outputs(root)])
+    files = [f for f in recorded if (root / f).exists()] + _dvc_gitignores(root)
     with tempfile.TemporaryDirectory() as tmp:
         env_idx = env | {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
         git(root, "read-tree", head, env=env_idx)
@@ -277,7 +330,14 @@ def record_run(
         tag = _tags(root).get(md5)
         if tag is None:  # the record's own run was stopped between its commit and its tag
             tag = _tag_model(root, tip, md5, env)
-        return {"recorded": False, "branch": branch, "commit": tip, "tag": tag}
+        registry = _register(root, tip, env)  # likewise for its GTO tags
+        return {
+            "recorded": False,
+            "branch": branch,
+            "commit": tip,
+            "tag": tag,
+            "registry": registry,
+        }
     parents = [tip] if tip else []
     if not tip or not _is_ancestor(root, head, tip):
         parents.append(head)
@@ -295,7 +355,38 @@ def record_run(
     new_tag = tag is None
     if new_tag:
         tag = _tag_model(root, commit, md5, env)
-    return {"recorded": True, "branch": branch, "commit": commit, "tag": tag, "new_tag": new_tag}
+    return {
+        "recorded": True,
+        "branch": branch,
+        "commit": commit,
+        "tag": tag,
+        "new_tag": new_tag,
+        "registry": _register(root, commit, env),
+    }
+
+
+def _register(root: Path, commit: str, env: dict[str, str]) -> dict[str, str]:
+    """GTO tags (`<artifact>@v<semver>`) for the models at commit that have none yet."""
+    try:
+        return register_models(root, commit, env["GIT_COMMITTER_NAME"], env["GIT_COMMITTER_EMAIL"])
+    except RegistryError as e:
+        raise RecordError(str(e)) from None
+
+
+def uncached_outputs(root: Path) -> list[str]:
+    """The pipeline's `cache: false` outputs (in git, not the DVC remote), from DVC's index."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    if not (root / "dvc.yaml").is_file() or not (root / ".dvc").is_dir():
+        return []
+    base = root.resolve()
+    try:
+        with Repo(str(base)) as repo:
+            paths = [Path(o.fs_path) for o in repo.index.outs if not o.use_cache]
+    except DvcException as e:
+        raise RecordError(f"{root}/dvc.yaml: cannot read the pipeline ({_line(e)})") from None
+    return sorted({p.relative_to(base).as_posix() for p in paths if p.is_relative_to(base)})
 
 
 def _tag_model(root: Path, commit: str, md5: str, env: dict[str, str]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,11 @@ import yaml
 from flows.audit import AuditError, audit, format_audit, history, models_for_data, run_record
 from flows.cli import main
 from flows.record import RUN_JSON, RecordError, apply_overrides, record_run, render_stamps
+from flows.registry import registrations
 from tasks.lineage import file_md5, render_card, write_model_card
 
 PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
+DVC_YAML = Path(__file__).resolve().parent.parent / "dvc.yaml"
 
 
 def git(root: Path, *args: str) -> str:
@@ -36,10 +39,15 @@ def out(path: str, md5: str) -> dict[str, Any]:
     return {"path": path, "hash": "md5", "md5": md5, "size": 1}
 
 
-def write_version(root: Path, seed: int) -> dict[str, str]:
-    """Models, data identity, metrics and a dvc.lock describing them, as `seed` would make."""
+def write_version(root: Path, seed: int, base_seed: int | None = None) -> dict[str, str]:
+    """Models, data identity, metrics and a dvc.lock describing them, as `seed` would make.
+
+    `base_seed` gives the base model of another seed (a new finetuned model on an old base).
+    """
     (root / "models").mkdir(exist_ok=True)
-    (root / "models/base.keras").write_bytes(f"base-{seed}".encode())
+    (root / "models/base.keras").write_bytes(
+        f"base-{seed if base_seed is None else base_seed}".encode()
+    )
     (root / "models/finetuned.keras").write_bytes(f"finetuned-{seed}".encode())
     (root / "data/raw").mkdir(parents=True, exist_ok=True)
     source = {"kind": "synthetic", "seed": seed, "content_sha256": fake_md5(f"c{seed}") * 2}
@@ -95,6 +103,8 @@ def project(tmp_path: Path) -> Path:
     (root / "tasks").mkdir(parents=True)
     (root / "tasks/download.py").write_text("# code\n")
     (root / "params.yaml").write_bytes(PARAMS.read_bytes())
+    artifacts = yaml.safe_load(DVC_YAML.read_text())["artifacts"]  # what GTO tags are made for
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"artifacts": artifacts}))
     (root / ".gitignore").write_text("/data\n/models\n")
     git(root, "init", "-q", "-b", "main")
     git(root, "config", "user.name", "t")
@@ -244,6 +254,7 @@ def test_records_history_and_reverse_lookup(
         "branch": "records",
         "commit": first["commit"],
         "tag": "xray-model-v1",
+        "registry": {"base": "base@v0.1.0", "finetuned": "finetuned@v0.1.0"},
     }
     assert git(project, "rev-parse", "HEAD") == head_before  # checked-out branch untouched
     assert git(project, "status", "--porcelain", "--untracked-files=no") == ""
@@ -256,7 +267,9 @@ def test_records_history_and_reverse_lookup(
     versions = history(project)
     assert [v["model_md5"] for v in versions] == [h1["finetuned"], h2["finetuned"]]
     assert [v["data"]["data/raw"] for v in versions] == [h1["raw"], h2["raw"]]
-    assert [v["tags"] for v in versions] == [["xray-model-v1"], ["xray-model-v2"]]
+    tags = [["finetuned@v0.1.0", "xray-model-v1"], ["finetuned@v0.2.0", "xray-model-v2"]]
+    assert [v["tags"] for v in versions] == tags
+    assert [v["registry"]["base"] for v in versions] == ["base@v0.1.0", "base@v0.2.0"]
     assert [v["model_md5"] for v in models_for_data(project, h1["raw"])] == [h1["finetuned"]]
     assert [v["model_md5"] for v in models_for_data(project, h2["train"][:8])] == [h2["finetuned"]]
     identity = versions[0]["source_identity"]["content_sha256"]
@@ -269,12 +282,12 @@ def test_records_history_and_reverse_lookup(
     assert old["flow_run_id"] == "run-1"
     assert old["code"]["commit"] == head_before
     assert [v["flow_run_id"] for v in versions] == ["run-1", "run-3"]
-    assert old["tags"] == ["xray-model-v1"]
+    assert old["tags"] == ["finetuned@v0.1.0", "xray-model-v1"]
     assert old["data"]["identity"]["seed"] == 7
 
     assert main(["audit", "--workdir", str(project), "--history", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert [v["tags"] for v in listed] == [["xray-model-v1"], ["xray-model-v2"]]
+    assert [v["tags"] for v in listed] == tags
     assert main(["audit", "--workdir", str(project), "--data", h2["raw"]]) == 0
     text = capsys.readouterr().out
     assert "xray-model-v2" in text and "xray-model-v1" not in text
@@ -391,3 +404,91 @@ def test_a_record_stopped_before_its_tag_is_tagged_by_the_rerun(project: Path) -
     assert git(project, "rev-parse", "xray-model-v1^{commit}") == first["commit"]
     assert record_run(project, "records", "run-3")["tag"] == "xray-model-v1"  # tagged once
     assert git(project, "tag", "--list", "xray-model-v*").split() == ["xray-model-v1"]
+
+
+def tag_commit(root: Path, tag: str) -> str:
+    """The commit an (annotated) tag points at."""
+    return git(root, "rev-parse", f"{tag}^{{commit}}")
+
+
+def test_history_shows_the_record_commit_its_tags_time_and_flow_run(
+    project: Path, capsys: Any
+) -> None:
+    """The lock committed on main first, then recorded by a flow run: history gives the record."""
+    h = write_version(project, 7)
+    git(project, "add", "-f", "dvc.lock", "reports")
+    git(project, "commit", "-qm", "dvc repro on main")  # main holds the model first
+    on_main = git(project, "rev-parse", "HEAD")
+    result = record_run(project, "records", "run-7")
+    stamps = json.loads(git(project, "show", f"{result['commit']}:{RUN_JSON}"))
+    for tag in ("finetuned@v0.1.0", "base@v0.1.0", "xray-model-v1"):
+        assert tag_commit(project, tag) == result["commit"], tag
+        assert git(project, "cat-file", "-t", tag) == "tag", tag  # annotated
+
+    [entry] = history(project)
+    assert entry["model_md5"] == h["finetuned"] and entry["base_md5"] == h["base"]
+    assert entry["commit"] == result["commit"] and entry["commits"] == [on_main, result["commit"]]
+    assert entry["tags"] == ["finetuned@v0.1.0", "xray-model-v1"]
+    assert entry["registry"] == {"finetuned": "finetuned@v0.1.0", "base": "base@v0.1.0"}
+    assert entry["flow_run_id"] == "run-7" and entry["created"] == stamps["created"]
+    assert main(["audit", "--workdir", str(project), "--history", "--json"]) == 0
+    [listed] = json.loads(capsys.readouterr().out)
+    assert listed["flow_run_id"] == "run-7" and listed["commit"] == result["commit"]
+    assert main(["audit", "--workdir", str(project), "--history"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"finetuned@v0.1.0, xray-model-v1  model {h['finetuned']}")
+    assert f"record {result['commit'][:12]}  created {stamps['created']}  flow run run-7" in text
+    assert f"base model               {h['base']}  base@v0.1.0" in text
+    assert on_main[:12] not in text
+    a = audit(project, h["finetuned"][:12])
+    assert a["flow_run_id"] == "run-7" and a["tags"] == ["finetuned@v0.1.0", "xray-model-v1"]
+    assert audit(project, "models/base.keras")["tags"] == ["base@v0.1.0"]
+
+
+def test_gto_tags_follow_each_artifacts_hash(project: Path) -> None:
+    """A GTO version per new hash of each dvc.yaml artifact; a known hash keeps its version."""
+    write_version(project, 7)
+    first = record_run(project, "records", "run-1")
+    write_version(project, 8)
+    second = record_run(project, "records", "run-2")
+    assert second["registry"] == {"base": "base@v0.2.0", "finetuned": "finetuned@v0.2.0"}
+    write_version(project, 9, base_seed=8)  # a new finetuned model on the same base
+    third = record_run(project, "records", "run-3")
+    assert third["registry"] == {"base": "base@v0.2.0", "finetuned": "finetuned@v0.3.0"}
+    assert tag_commit(project, "base@v0.2.0") == second["commit"]
+    assert tag_commit(project, "finetuned@v0.3.0") == third["commit"]
+
+    git(project, "tag", "-d", "finetuned@v0.3.0")  # as if the run died before its GTO tags
+    again = record_run(project, "records", "run-4")
+    assert again["recorded"] is False and again["registry"]["finetuned"] == "finetuned@v0.3.0"
+    assert tag_commit(project, "finetuned@v0.3.0") == third["commit"]
+
+    write_version(project, 7)  # back to the first models: a record, no new version
+    back = record_run(project, "records", "run-5")
+    assert back["recorded"] and back["tag"] == "xray-model-v1"
+    assert back["registry"] == first["registry"]
+    tags = {r["tag"]: r["commit"] for r in registrations(project)}
+    assert sorted(tags) == [
+        "base@v0.1.0", "base@v0.2.0", "finetuned@v0.1.0", "finetuned@v0.2.0", "finetuned@v0.3.0"
+    ]  # fmt: skip
+    assert [v["registry"]["finetuned"] for v in history(project)] == [
+        "finetuned@v0.1.0", "finetuned@v0.2.0", "finetuned@v0.3.0"
+    ]  # fmt: skip
+
+    gto = Path(sys.executable).parent / "gto"
+    shown = subprocess.run(
+        [str(gto), "show", "--repo", str(project), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    latest = json.loads(shown.stdout)
+    assert {k: v["version"] for k, v in latest.items()} == {"base": "v0.2.0", "finetuned": "v0.3.0"}
+    listed = subprocess.run(
+        [str(gto), "show", "--repo", str(project), "finetuned", "--plain"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for version in ("v0.1.0", "v0.2.0", "v0.3.0"):
+        assert f"finetuned@{version}" in listed, listed

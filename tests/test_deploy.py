@@ -190,10 +190,19 @@ def _duration(run: dict[str, Any]) -> float:
 
 @pytest.mark.slow
 def test_scheduled_runs_on_a_real_server(tmp_path: Path, server: dict[str, str]) -> None:
-    """serve runs the schedule: run 1 records v1, a no-change run nothing, new data v2."""
+    """serve runs the schedule: run 1 records v1, a no-change run nothing, new data v2.
+
+    The project has a default DVC remote and `--remote` names its folder: every run pushes.
+    """
     api = server["PREFECT_API_URL"]
     root = make_project(tmp_path / "project")
     remote = tmp_path / "dvc-remote"
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "remote", "add", "-d", "storage", str(remote)],
+        cwd=root,
+        check=True,
+    )
+    git(root, "commit", "-qam", "DVC remote: a local folder (the default)")
     serve_log = tmp_path / "serve.log"
     cmd = [sys.executable, "-m", "flows.cli", "serve", "--workdir", str(root)]
     cmd += ["--interval", str(INTERVAL_S), "--remote", str(remote), "--branch", "records"]
@@ -237,7 +246,12 @@ def test_scheduled_runs_on_a_real_server(tmp_path: Path, server: dict[str, str])
         from flows.audit import history, models_for_data
 
         versions = history(root)
-        assert [v["tags"] for v in versions] == [["xray-model-v1"], ["xray-model-v2"]]
+        tags = [["finetuned@v0.1.0", "xray-model-v1"], ["finetuned@v0.2.0", "xray-model-v2"]]
+        assert [v["tags"] for v in versions] == tags
+        assert versions[0]["flow_run_id"] == first["id"] and all(v["flow_run_id"] for v in versions)
+        assert [v["commit"] for v in versions] == [tip, git(root, "rev-parse", "records")]
+        local = root / ".dvc/config.local"  # the default remote's folder: no remote added
+        assert not local.exists() or "xray-" not in local.read_text()
         raw = [v["data"]["data/raw"] for v in versions]
         spans = sorted((stamp(r["start_time"]), stamp(r["end_time"])) for r in completed(api))
         assert all(a[1] <= b[0] for a, b in pairwise(spans)), "runs overlapped"
@@ -253,7 +267,7 @@ def test_scheduled_runs_on_a_real_server(tmp_path: Path, server: dict[str, str])
 
 def test_dvc_push_to_a_local_folder_remote(tmp_path: Path) -> None:
     """A folder given as `remote` becomes a local remote and receives the cache."""
-    from flows.record import RecordError, dvc_push
+    from flows.record import RecordError, derived_remote_name, dvc_push
 
     root = tmp_path / "repo"
     root.mkdir()
@@ -266,11 +280,12 @@ def test_dvc_push_to_a_local_folder_remote(tmp_path: Path) -> None:
         dvc_push(root, None)
     remote = tmp_path / "remote"
     result = dvc_push(root, str(remote))
-    assert result["remote"] == "xray"
+    name = derived_remote_name(str(remote.resolve()))
+    assert result["remote"] == name and name.startswith("xray-")
     stored = [p for p in remote.rglob("*") if p.is_file()]
     assert len(stored) == 1 and stored[0].read_text() == "some data\n"
-    assert "xray" in (root / ".dvc/config.local").read_text()
-    assert dvc_push(root, "xray")["remote"] == "xray"  # a configured name is used as is
+    assert name in (root / ".dvc/config.local").read_text()
+    assert dvc_push(root, name)["remote"] == name  # a configured name is used as is
 
 
 @pytest.mark.slow

@@ -4,13 +4,20 @@ The shrunk pipeline runs once for the module and is committed the way a user com
 (`dvc.lock`, DVC's .gitignores and the `cache: false` outputs). Each test pushes it to a
 remote (a local folder, then an S3-compatible moto server on 127.0.0.1), clones the git repo
 afresh (no DVC cache, no cached outputs, no .dvc/config.local) and checks that pulling is
-enough to skip every stage, models byte-identical.
+enough to skip every stage, models byte-identical. A recorded run's `xray-records` branch,
+cloned, is such a workspace too (its GTO tags listed by `gto show`).
+
+`--remote` resolution (flows/record.py `resolve_remote`, DVC's config API) runs on a small
+`dvc add` repo without `dvc repro`: a default remote's folder on two runs in a row, a remote
+listed after the default, a new folder (remote `xray-<hash>`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -210,3 +217,133 @@ def test_fresh_clone_pulls_from_an_s3_compatible_server(
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3_KEY)  # a fresh clone's user: credentials in env
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3_KEY)
     pull_and_check(trained, clone, "s3")
+
+
+# --- `--remote` resolution through DVC's config API (no `dvc repro`: models are `dvc add`ed) ---
+
+
+def remote_object(store: Path, path: Path) -> Path:
+    """Where a DVC 3 remote folder keeps a file's content."""
+    h = md5(path)
+    return store / "files" / "md5" / h[:2] / h[2:]
+
+
+@pytest.fixture
+def small_repo(tmp_path: Path) -> Path:
+    """A git + DVC repo whose `finetuned` model is `dvc add`ed; dvc.lock names it (for records)."""
+    root = tmp_path / "small"
+    root.mkdir()
+    git(root, "init", "-q", "-b", "main")
+    dvc(root, "init", "-q")
+    (root / "code.py").write_text("# code\n")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "init")
+    return root
+
+
+def new_model(root: Path, seed: int) -> Path:
+    """A new finetuned model: `dvc add`ed (so pushed) and named by a dvc.lock entry."""
+    model = root / "models/finetuned.keras"
+    model.parent.mkdir(exist_ok=True)
+    model.write_bytes(f"finetuned-{seed}".encode())
+    dvc(root, "add", "-q", "models/finetuned.keras")
+    out = {"path": "models/finetuned.keras", "hash": "md5", "md5": md5(model), "size": 1}
+    stage = {"cmd": "python -m tasks.finetune", "outs": [out]}
+    lock = {"schema": "2.0", "stages": {"finetune": stage}}
+    (root / "dvc.lock").write_text(yaml.safe_dump(lock))
+    return model
+
+
+def test_a_folder_of_the_default_remote_pushes_and_records_on_every_run(
+    small_repo: Path, tmp_path: Path
+) -> None:
+    """`dvc remote add -d storage DIR` + `--remote DIR`: two runs in a row both push and record."""
+    from flows.record import configured_remotes, dvc_push, record_run
+
+    store = tmp_path / "store"
+    dvc(small_repo, "remote", "add", "-d", "storage", str(store))
+    git(small_repo, "commit", "-q", "-am", "DVC remote")
+    for seed, tag in ((1, "xray-model-v1"), (2, "xray-model-v2")):
+        model = new_model(small_repo, seed)
+        assert dvc_push(small_repo, str(store))["remote"] == "storage"
+        assert remote_object(store, model).is_file()
+        result = record_run(small_repo, "xray-records")
+        assert result["recorded"] and result["tag"] == tag
+    assert configured_remotes(small_repo) == ({"storage": str(store)}, "storage")
+    assert dvc_push(small_repo, None)["remote"] == "storage"
+    assert dvc_push(small_repo, "storage")["remote"] == "storage"
+
+
+def test_a_remote_listed_after_the_default_and_new_folders(
+    small_repo: Path, tmp_path: Path
+) -> None:
+    """A name after the default is a name; a new folder becomes `xray-<hash>`, default kept."""
+    from flows.record import RecordError, configured_remotes, derived_remote_name, dvc_push
+
+    with pytest.raises(RecordError, match="no DVC remote configured"):
+        dvc_push(small_repo, None)
+    first, second, third = (tmp_path / n for n in ("a", "b", "c"))
+    dvc(small_repo, "remote", "add", "-d", "storage", str(first))
+    dvc(small_repo, "remote", "add", "zz", str(second))
+    listed = dvc(small_repo, "remote", "list").stdout
+    assert listed.index("(default)") < listed.index("zz")  # the layout that shifted names
+    model = new_model(small_repo, 1)
+    assert dvc_push(small_repo, "zz")["remote"] == "zz"
+    assert remote_object(second, model).is_file() and not first.exists()
+
+    name = derived_remote_name(str(third))
+    assert name.startswith("xray-")
+    assert dvc_push(small_repo, str(third))["remote"] == name
+    assert dvc_push(small_repo, str(third))["remote"] == name  # reused, not added twice
+    assert remote_object(third, model).is_file()
+    remotes, default = configured_remotes(small_repo)
+    assert default == "storage" and remotes[name] == str(third) and len(remotes) == 3
+    assert name in (small_repo / ".dvc/config.local").read_text()
+    assert name not in (small_repo / ".dvc/config").read_text()  # never committed
+
+    with pytest.raises(RecordError, match=r"no remote or folder named 'zzz'") as e:
+        dvc_push(small_repo, "zzz")
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.slow
+def test_a_clone_of_the_records_branch_pulls_and_reruns_no_stage(
+    trained: Path, tmp_path: Path
+) -> None:
+    """Record a run (GTO tags too); a clone of `xray-records` + `dvc pull` is up to date."""
+    from flows.record import dvc_push, record_run
+
+    root = tmp_path / "project"
+    shutil.copytree(trained, root, symlinks=True)
+    # the code branch keeps no pipeline outputs in git: the record must hold the uncached ones
+    git(root, "rm", "-r", "-q", "--cached", "reports", "dvclive")
+    store = tmp_path / "store"
+    dvc(root, "remote", "add", "-d", "--force", "storage", str(store))
+    git(root, "add", ".dvc/config")
+    git(root, "commit", "-q", "-m", "outputs out of git; DVC remote: a local folder")
+    assert dvc_push(root, str(store))["remote"] == "storage"
+    result = record_run(root, "xray-records", "run-1")
+    assert result["registry"] == {"base": "base@v0.1.0", "finetuned": "finetuned@v0.1.0"}
+
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", "-b", "xray-records", str(root), str(clone))
+    for rel in CACHED:
+        assert not (clone / rel).exists(), rel
+    for rel in (*IN_GIT, "reports/lineage.json", "dvclive/finetune/metrics.json", "run.json"):
+        assert (clone / rel).is_file(), rel
+    dvc(clone, "pull")
+    repro = dvc(clone, "repro")
+    out = repro.stdout + repro.stderr
+    assert ran_stages(out) == [], out
+    assert skipped_stages(out) == list(STAGES), out
+    assert dvc(clone, "status").stdout.strip() == UP_TO_DATE
+    for rel in MODELS:
+        assert (clone / rel).read_bytes() == (root / rel).read_bytes(), rel
+
+    gto = Path(sys.executable).parent / "gto"
+    shown = subprocess.run(
+        [str(gto), "show", "--repo", str(clone), "--json"], capture_output=True, text=True
+    )
+    assert shown.returncode == 0, shown.stderr
+    latest = json.loads(shown.stdout)
+    assert {k: v["version"] for k, v in latest.items()} == {"base": "v0.1.0", "finetuned": "v0.1.0"}
