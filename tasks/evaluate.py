@@ -717,6 +717,8 @@ def proxy_summary(rows: dict[str, dict[str, Any]], prior: float | None) -> dict[
     out: dict[str, Any] = {}
     balances = [("val", "")] + ([(f"val@{prior:g}", "balanced_")] if prior is not None else [])
     for balance, prefix in balances:
+        if f"{balance}/clean" not in rows:  # no set at that balance (one class in val)
+            continue
         shifted = [
             m for k, m in rows.items() if k.startswith(balance + "/") and k != f"{balance}/clean"
         ]

@@ -11,6 +11,7 @@ proxy without label shift could only show their harm.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from tasks.data import labels_of, load_images, resize
 from tasks.shift import SHIFTS, shift_image
 
 CLEAN = "clean"
+log = logging.getLogger("xray.proxy")
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,11 @@ def proxy_sets(
     y = labels_of(rows, positive)
     raw = load_images([raw_dir / r["path"] for r in rows], None)
     keys = [r["sha256"] for r in rows]
-    subset = prior_subset(y, prior, seed) if prior is not None else None
+    subset = None
+    if prior is not None and len(set(y.tolist())) == 2:
+        subset = prior_subset(y, prior, seed)
+    elif prior is not None:
+        log.warning("proxy: the val split has one class only; no set at another class balance")
     out: dict[int, list[ProxySet]] = {}
     for size in sizes:
         sets = []
