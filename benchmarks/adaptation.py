@@ -38,22 +38,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", type=Path, default=Path("."))
     ap.add_argument("--models", default="base,finetuned")
-    ap.add_argument("--prior", type=float, default=0.5, help="class balance of the 2nd proxy")
+    ap.add_argument(
+        "--prior", type=float, help="class balance of the 2nd proxy (default: evaluate.proxy_prior)"
+    )
     ap.add_argument("--variants", default=",".join(VARIANTS))
     args = ap.parse_args()
     out_dir = Path.cwd()
     os.chdir(args.workdir)
 
-    from tasks.adapt import AdaptSettings, em_prior, predict_adapted
+    from tasks.adapt import AdaptSettings, predict_adapted, source_references
     from tasks.data import labels_of
     from tasks.io import read_csv
     from tasks.metrics import binary_metrics
     from tasks.models import load_model
     from tasks.params import load_params
     from tasks.proxy import proxy_sets
-    from tasks.training import configure, predict
+    from tasks.training import configure
 
     params = load_params()
+    prior = params.evaluate.proxy_prior if args.prior is None else args.prior
     configure(0, True, 0)
     base_settings = AdaptSettings(**params.adapt.settings())
     rows = read_csv(Path("data/splits/val.csv"))
@@ -72,7 +75,7 @@ def main() -> None:
         positive,
         sizes,
         params.evaluate.proxy_shifts,
-        args.prior,
+        prior,
         params.evaluate.proxy_seed,
     )
     prep = time.perf_counter() - t0
@@ -80,8 +83,11 @@ def main() -> None:
     for name, (model, meta) in models.items():
         size = int(meta["image_size"])
         clean = next(s for s in sets[size] if s.name == "val/clean")
-        if "prior_reference" not in meta:  # models trained before it was stored
-            meta = {**meta, "prior_reference": em_prior(predict(model, clean.images, 64))}
+        if "threshold_adabn" not in meta:  # models trained before they were stored
+            refs = source_references(
+                model, clean.images, [(clean.images, clean.labels)], base_settings.batch_size
+            )
+            meta = {**refs, **meta}
         per_variant: dict[str, Any] = {}
         for variant in args.variants.split(","):
             s = replace(base_settings, **VARIANTS[variant])
@@ -95,7 +101,7 @@ def main() -> None:
                     "tent": report.tent.get("status"),
                 }
             means = {}
-            for balance in ("val", f"val@{args.prior:g}"):
+            for balance in ("val", *([f"val@{prior:g}"] if prior is not None else [])):
                 shifted = [
                     v
                     for k, v in rows_out.items()
