@@ -269,3 +269,27 @@ def write_generated_split(
         )
     splits.mkdir(parents=True, exist_ok=True)
     write_csv(splits / f"{name}.csv", rows, MANIFEST_FIELDS)
+
+
+MODEL_SIZE = 32  # input size of the tiny model_file
+MODEL_THRESHOLD = 0.37  # its threshold
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init xray_net saved with its metadata (no prior references: an older file)."""
+    import keras
+
+    from tasks.models import build_model, save_model
+
+    keras.utils.set_random_seed(5)
+    path = tmp_path_factory.mktemp("model") / "m.keras"
+    meta = {
+        "arch": "xray_net",
+        "image_size": MODEL_SIZE,
+        "classes": ["NORMAL", "PNEUMONIA"],
+        "positive_class": "PNEUMONIA",
+        "threshold": MODEL_THRESHOLD,
+    }
+    save_model(build_model("xray_net", MODEL_SIZE), path, meta)
+    return path

@@ -5,16 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
+from conftest import MODEL_THRESHOLD as THRESHOLD
 from PIL import Image
 
 from flows.cli import main as xray
-from tasks.models import build_model, load_model, read_meta, save_model
+from tasks.models import load_model, read_meta
 
-SIZE = 32
-THRESHOLD = 0.37
 N_GOOD = 34  # above the default adapt.min_images (32)
 
 
@@ -22,22 +20,6 @@ N_GOOD = 34  # above the default adapt.min_images (32)
 def no_params_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run from a folder without params.yaml: AdaptSettings defaults (AdaBN only)."""
     monkeypatch.chdir(tmp_path)
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-init xray_net saved with its metadata (no prior_reference: an older file)."""
-    keras.utils.set_random_seed(5)
-    path = tmp_path_factory.mktemp("model") / "m.keras"
-    meta = {
-        "arch": "xray_net",
-        "image_size": SIZE,
-        "classes": ["NORMAL", "PNEUMONIA"],
-        "positive_class": "PNEUMONIA",
-        "threshold": THRESHOLD,
-    }
-    save_model(build_model("xray_net", SIZE), path, meta)
-    return path
 
 
 def _write_pngs(folder: Path, n: int, seed: int = 1) -> list[Path]:

@@ -6,34 +6,15 @@ import io
 import json
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
+from conftest import MODEL_SIZE as SIZE
+from conftest import MODEL_THRESHOLD as THRESHOLD
 from PIL import Image
 
 from flows.cli import main as xray
 from tasks.data import resize
-from tasks.models import build_model, save_model
 from tasks.predict import EXIT_NO_MODEL, EXIT_OK, EXIT_SOME_FAILED, predict_paths
-
-SIZE = 32
-THRESHOLD = 0.37
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-init xray_net saved with its metadata."""
-    keras.utils.set_random_seed(5)
-    path = tmp_path_factory.mktemp("model") / "m.keras"
-    meta = {
-        "arch": "xray_net",
-        "image_size": SIZE,
-        "classes": ["NORMAL", "PNEUMONIA"],
-        "positive_class": "PNEUMONIA",
-        "threshold": THRESHOLD,
-    }
-    save_model(build_model("xray_net", SIZE), path, meta)
-    return path
 
 
 @pytest.fixture()
