@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import ROOT, dvc, git
+from test_server_restart import InterruptingLog
 
 from flows.repro import repro, stage_graph, with_downstream
 from tasks.params import STAGES
@@ -25,23 +26,6 @@ with open("out.txt", "w") as f:
 """
 DVC_YAML = {"stages": {"slow": {"cmd": "python slow.py", "deps": ["slow.py"], "outs": ["out.txt"]}}}
 RESTORED = "its previous outputs were restored (dvc checkout {})"
-
-
-class StopLog:
-    """A run logger stand-in that raises `exc` once, at the stage's `begin` line."""
-
-    def __init__(self, exc: BaseException | None = None) -> None:
-        self.exc = exc
-        self.lines: list[str] = []
-
-    def info(self, fmt: str, *args: Any) -> None:
-        """Record a line; raise the pending exception at the stage's first line."""
-        self.lines.append(fmt % args)
-        if self.exc is not None and self.lines[-1].endswith("| begin"):
-            exc, self.exc = self.exc, None
-            raise exc
-
-    warning = info
 
 
 def snapshot(root: Path, *paths: str) -> dict[str, str]:
@@ -83,19 +67,19 @@ def test_a_failed_or_stopped_stage_gets_its_outputs_back(
     dvc(root, "init", "-q")
     (root / "slow.py").write_text(STAGE_SCRIPT)
     (root / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML))
-    assert dvc_repro("slow", root, StopLog())["ran"] is True
+    assert dvc_repro("slow", root, InterruptingLog(None))["ran"] is True
     lock = (root / "dvc.lock").read_bytes()
 
     break_stage(root)
     with pytest.raises(StageFailed) as info:
-        dvc_repro("slow", root, StopLog())
+        dvc_repro("slow", root, InterruptingLog(None))
     assert str(info.value) == (
         f"stage slow failed (exit 255): the source is broken; {RESTORED.format('slow')}"
     )
     assert (root / "out.txt").read_text() == "done\n"
 
     monkeypatch.setenv("XRAY_TEST_STAGE_S", "60")  # stopped mid-stage (a cancel)
-    log = StopLog(TerminationSignal(signal.SIGTERM))
+    log = InterruptingLog(TerminationSignal(signal.SIGTERM))
     with pytest.raises(TerminationSignal):
         dvc_repro("slow", root, log)
     assert (root / "out.txt").read_text() == "done\n"
@@ -113,7 +97,7 @@ def test_a_failed_or_stopped_stage_gets_its_outputs_back(
     shutil.rmtree(root / ".dvc" / "cache")  # nothing to restore from: said in the same line
     failed = r"; restoring its previous outputs failed \(dvc checkout slow\): "
     with pytest.raises(StageFailed, match=failed):
-        dvc_repro("slow", root, StopLog())
+        dvc_repro("slow", root, InterruptingLog(None))
 
 
 @pytest.mark.slow

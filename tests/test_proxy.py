@@ -50,3 +50,11 @@ def test_proxy_sets_shift_every_image_deterministically(tmp_path: Path) -> None:
     assert a[24][1].labels.mean() == pytest.approx(0.4, abs=0.1)
     with pytest.raises(ValueError, match="unknown shift 'fog'"):
         proxy_sets(rows, raw, "PNEUMONIA", [24], ["fog"], None, seed=3)
+
+
+def test_the_default_proxy_is_every_shift() -> None:
+    from tasks.params import EvaluateParams
+    from tasks.shift import SHIFTS
+
+    # params.py keeps its own copy (importing tasks.shift would make it a dep of every stage)
+    assert EvaluateParams().proxy_shifts == tuple(SHIFTS)
