@@ -290,11 +290,11 @@ class TrainParams(_Section):
 
 
 class FinetuneParams(_Section):
-    trainable_layers: PosInt = 5
+    trainable_layers: PosInt = 10
     unfreeze_from: str | None = None
-    epochs: PosInt = 5
+    epochs: PosInt = 8
     batch_size: PosInt = 32
-    learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 1e-4
+    learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 3e-4
     patience: PosInt = 3
     seed: int = 43
     clean_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.5
