@@ -132,6 +132,9 @@ def upstream(stages: dict[str, dict[str, Any]], stage: str) -> list[dict[str, An
             if owner is None or owner == name:
                 continue
             seen.setdefault(dep["path"], {"stage": owner, **dep})
+            for out in _entries(stages[owner], "outs"):  # a file inside a folder output:
+                if dep["path"].startswith(out["path"].rstrip("/") + "/"):  # the folder too
+                    seen.setdefault(out["path"], {"stage": owner, **out})
             todo.append(owner)
     order = list(stages)
     return sorted(seen.values(), key=lambda e: (order.index(e["stage"]), e["path"]))

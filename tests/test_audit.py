@@ -75,13 +75,13 @@ def write_version(root: Path, seed: int, base_seed: int | None = None) -> dict[s
         },
         "train_base": {
             "cmd": "python -m tasks.train_base",
-            "deps": [out("data/raw", h["raw"]), out("data/splits/train.csv", h["train"])],
+            "deps": [out("data/splits/train.csv", h["train"])],
             "params": {"params.yaml": {"train": {"epochs": 1}}},
             "outs": [out("models/base.keras", h["base"])],
         },
         "finetune": {
             "cmd": "python -m tasks.finetune",
-            "deps": [out("models/base.keras", h["base"]), out("data/raw", h["raw"])],
+            "deps": [out("models/base.keras", h["base"]), out("data/splits/train.csv", h["train"])],
             "params": {"params.yaml": {"finetune": {"epochs": 1}}},
             "outs": [out("models/finetuned.keras", h["finetuned"])],
         },
@@ -122,10 +122,12 @@ def test_audit_matches_dvc_lock(project: Path) -> None:
     assert a["md5"] == h["finetuned"] == lock["finetune"]["outs"][0]["md5"]
     assert a["stage"] == "finetune"
     up = {e["path"]: (e["stage"], e["md5"]) for e in a["upstream"]}
+    # Files inside a folder output bring the folder too: data/raw reached via its manifest.
     assert up == {
         "models/base.keras": ("train_base", h["base"]),
         "data/raw": ("download", h["raw"]),
         "data/raw/manifest.csv": ("download", h["manifest"]),
+        "data/splits": ("split", h["splits"]),
         "data/splits/train.csv": ("split", h["train"]),
     }
     assert a["params"]["download"] == lock["download"]["params"]["params.yaml"]
