@@ -736,7 +736,7 @@ def plot_proxy(rows: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
     variants = list(rows)
     sets = list(next(iter(rows.values())))
     width = 0.8 / len(variants)
-    fig, ax = plt.subplots(figsize=(max(8.0, 0.55 * len(sets) * len(variants) / 2), 4.6))
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.55 * len(sets) * len(variants) / 2), 5.2))
     xs = np.arange(len(sets))
     for i, v in enumerate(variants):
         ax.bar(xs + i * width, [rows[v][s]["accuracy"] for s in sets], width, label=v)
@@ -745,7 +745,7 @@ def plot_proxy(rows: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
     ax.set_ylim(max(0.0, lo - 0.05), 1.0)
     ax.set_ylabel("accuracy")
     ax.set_title("acquisition-shift proxy: val images under unseen site differences")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, ncol=len(variants), loc="lower center", bbox_to_anchor=(0.5, 1.08))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
