@@ -46,7 +46,7 @@ def main() -> None:
     out_dir = Path.cwd()
     os.chdir(args.workdir)
 
-    from tasks.adapt import AdaptSettings, predict_adapted, source_references
+    from tasks.adapt import AdaptSettings, predict_adapted, with_source_references
     from tasks.data import labels_of
     from tasks.io import read_csv
     from tasks.metrics import binary_metrics
@@ -83,11 +83,9 @@ def main() -> None:
     for name, (model, meta) in models.items():
         size = int(meta["image_size"])
         clean = next(s for s in sets[size] if s.name == "val/clean")
-        if "threshold_adabn" not in meta:  # models trained before they were stored
-            refs = source_references(
-                model, clean.images, [(clean.images, clean.labels)], base_settings.batch_size
-            )
-            meta = {**refs, **meta}
+        meta = with_source_references(
+            model, meta, clean.images, clean.labels, base_settings.batch_size
+        )
         per_variant: dict[str, Any] = {}
         for variant in args.variants.split(","):
             s = replace(base_settings, **VARIANTS[variant])

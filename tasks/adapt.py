@@ -23,6 +23,7 @@ permutation seeded by `seed`, and TensorFlow's op determinism is on where the st
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -86,16 +87,8 @@ class AdaptReport:
     warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "method": self.method,
-            "images": self.images,
-            "adapted": self.adapted,
-            "skipped": self.skipped,
-            "tent": self.tent,
-            "prior": self.prior,
-            "threshold": self.threshold,
-            "warnings": self.warnings,
-        }
+        """The report as plain JSON-ready data."""
+        return dataclasses.asdict(self)
 
 
 def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
@@ -419,6 +412,20 @@ def source_references(
             6,
         ),
     }
+
+
+def with_source_references(
+    model: keras.Model,
+    meta: dict[str, Any],
+    clean_val: np.ndarray,
+    y_val: np.ndarray,
+    batch_size: int,
+) -> dict[str, Any]:
+    """`meta` with the source references, computed on clean val for files made before them."""
+    if "threshold_adabn" in meta:
+        return meta
+    refs = source_references(model, clean_val, [(clean_val, y_val)], batch_size)
+    return {**refs, **meta}
 
 
 def images_hash(images: np.ndarray) -> str:

@@ -26,7 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from tasks.adapt import AdaptReport, AdaptSettings, predict_adapted, source_references
+from tasks.adapt import AdaptReport, AdaptSettings, predict_adapted, with_source_references
 from tasks.corruptions import HELD_OUT
 from tasks.data import RAW_DIR, labels_of, load_images
 from tasks.io import read_csv, read_gray, write_csv, write_json
@@ -34,7 +34,7 @@ from tasks.lineage import write_model_card
 from tasks.metrics import binary_metrics
 from tasks.models import load_model
 from tasks.params import AdaptParams, EvaluateParams, load_params
-from tasks.proxy import ProxySet, proxy_sets
+from tasks.proxy import ProxySet, check_shifts, proxy_sets
 from tasks.training import configure, predict
 
 log = logging.getLogger("xray.evaluate")
@@ -486,13 +486,7 @@ def evaluate(
     adapt = adapt or AdaptParams()
     positive = classes[1]
     proxy_names = list(params.proxy_shifts)
-    from tasks.shift import SHIFTS
-
-    for name in proxy_names:  # a bad name fails before anything is read
-        if name not in SHIFTS:
-            raise ValueError(
-                f"evaluate.proxy_shifts: unknown shift {name!r} (known: {', '.join(SHIFTS)})"
-            )
+    check_shifts(proxy_names)  # a bad name fails before anything is read
     test_rows = read_csv(test_csv)
     y = labels_of(test_rows, positive)
     bad_rows = read_csv(corrupted_dir / "manifest.csv")
@@ -525,16 +519,10 @@ def evaluate(
         "proxy: %d val sets per input size in %.1fs", len(proxy[sizes[0]]), time.perf_counter() - t0
     )
     for name in adapted:  # model files from before the references were stored
-        if "threshold_adabn" not in metas[name]:
-            size = loaded[name][1]
-            clean_val = next(s for s in proxy[size] if s.name == "val/clean")
-            refs = source_references(
-                loaded[name][0],
-                clean_val.images,
-                [(clean_val.images, clean_val.labels)],
-                settings.batch_size,
-            )
-            metas[name] = {**refs, **metas[name]}
+        clean_val = next(s for s in proxy[loaded[name][1]] if s.name == "val/clean")
+        metas[name] = with_source_references(
+            loaded[name][0], metas[name], clean_val.images, clean_val.labels, settings.batch_size
+        )
 
     t0 = time.perf_counter()
     n_scored = 0

@@ -35,6 +35,15 @@ class ProxySet:
     labels: np.ndarray  # never given to adaptation
 
 
+def check_shifts(shifts: Sequence[str]) -> None:
+    """Fail with one line naming the key when a proxy shift name is unknown."""
+    unknown = [s for s in shifts if s not in SHIFTS]
+    if unknown:
+        raise ValueError(
+            f"evaluate.proxy_shifts: unknown shift {unknown[0]!r} (known: {', '.join(SHIFTS)})"
+        )
+
+
 def prior_subset(y: np.ndarray, prior: float, seed: int) -> np.ndarray:
     """Sorted indices of a subset whose positive share is `prior`, keeping one class whole."""
     pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
@@ -71,11 +80,7 @@ def proxy_sets(
     seed: int,
 ) -> dict[int, list[ProxySet]]:
     """Per model input size: the val images clean and under every shift, at both balances."""
-    unknown = [s for s in shifts if s not in SHIFTS]
-    if unknown:
-        raise ValueError(
-            f"evaluate.proxy_shifts: unknown shift {unknown[0]!r} (known: {', '.join(SHIFTS)})"
-        )
+    check_shifts(shifts)
     y = labels_of(rows, positive)
     raw = load_images([raw_dir / r["path"] for r in rows], None)
     keys = [r["sha256"] for r in rows]
