@@ -1,4 +1,4 @@
-"""Progress of long work: `n/N`, rate and ETA as log lines (pipes, Prefect) or a live bar (terminal)."""
+"""Progress of long work: n/N, rate and ETA as log lines (pipes, Prefect) or a live bar."""
 
 from __future__ import annotations
 

@@ -79,13 +79,14 @@ def test_fast_work_is_not_reported_more_than_once_a_second(
 def test_failure_says_where_it_stopped(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="xray.test")
     clock = Clock()
-    with pytest.raises(KeyError):
-        with Progress(
-            10, "x", logging.getLogger("xray.test"), stream=io.StringIO(), clock=clock
-        ) as p:
-            clock.t = 1
-            p.update(3)
-            raise KeyError("boom")
+    log = logging.getLogger("xray.test")
+    with (
+        pytest.raises(KeyError),
+        Progress(10, "x", log, stream=io.StringIO(), clock=clock) as p,
+    ):
+        clock.t = 1
+        p.update(3)
+        raise KeyError("boom")
     assert lines(caplog)[-1] == "x: stopped at 3/10 images in 1s (3.0/s)"
 
 
