@@ -1,4 +1,5 @@
-"""Tests for tasks.ingest: safe extraction, layout discovery, image decoding, patient ids."""
+"""Intake tests: safe extraction (tasks.archive), layout discovery (tasks.layout), image
+decoding (tasks.images), patient ids (tasks.patients)."""
 
 from __future__ import annotations
 
@@ -14,17 +15,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.ingest import (
-    BadImage,
-    Found,
-    IngestError,
-    _Extractor,
-    find_images,
-    load_image,
-    patient_id,
-    safe_extract,
-    sha256_file,
-)
+from tasks.archive import _Extractor, safe_extract
+from tasks.images import BadImage, load_image
+from tasks.intake import IngestError
+from tasks.io import sha256_file
+from tasks.layout import Found, find_images
+from tasks.patients import patient_id
 
 CLASSES = ("NORMAL", "PNEUMONIA")
 MB = 1 << 20
