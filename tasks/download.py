@@ -530,7 +530,7 @@ def download(
             log.warning("quarantined %s: %s", r.found.rel, r.reason)
         for i in conflicts:
             log.warning("label conflict: %s (%s)", good[i].found.rel, good[i].found.label)
-        counted = [s for s in skipped if s.reason != layout.NOT_AN_IMAGE_TYPE]
+        counted = [s for s in skipped if s.reason not in layout.NOT_COUNTED]
         n_bad = len(bad) + len(counted) + len(conflicts)
         total = len(results) + len(counted)
         frac = n_bad / total

@@ -67,6 +67,9 @@ DIR, FILE = "dir", "file"
 NOT_AN_IMAGE_TYPE = "not_an_image_type"
 """Skip reason of a known non-image file type; not counted as a broken image."""
 OUTSIDE_DIR = "link_to_folder_outside_source"
+LINK_LOOP = "link_loop"
+NOT_COUNTED = frozenset({NOT_AN_IMAGE_TYPE, LINK_LOOP})
+"""Skip reasons of entries that are not image candidates (not in data.max_bad_fraction)."""
 
 
 @dataclass(frozen=True)
@@ -169,7 +172,7 @@ class Walker:
         yield from (e for e in entries if e.kind != DIR)
         for d in dirs:
             if d.real in (*seen, real):
-                yield Entry(d.path, "link_loop")
+                yield Entry(d.path, LINK_LOOP)
             else:
                 yield d
                 yield from self.walk(d.path, (*seen, real))
