@@ -215,5 +215,3 @@ def safe_extract(archive: Path, dest: Path, *, max_total_bytes: int, max_members
     except BaseException:
         ex.cleanup()
         raise
-
-

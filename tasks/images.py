@@ -148,5 +148,3 @@ def load_image(
     if arr.ndim != 2:
         raise BadImage("undecodable")
     return arr
-
-
