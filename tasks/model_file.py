@@ -20,6 +20,9 @@ IMAGE_SIZE_RANGE = (32, 1024)
 """Input sizes a model of this pipeline can have (train.image_size's bounds)."""
 MAX_META_BYTES = 1 << 20
 """xray.json is a few hundred bytes; a larger one is not ours."""
+REQUIRED = ("image_size", "threshold")
+"""Keys every use of a model file needs; `xray predict` also needs `classes` (PREDICT_KEYS)."""
+PREDICT_KEYS = (*REQUIRED, "classes")
 OPTIONAL_PROBABILITIES = ("threshold_adabn", "prior_reference", "prior_reference_adabn")
 
 
@@ -41,11 +44,14 @@ def _probability(meta: dict[str, Any], key: str) -> str | None:
     return None
 
 
-def meta_problem(meta: Any) -> str | None:
-    """Why parsed xray.json metadata is unusable, or None when it is fine."""
+def meta_problem(meta: Any, require: tuple[str, ...] = REQUIRED) -> str | None:
+    """Why parsed xray.json metadata is unusable, or None when it is fine.
+
+    Keys in `require` must be present; every known key present must be valid.
+    """
     if not isinstance(meta, dict):
         return f"{META_MEMBER} is not a JSON object"
-    for key in ("image_size", "threshold", "classes"):
+    for key in require:
         if key not in meta:
             return f"{META_MEMBER} has no {key}"
     size = meta["image_size"]
@@ -54,23 +60,24 @@ def meta_problem(meta: Any) -> str | None:
         return f"{META_MEMBER}: image_size is not an integer in [{lo}, {hi}] (got {size!r})"
     if why := _probability(meta, "threshold"):
         return f"{META_MEMBER}: {why}"
-    classes = meta["classes"]
-    if (
-        not isinstance(classes, list)
-        or len(classes) != 2
-        or not all(isinstance(c, str) and c for c in classes)
-    ):
-        return f"{META_MEMBER}: classes is not a list of two names (got {classes!r})"
-    positive = meta.get("positive_class", classes[-1])
-    if positive not in classes:
-        return f"{META_MEMBER}: positive_class {positive!r} is not one of {classes}"
+    classes = meta.get("classes")
+    if classes is not None:
+        if (
+            not isinstance(classes, list)
+            or len(classes) != 2
+            or not all(isinstance(c, str) and c for c in classes)
+        ):
+            return f"{META_MEMBER}: classes is not a list of two names (got {classes!r})"
+        positive = meta.get("positive_class", classes[-1])
+        if positive not in classes:
+            return f"{META_MEMBER}: positive_class {positive!r} is not one of {classes}"
     for key in OPTIONAL_PROBABILITIES:
         if meta.get(key) is not None and (why := _probability(meta, key)):
             return f"{META_MEMBER}: {why}"
     return None
 
 
-def read_meta(path: Path) -> dict[str, Any]:
+def read_meta(path: Path, require: tuple[str, ...] = REQUIRED) -> dict[str, Any]:
     """The checked xray.json metadata of a model file (threshold, classes, image_size, ...)."""
     path = Path(path)
     if not path.exists():
@@ -101,6 +108,6 @@ def read_meta(path: Path) -> dict[str, Any]:
         meta = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise ModelFileError(f"{path}: {META_MEMBER} is not valid JSON ({e})") from None
-    if why := meta_problem(meta):
+    if why := meta_problem(meta, require):
         raise ModelFileError(f"{path}: {why}")
     return meta

@@ -12,7 +12,7 @@ import numpy as np
 
 from tasks.data import resize
 from tasks.images import IMAGE_SUFFIXES, BadImage, load_image
-from tasks.model_file import read_meta
+from tasks.model_file import PREDICT_KEYS, read_meta
 from tasks.params import DataParams
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ def predict_paths(
     """
     out, err = out or sys.stdout, err or sys.stderr
     try:
-        read_meta(Path(model_path))  # a bad file is refused before TensorFlow starts
+        read_meta(Path(model_path), PREDICT_KEYS)  # refused before TensorFlow starts
         from tasks.models import load_model
 
         model, meta = load_model(Path(model_path))

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tasks.model_file import META_MEMBER, ModelFileError, read_meta
+from tasks.model_file import META_MEMBER, PREDICT_KEYS, ModelFileError, read_meta
 from tasks.predict import EXIT_NO_MODEL, predict_paths
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +54,10 @@ BAD_META = {
     "not_a_zip": (None, r"not a model saved by this pipeline \(not a zip archive\)"),
     "no_xray_json": (b"", r"not a model saved by this pipeline \(no xray\.json inside\)"),
     "invalid_json": (b"{not json", r"xray\.json is not valid JSON \(Expecting"),
+    "no_classes": (
+        json.dumps({"image_size": 32, "threshold": 0.5}).encode(),
+        r"xray\.json has no classes$",
+    ),
     "no_image_size": (
         json.dumps({"threshold": 0.5, "classes": ["A", "B"]}).encode(),
         r"xray\.json has no image_size$",
@@ -90,7 +94,7 @@ def test_bad_metadata_is_one_line_naming_the_file(tmp_path: Path, case: str) -> 
     """Each bad file: read_meta raises one line starting with the path; predict exits 2."""
     path = _bad_file(tmp_path, case)
     with pytest.raises(ModelFileError) as ei:
-        read_meta(path)
+        read_meta(path, PREDICT_KEYS)
     msg = str(ei.value)
     assert msg.startswith(f"{path}: ") and "\n" not in msg
     assert re.search(BAD_META[case][1], msg), msg
