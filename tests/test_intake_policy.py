@@ -378,3 +378,15 @@ def test_archive_without_class_folders_is_named_by_its_name(tmp_path: Path) -> N
     msg = str(ei.value)
     assert msg.startswith(f"{arc}: no class folders named like"), msg
     assert "tmp" not in msg.replace(str(tmp_path), "")
+
+
+def test_staged_output_of_a_killed_run_is_swept(tmp_path: Path) -> None:
+    """A `.raw.*.tmp` folder left next to data/raw by a killed run goes on the next run."""
+    raw = tmp_path / "project" / "data" / "raw"
+    raw.parent.mkdir(parents=True)
+    stale = raw.parent / ".raw.killed.tmp"
+    (stale / "images").mkdir(parents=True)
+    old = time.time() - 2 * tio.STALE_AFTER_S
+    os.utime(stale, (old, old))
+    _run(tmp_path, DataParams(source=str(_source(tmp_path / "src"))))
+    assert sorted(p.name for p in raw.parent.iterdir()) == ["raw", "source.json"]
