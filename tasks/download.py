@@ -94,7 +94,7 @@ class Ingested:
     png: bytes | None
     size: tuple[int, int] | None
     reason: str | None
-    pixels: str | None = None  # sha256 of the decoded image: equal content, equal hash
+    pixels: str | None = None  # sha256 of the normalized PNG: equal pixels, equal hash
 
 
 def is_url(source: str) -> bool:
@@ -367,10 +367,8 @@ def _ingest_chunk(
         except images.BadImage as e:
             out.append((sha, None, None, e.reason, None))
             continue
-        pixels = hashlib.sha256(f"{image.shape}".encode() + image.tobytes()).hexdigest()
-        out.append(
-            (sha, png_bytes(image, png_level), (image.shape[1], image.shape[0]), None, pixels)
-        )
+        png = png_bytes(image, png_level)  # deterministic: equal pixels, equal bytes
+        out.append((sha, png, (image.shape[1], image.shape[0]), None, sha256_bytes(png)))
     return out
 
 
