@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
+from tasks.adapt_settings import AdaptSettings
 from tasks.model_file import ModelFileError, read_meta
 from tasks.params import PARAMS_FILE, ParamsError, load_params
 from tasks.predict import EXIT_NO_MODEL, expand, prepare
 
 if TYPE_CHECKING:  # tasks.adapt imports Keras: only where adaptation really runs
-    from tasks.adapt import AdaptReport, AdaptSettings
+    from tasks.adapt import AdaptReport
 
 EXIT_OK, EXIT_REFUSED = 0, 1
 PRIOR_KEYS = ("prior_reference", "prior_reference_adabn")
@@ -38,8 +39,6 @@ def settings_from(params_file: Path | None = Path(PARAMS_FILE), **overrides: Any
 
     Overrides that are None are ignored (an option not given on the command line).
     """
-    from tasks.adapt import AdaptSettings
-
     base = AdaptSettings()
     if params_file is not None and Path(params_file).exists():
         try:

@@ -16,7 +16,7 @@ from tasks.model_file import PREDICT_KEYS, read_meta
 from tasks.params import DataParams
 
 if TYPE_CHECKING:
-    from tasks.adapt import AdaptSettings
+    from tasks.adapt_settings import AdaptSettings
 
 DEFAULTS = DataParams()  # decode exactly as ingest does: same pixel limit, same longest side
 EXIT_OK, EXIT_SOME_FAILED, EXIT_NO_MODEL = 0, 1, 2

@@ -140,7 +140,7 @@ def test_tampered_keras_files_are_one_line(model_file: Path, tmp_path: Path) -> 
 
 
 def test_predict_refuses_a_bad_model_before_tensorflow(tmp_path: Path) -> None:
-    """`xray predict` with a missing or bad model: one line, exit 2, TensorFlow never imported."""
+    """`xray predict`/`xray adapt` with a missing or bad model: one line, exit 2, no TensorFlow."""
     bad = _fake_keras(tmp_path / "bad.keras", b"[]")
     code = (
         "import sys\nfrom flows.cli import main\n"
@@ -148,14 +148,24 @@ def test_predict_refuses_a_bad_model_before_tensorflow(tmp_path: Path) -> None:
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n"
         "sys.exit(rc)\n"
     )
+    out = str(tmp_path / "out.keras")
     for model, why in ((tmp_path / "none.keras", "model not found"), (bad, "not a JSON object")):
-        run = subprocess.run(
-            [sys.executable, "-c", code, "predict", "--model", str(model), str(tmp_path)],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=60,
-        )
-        assert run.returncode == EXIT_NO_MODEL, run.stderr
-        assert run.stderr.startswith(f"error: {model}: ") and why in run.stderr
-        assert run.stderr.count("\n") == 1, run.stderr
+        for argv in (
+            ["predict", "--model", str(model), str(tmp_path)],
+            ["adapt", str(model), str(tmp_path), "-o", out],
+        ):
+            _refused_before_tf(code, argv, model, why)
+
+
+def _refused_before_tf(code: str, argv: list[str], model: Path, why: str) -> None:
+    """Run `xray ARGV` in a fresh interpreter: one line naming the model, exit 2, no TF."""
+    run = subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert run.returncode == EXIT_NO_MODEL, run.stderr
+    assert run.stderr.startswith(f"error: {model}: ") and why in run.stderr
+    assert run.stderr.count("\n") == 1, run.stderr
