@@ -625,7 +625,15 @@ def main() -> None:
     download(params.data, compute=params.compute)
 
 
+def _sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (dvc/Prefect cancel) unwinds like Ctrl-C: work and staged folders are removed."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 if __name__ == "__main__":
+    import signal
+
     from tasks.cli_support import run_stage
 
+    signal.signal(signal.SIGTERM, _sigterm)
     run_stage(main)

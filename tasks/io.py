@@ -36,7 +36,12 @@ CHUNK_BYTES = 1 << 20
 WORK_ROOT = Path(".xray/tmp")
 """Where work folders live (git- and dvc-ignored, like .xray/downloads)."""
 WORK_LOCK = ".lock"
-"""A file in each work folder, locked (flock) while its process lives."""
+"""A file in each work folder, locked (lockf) while its process lives.
+
+A POSIX record lock, not flock: it belongs to the process, so worker processes forked
+from it (and orphaned by a kill -9) do not keep it held."""
+_OWN_WORK: set[Path] = set()
+"""This process's live work folders (its own POSIX locks would not stop sweep_work)."""
 STALE_AFTER_S = 120.0
 """Age after which an unlocked temporary leftover is swept (one in creation is younger)."""
 _UMASK_LOCK = threading.Lock()
@@ -109,13 +114,13 @@ def sweep_leftovers(folder: Path, pattern: str) -> int:
 
 
 def _try_lock(path: Path) -> int | None:
-    """An exclusive flock on path (its fd), or None when a live process holds it."""
+    """An exclusive lock on path (its fd), or None when another live process holds it."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError:
         return None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
         return None
@@ -133,7 +138,7 @@ def sweep_work(root: Path = WORK_ROOT) -> int:
     now = time.time()
     for folder in sorted(root.iterdir()):
         lock = folder / WORK_LOCK
-        if not folder.is_dir() or folder.is_symlink():
+        if not folder.is_dir() or folder.is_symlink() or folder.resolve() in _OWN_WORK:
             continue
         if not lock.exists():
             if _stale(folder, now):
@@ -164,9 +169,11 @@ def work_dir(prefix: str, root: Path | None = None) -> Iterator[Path]:
         log.info("removed %d leftover work folders in %s", swept, root)
     folder = Path(tempfile.mkdtemp(dir=root, prefix=f"{prefix}-"))
     fd = _try_lock(folder / WORK_LOCK)
+    _OWN_WORK.add(folder.resolve())
     try:
         yield folder
     finally:
+        _OWN_WORK.discard(folder.resolve())
         shutil.rmtree(folder, ignore_errors=True)
         if fd is not None:
             os.close(fd)

@@ -27,7 +27,7 @@ from PIL import Image
 import tasks.io as tio
 from tasks.download import DownloadError, download, probe
 from tasks.images import BadImage, load_image, read_file
-from tasks.io import read_csv, sweep_work, work_dir, write_csv
+from tasks.io import read_csv, sweep_work, write_csv
 from tasks.params import DataParams, SplitParams
 from tasks.split import SplitError, split
 
@@ -329,24 +329,41 @@ def test_work_folders_are_removed_on_success_and_failure(
 
 
 def test_work_folder_of_a_killed_run_is_swept(tmp_path: Path, private_work: Path) -> None:
-    """kill -9 inside work_dir leaves a folder; the next run removes it, not a live one's."""
+    """kill -9 inside work_dir leaves a folder (and an orphaned forked worker); the next run
+    removes it, and not the folder of a run still alive."""
     code = (
-        "import sys, time; from pathlib import Path; from tasks.io import work_dir\n"
-        "with work_dir('download', Path(sys.argv[1])) as d:\n"
-        "    (d / 'part').write_bytes(b'x'); print(d, flush=True); time.sleep(60)\n"
+        "import os, sys, time; from pathlib import Path; from tasks.io import work_dir\n"
+        "with work_dir(sys.argv[2], Path(sys.argv[1])) as d:\n"
+        "    (d / 'part').write_bytes(b'x')\n"
+        "    worker = os.fork() if sys.argv[2] == 'killed' else 1\n"
+        "    if worker == 0: time.sleep(30); os._exit(0)\n"
+        "    print(d, worker, flush=True); time.sleep(60)\n"
     )
     root = Path(__file__).resolve().parents[1]
-    child = subprocess.Popen(
-        [sys.executable, "-c", code, str(private_work)], stdout=subprocess.PIPE, text=True, cwd=root
-    )
-    left = Path(child.stdout.readline().strip())
-    assert left.is_dir()
-    with work_dir("other", private_work) as live:  # a live run: swept never
-        child.kill()  # SIGKILL: no cleanup of its own
-        child.wait()
-        assert left.is_dir()
+    children, folders, orphans = [], [], []
+    for name in ("killed", "alive"):
+        child = subprocess.Popen(
+            [sys.executable, "-c", code, str(private_work), name],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=root,
+        )
+        folder, worker = child.stdout.readline().split()
+        children.append(child)
+        folders.append(Path(folder))
+        orphans.append(int(worker))
+    killed, alive = folders
+    try:
+        children[0].kill()  # SIGKILL: no cleanup of its own; its forked worker lives on
+        children[0].wait()
+        assert killed.is_dir()
         assert sweep_work(private_work) == 1
-        assert not left.exists() and live.is_dir()
+        assert not killed.exists() and alive.is_dir()
+    finally:
+        children[1].kill()
+        children[1].wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(orphans[0], signal.SIGKILL)
 
 
 # --------------------------------------------------------------------------- 6. modes
