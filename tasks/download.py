@@ -119,6 +119,8 @@ def check_source(params: DataParams, base: Path = Path(".")) -> None:
         raise DownloadError(
             f"data.source: {source} is neither a folder nor a .zip/.tar.gz/.tgz/.tar archive"
         )
+    if not path.is_dir() and not path.is_file():  # a FIFO or device named .zip: never opened
+        raise DownloadError(f"data.source: {source} is not a regular file")
 
 
 def tree_sha256(folder: Path) -> tuple[str, int]:

@@ -109,6 +109,13 @@ def test_fifo_named_jpeg_hangs_neither_probe_nor_stage(tmp_path: Path) -> None:
     assert quarantined == {"NORMAL/pipe.jpeg": "fifo"}
 
 
+def test_fifo_named_zip_as_the_source_is_refused(tmp_path: Path) -> None:
+    """data.source naming a FIFO called data.zip: one line, never opened."""
+    os.mkfifo(tmp_path / "data.zip")
+    with no_hang(), pytest.raises(DownloadError, match=r"data\.zip is not a regular file$"):
+        probe(DataParams(source=str(tmp_path / "data.zip")), tmp_path / "source.json")
+
+
 def test_every_entry_kind_gets_its_answer(tmp_path: Path) -> None:
     """Links inside are ingested; links out, broken links, sockets, odd names, non-images are
     listed with a reason; hidden files are ignored; nothing outside the source is read."""
