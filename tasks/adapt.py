@@ -36,6 +36,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from tasks.adapt_settings import AdaptSettings
+
 log = logging.getLogger("xray.adapt")
 
 PROB_EPS = 1e-6
@@ -43,34 +45,6 @@ EM_MAX_ITER = 1000
 EM_TOL = 1e-8
 ONE_CLASS = 0.05  # an estimated class share below this (or above 1 - it): one class only
 SOURCE_PRIOR = 0.5  # scores come from class-weighted training: balanced, as if the prior were 0.5
-
-
-@dataclass(frozen=True)
-class AdaptSettings:
-    """What to adapt (the `adapt` section of params.yaml, or `xray adapt` options)."""
-
-    bn: bool = True  # AdaBN: re-estimate BatchNorm statistics
-    tent_steps: int = 0  # TENT steps on BatchNorm scale/shift (0 = off)
-    tent_lr: float = 1e-4
-    tent_max_shift: float = 0.15  # revert TENT when the positive call rate moves more
-    prior: bool = False  # move the threshold by the estimated label shift
-    min_images: int = 32  # below this, nothing is adapted (statistics too noisy)
-    batch_size: int = 64
-    seed: int = 0
-
-    @property
-    def method(self) -> str:
-        """A short name of the adaptation, e.g. `adabn+tent+prior`, `none`."""
-        steps = [
-            name
-            for name, on in (
-                ("adabn", self.bn),
-                ("tent", self.tent_steps > 0),
-                ("prior", self.prior),
-            )
-            if on
-        ]
-        return "+".join(steps) or "none"
 
 
 @dataclass

@@ -14,13 +14,17 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
-from tasks.adapt import AdaptReport, AdaptSettings
+from tasks.adapt_settings import AdaptSettings
+from tasks.model_file import ModelFileError, read_meta
 from tasks.params import PARAMS_FILE, ParamsError, load_params
 from tasks.predict import EXIT_NO_MODEL, expand, prepare
+
+if TYPE_CHECKING:  # tasks.adapt imports Keras: only where adaptation really runs
+    from tasks.adapt import AdaptReport
 
 EXIT_OK, EXIT_REFUSED = 0, 1
 PRIOR_KEYS = ("prior_reference", "prior_reference_adabn")
@@ -139,21 +143,20 @@ def adapt_file(
 ) -> int:
     """Adapt the model file to the images and write OUT; a summary on `out`; exit code.
 
-    Refusals (one line on `err`, nothing written): an output that is not a .keras path or
-    is the model, a missing model (exit 2), no adaptation configured, an explicit --prior
-    on a file without prior_reference, fewer usable images than `settings.min_images`.
+    Refusals (one line on `err`, nothing written): a missing or unusable model file (exit 2),
+    an output that is not a .keras path or is the model, no adaptation configured, an
+    explicit --prior on a file without prior_reference, fewer usable images than
+    `settings.min_images`.
     """
-    from tasks.adapt import adapt
-    from tasks.models import load_model, read_meta, save_model
-
     out, err = out or sys.stdout, err or sys.stderr
     model_path, out_path = Path(model_path), Path(out_path)
-    if not model_path.exists():
-        print(f"error: {model_path}: model not found", file=err)
+    try:  # the model file and the output are checked before TensorFlow starts
+        meta = read_meta(model_path)
+    except ModelFileError as e:
+        print(f"error: {e}", file=err)
         return EXIT_NO_MODEL
     try:
         _check_output(model_path, out_path)
-        meta = read_meta(model_path)
         if settings.method == "none":
             raise AdaptError(f"{model_path}: nothing to adapt (--no-bn without TENT or --prior)")
         check_prior(meta, model_path, prior_flag)
@@ -167,11 +170,18 @@ def adapt_file(
                 f"{', '.join(str(p) for p in paths)}: {len(images)} usable images, adaptation "
                 f"needs at least {settings.min_images} (adapt.min_images / --min-images)"
             )
-        _deterministic(settings.seed)
-        model, meta = load_model(model_path)
     except (AdaptError, OSError, ValueError) as e:
         print(f"error: {e}", file=err)
         return EXIT_REFUSED
+    from tasks.adapt import adapt
+    from tasks.models import load_model, save_model
+
+    _deterministic(settings.seed)
+    try:
+        model, meta = load_model(model_path)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=err)
+        return EXIT_NO_MODEL
     new_meta, report = adapt(model, meta, images, settings)
     if not report.adapted:  # adapt() refused on its own (kept in step with the checks above)
         print(f"error: {model_path}: not adapted ({report.skipped})", file=err)

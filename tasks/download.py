@@ -3,8 +3,14 @@
 The source is `synthetic` (generated here), a local folder, a local archive or an
 http(s) URL of one. Every image is decoded once, normalized to 8-bit grayscale PNG
 under ``data/raw/images/<source split>/<CLASS>/`` and listed in
-``data/raw/manifest.csv``; broken files are quarantined to ``reports/quarantine.csv``
-and exact duplicates listed in ``reports/duplicates.csv``.
+``data/raw/manifest.csv``; broken files, entries the intake policy skips (docs/data-intake.md:
+FIFOs, links out of the source, oversize files, ...) and images whose content appears
+under two classes (label conflicts) are listed in ``reports/quarantine.csv`` and kept out;
+exact duplicates are listed in ``reports/duplicates.csv``. Each class needs at least
+``data.min_images_per_class`` images. Temporary files live under ``.xray/tmp``.
+
+The work is done by tasks/archive.py (extraction), tasks/layout.py (which files are
+labelled images), tasks/images.py (reading and decoding) and tasks/patients.py (ids).
 
 A URL is fetched by tasks/fetch.py, the only place that retries: transient errors (connection
 errors, timeouts, HTTP 5xx/408/429) up to FETCH_RETRIES times with backoff, permanent ones
@@ -24,16 +30,26 @@ import functools
 import hashlib
 import json
 import logging
-import os
-import tempfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks import ingest
+from tasks import images, layout, patients
+from tasks.archive import safe_extract
 from tasks.compute import Runner
-from tasks.io import MANIFEST_FIELDS, png_bytes, sha256_bytes, staged_dir, write_csv, write_json
+from tasks.intake import IngestError
+from tasks.io import (
+    MANIFEST_FIELDS,
+    png_bytes,
+    sha256_bytes,
+    sha256_file,
+    staged_dir,
+    work_dir,
+    write_csv,
+    write_json,
+)
 from tasks.params import PARAMS_FILE, ComputeParams, DataParams, load_params, parse_params
+from tasks.progress import Progress
 
 log = logging.getLogger("xray.download")
 
@@ -57,10 +73,12 @@ CHUNK = 64
 CHUNK_BYTES = 8 << 20
 """Bytes of source files per worker task, at most (unless one file is larger): below the
 10 MB at which Dask warns about large task arguments."""
-WORKER_MODULES = ("tasks.download", "tasks.ingest", "tasks.io")
+WORKER_MODULES = ("tasks.download", "tasks.images", "tasks.intake", "tasks.io")
 """The code a worker runs for this stage: a Dask worker must have the same (checked)."""
 INGEST_PNG_LEVEL = 1
 """zlib level of the ingested PNGs: ~2.5x faster to encode than 6, ~15% larger files."""
+QUARANTINE_FIELDS = ("path", "reason", "detail")
+LABEL_CONFLICT = "label_conflict"
 
 
 class DownloadError(RuntimeError):
@@ -71,11 +89,12 @@ class DownloadError(RuntimeError):
 class Ingested:
     """What one worker made of one candidate file."""
 
-    found: ingest.Found
+    found: layout.Found
     sha256: str
     png: bytes | None
     size: tuple[int, int] | None
     reason: str | None
+    pixels: str | None = None  # sha256 of the normalized PNG: equal pixels, equal hash
 
 
 def is_url(source: str) -> bool:
@@ -100,21 +119,33 @@ def check_source(params: DataParams, base: Path = Path(".")) -> None:
         raise DownloadError(
             f"data.source: {source} is neither a folder nor a .zip/.tar.gz/.tgz/.tar archive"
         )
+    if not path.is_dir() and not path.is_file():  # a FIFO or device named .zip: never opened
+        raise DownloadError(f"data.source: {source} is not a regular file")
 
 
 def tree_sha256(folder: Path) -> tuple[str, int]:
-    """Content hash of a folder (relative paths + file sha256s, hidden/junk skipped); file count."""
+    """Content hash of a folder (relative paths + file sha256s, hidden/junk skipped); file count.
+
+    Walked by the intake policy (tasks/layout.py): links are followed inside the folder
+    only, and entries that are not regular files (FIFOs, sockets, devices, links out)
+    are hashed by name and kind, never opened.
+    """
+    base = folder.resolve()
+    walker = layout.Walker(base, str(folder))
     h = hashlib.sha256()
     n = 0
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not ingest._hidden(d))
-        for name in sorted(filenames):
-            if ingest._hidden(name):
+    try:
+        for e in walker.walk(base):
+            if e.kind == layout.DIR:
                 continue
-            path = Path(dirpath) / name
-            rel = path.relative_to(folder).as_posix()
-            h.update(f"{rel}\0{ingest.sha256_file(path)}\n".encode())
-            n += 1
+            rel = walker.rel(e.path)
+            if e.kind == layout.FILE and e.real is not None:
+                h.update(f"{rel}\0{sha256_file(e.real)}\n".encode())
+                n += 1
+            else:
+                h.update(f"{rel}\0<{e.kind}>\n".encode())
+    except IngestError as e:
+        raise DownloadError(f"data.source: {e}") from None
     return h.hexdigest(), n
 
 
@@ -144,7 +175,7 @@ def identify(params: DataParams, base: Path = Path(".")) -> dict[str, object]:
     if path.is_dir():
         digest, n = tree_sha256(path)
         return {"source": source, "kind": "folder", "tree_sha256": digest, "files": n}
-    digest = ingest.sha256_file(path)
+    digest = sha256_file(path)
     if params.sha256 and digest != params.sha256.lower():
         raise DownloadError(f"data.sha256: {source} has sha256 {digest}, expected {params.sha256}")
     return {"source": source, "kind": "archive", "sha256": digest, "size": path.stat().st_size}
@@ -289,7 +320,7 @@ def source_root(
         identity: dict[str, object] = {
             "kind": "url",
             "url": source,
-            "sha256": ingest.sha256_file(archive),
+            "sha256": sha256_file(archive),
         }
         _verify(recorded, {"size": archive.stat().st_size}, record, unknown_ok=True)
     else:
@@ -299,7 +330,7 @@ def source_root(
                 digest, _ = tree_sha256(path)
                 _verify(recorded, {"tree_sha256": digest}, record)
             return path, {"kind": "folder", "path": str(path)}
-        digest = ingest.sha256_file(path)
+        digest = sha256_file(path)
         if params.sha256 and digest.lower() != params.sha256.lower():
             raise DownloadError(
                 f"data.sha256: {path} has sha256 {digest}, expected {params.sha256}"
@@ -309,47 +340,51 @@ def source_root(
     root = work / "extracted"
     root.mkdir()
     try:
-        ingest.safe_extract(
+        safe_extract(
             archive,
             root,
             max_total_bytes=params.max_archive_bytes,
             max_members=params.max_archive_members,
         )
-    except ingest.IngestError as e:
+    except IngestError as e:
         raise DownloadError(str(e)) from None
     return root, identity
 
 
 def _ingest_chunk(
-    items: list[bytes | None], max_pixels: int, max_side: int | None, png_level: int
-) -> list[tuple[str, bytes | None, tuple[int, int] | None, str | None]]:
-    """Hash, decode and re-encode files given as bytes (runs on a worker, local or Dask)."""
-    out: list[tuple[str, bytes | None, tuple[int, int] | None, str | None]] = []
+    items: list[bytes | str], max_pixels: int, max_side: int | None, png_level: int
+) -> list[tuple[str, bytes | None, tuple[int, int] | None, str | None, str | None]]:
+    """Hash, decode and re-encode files given as bytes (runs on a worker, local or Dask).
+
+    An item that is a str is the reason the stage process could not read that file.
+    """
+    out: list[tuple[str, bytes | None, tuple[int, int] | None, str | None, str | None]] = []
     for data in items:
-        if data is None:  # the stage process could not read the file
-            out.append(("", None, None, "unreadable"))
+        if isinstance(data, str):
+            out.append(("", None, None, data, None))
             continue
         sha = sha256_bytes(data)
         try:
-            image = ingest.load_image(data, max_pixels=max_pixels, max_side=max_side)
-        except ingest.BadImage as e:
-            out.append((sha, None, None, e.reason))
+            image = images.load_image(data, max_pixels=max_pixels, max_side=max_side)
+        except images.BadImage as e:
+            out.append((sha, None, None, e.reason, None))
             continue
-        out.append((sha, png_bytes(image, png_level), (image.shape[1], image.shape[0]), None))
+        png = png_bytes(image, png_level)  # deterministic: equal pixels, equal bytes
+        out.append((sha, png, (image.shape[1], image.shape[0]), None, sha256_bytes(png)))
     return out
 
 
-def _read_or_none(path: Path) -> bytes | None:
-    """A file's bytes, or None when it cannot be read (it is quarantined as unreadable)."""
+def _read(path: Path, max_bytes: int) -> bytes | str:
+    """A file's bytes, or why it cannot be read (too_large, fifo, unreadable, ...)."""
     try:
-        return path.read_bytes()
-    except OSError:
-        return None
+        return images.read_file(path, max_bytes)
+    except images.BadImage as e:
+        return e.reason
 
 
-def _chunks(found: list[ingest.Found]) -> list[list[ingest.Found]]:
+def _chunks(found: list[layout.Found]) -> list[list[layout.Found]]:
     """Consecutive runs of at most CHUNK files and about CHUNK_BYTES bytes."""
-    chunks: list[list[ingest.Found]] = [[]]
+    chunks: list[list[layout.Found]] = [[]]
     size = 0
     for f in found:
         try:
@@ -364,7 +399,7 @@ def _chunks(found: list[ingest.Found]) -> list[list[ingest.Found]]:
     return chunks
 
 
-def _ingest_all(found: list[ingest.Found], params: DataParams, runner: Runner) -> list[Ingested]:
+def _ingest_all(found: list[layout.Found], params: DataParams, runner: Runner) -> list[Ingested]:
     """Ingest all files, in order, on the runner's executor (files are read here, sent as bytes)."""
     job = functools.partial(
         _ingest_chunk,
@@ -372,16 +407,19 @@ def _ingest_all(found: list[ingest.Found], params: DataParams, runner: Runner) -
         max_side=params.max_side,
         png_level=INGEST_PNG_LEVEL,
     )
+    read = functools.partial(_read_chunk, max_bytes=params.max_file_bytes)
     chunks = _chunks(found)
     results: list[Ingested] = []
-    for chunk, done in zip(chunks, runner.imap(job, chunks, _read_chunk), strict=True):
-        results.extend(Ingested(f, *r) for f, r in zip(chunk, done, strict=True))
+    with Progress(len(found), "download: decoded", log, unit="images") as progress:
+        for chunk, done in zip(chunks, runner.imap(job, chunks, read), strict=True):
+            results.extend(Ingested(f, *r) for f, r in zip(chunk, done, strict=True))
+            progress.update(len(chunk))
     return results
 
 
-def _read_chunk(chunk: list[ingest.Found]) -> list[bytes | None]:
-    """The bytes of a chunk's files (None where unreadable)."""
-    return [_read_or_none(f.path) for f in chunk]
+def _read_chunk(chunk: list[layout.Found], max_bytes: int) -> list[bytes | str]:
+    """The bytes of a chunk's files (the reason instead where a file cannot be read)."""
+    return [_read(f.path, max_bytes) for f in chunk]
 
 
 def _unique_name(folder_names: set[str], stem: str) -> str:
@@ -391,6 +429,53 @@ def _unique_name(folder_names: set[str], stem: str) -> str:
         name = f"{stem}__{k}.png"
     folder_names.add(name)
     return name
+
+
+def label_conflicts(good: list[Ingested]) -> dict[int, list[Ingested]]:
+    """Images whose decoded content also appears under another class: index -> the others."""
+    by_content: dict[str, list[int]] = defaultdict(list)
+    for i, r in enumerate(good):
+        by_content[r.pixels or r.sha256].append(i)
+    out: dict[int, list[Ingested]] = {}
+    for idx in by_content.values():
+        if len({good[i].found.label for i in idx}) > 1:
+            for i in idx:
+                out[i] = [good[j] for j in idx if j != i]
+    return out
+
+
+def _quarantine_rows(
+    skipped: list[layout.Skipped],
+    bad: list[Ingested],
+    conflicts: dict[int, list[Ingested]],
+    good: list[Ingested],
+) -> list[dict[str, str]]:
+    """reports/quarantine.csv: every entry kept out, with its reason, sorted by path."""
+    rows = [{"path": s.rel, "reason": s.reason, "detail": ""} for s in skipped]
+    rows += [{"path": r.found.rel, "reason": r.reason or "", "detail": ""} for r in bad]
+    for i, others in conflicts.items():
+        r = good[i]
+        where = " ".join(f"{o.found.rel} ({o.found.label})" for o in others)
+        rows.append(
+            {
+                "path": r.found.rel,
+                "reason": LABEL_CONFLICT,
+                "detail": f"{r.found.label}; same image as {where}",
+            }
+        )
+    return sorted(rows, key=lambda row: (row["path"], row["reason"]))
+
+
+def check_class_counts(
+    counts: Counter[str], classes: tuple[str, ...], minimum: int, where: str
+) -> None:
+    """One line naming the first class with fewer than `minimum` images (min_images_per_class)."""
+    for c in classes:
+        if counts.get(c, 0) < minimum:
+            raise DownloadError(
+                f"data.min_images_per_class: class {c} has {counts.get(c, 0)} images in {where}, "
+                f"at least {minimum} needed"
+            )
 
 
 def download(
@@ -413,19 +498,25 @@ def download(
         compute = compute.model_copy(update={"workers": workers})
     check_source(params)
     recorded = check_record(params, record) if record is not None else None
-    with (
-        Runner(compute, WORKER_MODULES) as runner,
-        tempfile.TemporaryDirectory(prefix="xray-download-") as tmp,
-    ):
-        root, identity = source_root(params, Path(tmp), recorded, record)
+    with Runner(compute, WORKER_MODULES) as runner, work_dir("download") as tmp:
+        root, identity = source_root(params, tmp, recorded, record)
         if recorded is not None:
             identity["recorded"] = recorded
         try:
-            found = ingest.find_images(
-                root, params.classes, class_map=params.class_map, ignore=params.ignore
+            found_layout = layout.find_layout(
+                root,
+                params.classes,
+                class_map=params.class_map,
+                ignore=params.ignore,
+                name=params.source if params.source != "synthetic" else None,
             )
-        except ingest.IngestError as e:
+        except IngestError as e:
             raise DownloadError(str(e)) from None
+        found, skipped = found_layout.found, found_layout.skipped
+        if found_layout.hidden:
+            log.info("ignored %d hidden entries (dot files, __MACOSX)", found_layout.hidden)
+        for s in skipped:
+            log.warning("skipped %s: %s", s.rel, s.reason)
         if not found:
             raise DownloadError(
                 f"data.source: no images of {list(params.classes)} found in {params.source}"
@@ -434,22 +525,42 @@ def download(
 
         bad = [r for r in results if r.reason is not None]
         good = [r for r in results if r.reason is None]
-        frac = len(bad) / len(results)
+        conflicts = label_conflicts(good)
         for r in bad:
             log.warning("quarantined %s: %s", r.found.rel, r.reason)
+        for i in conflicts:
+            log.warning("label conflict: %s (%s)", good[i].found.rel, good[i].found.label)
+        counted = [s for s in skipped if s.reason not in layout.NOT_COUNTED]
+        n_bad = len(bad) + len(counted) + len(conflicts)
+        total = len(results) + len(counted)
+        frac = n_bad / total
         if frac > params.max_bad_fraction:
-            raise DownloadError(
-                f"data.max_bad_fraction: {len(bad)} of {len(results)} images are broken "
-                f"({frac:.1%} > {params.max_bad_fraction:.1%}); "
-                f"first: {bad[0].found.rel} ({bad[0].reason})"
+            first = (
+                f"{bad[0].found.rel} ({bad[0].reason})"
+                if bad
+                else f"{counted[0].rel} ({counted[0].reason})"
+                if counted
+                else f"{good[next(iter(conflicts))].found.rel} ({LABEL_CONFLICT})"
             )
+            also = f", {len(conflicts)} in label conflicts" if conflicts else ""
+            raise DownloadError(
+                f"data.max_bad_fraction: {n_bad} of {total} images are broken{also} "
+                f"({frac:.1%} > {params.max_bad_fraction:.1%}); first: {first}"
+            )
+        kept = [r for i, r in enumerate(good) if i not in conflicts]
+        check_class_counts(
+            Counter(r.found.label for r in kept),
+            params.classes,
+            params.min_images_per_class,
+            params.source,
+        )
 
         rows, fallback = [], 0
         names: dict[Path, set[str]] = defaultdict(set)
         with staged_dir(out_dir) as stage:
-            for r in good:
+            for r in kept:
                 f = r.found
-                pid = ingest.patient_id(f.path.name, params.patient_pattern)
+                pid = patients.patient_id(f.path.name, params.patient_pattern)
                 if pid is None:
                     fallback += 1
                     pid = f"file:{r.sha256[:16]}"
@@ -499,12 +610,10 @@ def download(
             "%d exact duplicate groups (%d across source splits: leaks)", len(dup_rows), leaks
         )
     write_csv(duplicates_csv, dup_rows, ("sha256", "count", "cross_split", "paths"))
-    write_csv(
-        quarantine_csv, [{"path": r.found.rel, "reason": r.reason} for r in bad], ("path", "reason")
-    )
+    write_csv(quarantine_csv, _quarantine_rows(skipped, bad, conflicts, good), QUARANTINE_FIELDS)
     counts = {
         "images": len(rows),
-        "quarantined": len(bad),
+        "quarantined": len(bad) + len(skipped) + len(conflicts),
         "duplicate_groups": len(dup_rows),
         "patients": len({r["patient_id"] for r in rows}),
     }
@@ -518,7 +627,15 @@ def main() -> None:
     download(params.data, compute=params.compute)
 
 
+def _sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (dvc/Prefect cancel) unwinds like Ctrl-C: work and staged folders are removed."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 if __name__ == "__main__":
+    import signal
+
     from tasks.cli_support import run_stage
 
+    signal.signal(signal.SIGTERM, _sigterm)
     run_stage(main)

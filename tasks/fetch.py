@@ -32,6 +32,9 @@ from typing import TypeVar
 
 import httpx
 
+from tasks.intake import one_line
+from tasks.io import sha256_file
+
 T = TypeVar("T")
 
 ALLOWED_SCHEMES = frozenset({"http", "https"})
@@ -74,23 +77,18 @@ class _Permanent(Exception):
     """A failure that no retry can fix."""
 
 
-def _one_line(text: object) -> str:
-    """Collapse any text to a single line."""
-    return " ".join(str(text).split())
-
-
 def _shown(url: str) -> str:
     """URL for messages, with any password removed."""
     try:
         u = httpx.URL(url)
     except (httpx.InvalidURL, TypeError):
-        return _one_line(url)
-    return _one_line(str(u.copy_with(password=None)) if u.password else url)
+        return one_line(url)
+    return one_line(str(u.copy_with(password=None)) if u.password else url)
 
 
 def _fail(url: str, why: object, *, transient: bool = False) -> FetchError:
     """Build the one-line error for a URL."""
-    return FetchError(_one_line(f"{_shown(url)}: {why}"), transient=transient)
+    return FetchError(one_line(f"{_shown(url)}: {why}"), transient=transient)
 
 
 def _check_url(url: str) -> None:
@@ -199,7 +197,7 @@ def _retrying(
         delay = min(MAX_BACKOFF_S, backoff * 2 ** (failures - 1)) if wait is None else wait
         if label:
             print(
-                f"{label}: retry {failures}/{retries} in {delay:.1f}s ({_one_line(why)})",
+                f"{label}: retry {failures}/{retries} in {delay:.1f}s ({one_line(why)})",
                 file=sys.stderr,
                 flush=True,
             )
@@ -343,15 +341,6 @@ def _attempt(client: httpx.Client, url: str, part: Path, st: _State, progress: _
                 progress.update(st.offset, st.total)
     if st.total is not None and st.offset < st.total:
         raise _Transient(f"body ended at {st.offset} of {st.total} bytes")
-
-
-def _sha256(path: Path) -> str:
-    """Hex SHA-256 of a file."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _digest(value: object) -> str:
@@ -511,7 +500,7 @@ def fetch(
         size = part.stat().st_size
         if st.total is not None and size != st.total:
             raise _fail(url, f"size mismatch: got {size} bytes, expected {st.total}")
-        if sha256 is not None and (got := _sha256(part)) != sha256.lower():
+        if sha256 is not None and (got := sha256_file(part)) != sha256.lower():
             raise _fail(url, f"sha256 mismatch: got {got}, expected {sha256.lower()}")
         meter.update(size, st.total, final=True)
         _move_into_place(part, dest)

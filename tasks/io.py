@@ -1,15 +1,25 @@
-"""Shared file helpers: atomic writes, PNG I/O of canonical images, manifests."""
+"""Shared file helpers: atomic writes, work folders, PNG I/O of canonical images, manifests.
+
+Files and folders written here get the modes of ordinary ones (0666/0777 less the umask),
+not the private 0600/0700 of the temporary files they are renamed from. Temporary work
+goes under one project-local folder, WORK_ROOT (.xray/tmp): removed on every exit Python
+sees, swept on the next run after one it does not (kill -9, power loss).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,13 +27,156 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+log = logging.getLogger("xray.io")
+
 MANIFEST_FIELDS = ("path", "label", "source_split", "patient_id", "sha256", "width", "height")
 PNG_COMPRESS_LEVEL = 6
+CHUNK_BYTES = 1 << 20
+"""Read block size for hashing files."""
+WORK_ROOT = Path(".xray/tmp")
+"""Where work folders live (git- and dvc-ignored, like .xray/downloads)."""
+WORK_LOCK = ".lock"
+"""A file in each work folder, locked (lockf) while its process lives.
+
+A POSIX record lock, not flock: it belongs to the process, so worker processes forked
+from it (and orphaned by a kill -9) do not keep it held."""
+_OWN_WORK: set[Path] = set()
+"""This process's live work folders (its own POSIX locks would not stop sweep_work)."""
+STALE_AFTER_S = 120.0
+"""Age after which an unlocked temporary leftover is swept (one in creation is younger)."""
+_UMASK_LOCK = threading.Lock()
 
 
 def sha256_bytes(data: bytes) -> str:
     """Hex sha256 of a byte string."""
     return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def umask() -> int:
+    """The process umask (read from /proc where it can be, else set and restored)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode of an ordinary new file under the current umask."""
+    return 0o666 & ~umask()
+
+
+def dir_mode() -> int:
+    """The mode of an ordinary new folder under the current umask."""
+    return 0o777 & ~umask()
+
+
+def _stale(path: Path, now: float) -> bool:
+    """True when a leftover is older than STALE_AFTER_S (by modification time)."""
+    try:
+        return now - path.lstat().st_mtime > STALE_AFTER_S
+    except OSError:
+        return False
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or folder tree, whichever it is; gone already is fine."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def sweep_leftovers(folder: Path, pattern: str) -> int:
+    """Remove stale temporary siblings matching pattern in folder (a killed run's); count."""
+    now = time.time()
+    n = 0
+    for p in folder.glob(pattern):
+        if _stale(p, now):
+            _remove(p)
+            n += 1
+    return n
+
+
+def _try_lock(path: Path) -> int | None:
+    """An exclusive lock on path (its fd), or None when another live process holds it."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        return None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def sweep_work(root: Path = WORK_ROOT) -> int:
+    """Remove the work folders under root whose process is gone (lock free); count them.
+
+    A folder without its lock file is swept only once stale (it may be in creation).
+    """
+    if not root.is_dir():
+        return 0
+    n = 0
+    now = time.time()
+    for folder in sorted(root.iterdir()):
+        lock = folder / WORK_LOCK
+        if not folder.is_dir() or folder.is_symlink() or folder.resolve() in _OWN_WORK:
+            continue
+        if not lock.exists():
+            if _stale(folder, now):
+                _remove(folder)
+                n += 1
+            continue
+        fd = _try_lock(lock)
+        if fd is None:  # its process is alive
+            continue
+        try:
+            _remove(folder)
+            n += 1
+        finally:
+            os.close(fd)
+    return n
+
+
+@contextlib.contextmanager
+def work_dir(prefix: str, root: Path | None = None) -> Iterator[Path]:
+    """A fresh folder under root (WORK_ROOT), locked while in use and removed on exit.
+
+    Leftovers of killed runs are swept first (sweep_work).
+    """
+    root = WORK_ROOT if root is None else root
+    root.mkdir(parents=True, exist_ok=True)
+    swept = sweep_work(root)
+    if swept:
+        log.info("removed %d leftover work folders in %s", swept, root)
+    folder = Path(tempfile.mkdtemp(dir=root, prefix=f"{prefix}-"))
+    fd = _try_lock(folder / WORK_LOCK)
+    _OWN_WORK.add(folder.resolve())
+    try:
+        yield folder
+    finally:
+        _OWN_WORK.discard(folder.resolve())
+        shutil.rmtree(folder, ignore_errors=True)
+        if fd is not None:
+            os.close(fd)
 
 
 def png_bytes(image: np.ndarray, compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
@@ -54,6 +207,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())  # mkstemp's 0600 would be kept by the rename
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
@@ -88,10 +242,15 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 @contextlib.contextmanager
 def staged_dir(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder that replaces `final` only when the block succeeds."""
+    """Yield a temporary sibling folder that replaces `final` only when the block succeeds.
+
+    Stale temporary siblings left by a killed run are removed first.
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
+    sweep_leftovers(final.parent, f".{final.name}.*.tmp")  # of a killed run
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     try:
+        tmp.chmod(dir_mode())  # mkdtemp's 0700 would be kept by the rename
         yield tmp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -19,9 +17,12 @@ from typing import Any
 import keras
 from keras import layers
 
-from tasks.io import write_bytes_atomic
+from tasks.io import work_dir, write_bytes_atomic
+from tasks.model_file import META_MEMBER, ModelFileError, read_meta
 
-META_MEMBER = "xray.json"
+__all__ = ["META_MEMBER", "ModelFileError", "build_model", "load_model", "read_meta", "save_model"]
+MAX_REASON_CHARS = 200
+"""Longest loader message kept in a one-line error."""
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 SEED_FILTERS = (64, 128, 256, 256)
 SEED_DENSE = (128, 64)
@@ -197,9 +198,8 @@ def _renumber_shared_ids(config: Any, ids: dict[int, int] | None = None) -> Any:
 
 def save_model(model: keras.Model, path: Path, meta: dict[str, Any]) -> None:
     """Save a .keras file with `meta` inside, byte-stable: fixed zip times, no save date."""
-    fd, tmp = tempfile.mkstemp(suffix=".keras")
-    os.close(fd)
-    try:
+    with work_dir("save-model") as folder:
+        tmp = folder / "model.keras"
         model.save(tmp)
         buf = io.BytesIO()
         with zipfile.ZipFile(tmp) as src, zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as dst:
@@ -215,24 +215,43 @@ def save_model(model: keras.Model, path: Path, meta: dict[str, Any]) -> None:
             dst.writestr(
                 zipfile.ZipInfo(META_MEMBER, ZIP_EPOCH), json.dumps(meta, indent=2, sort_keys=True)
             )
-    finally:
-        os.unlink(tmp)
     write_bytes_atomic(path, buf.getvalue())
 
 
-def read_meta(path: Path) -> dict[str, Any]:
-    """The xray.json metadata of a model file (threshold, classes, image_size, ...)."""
+def _short(e: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    text = " ".join(str(e).split())
+    if len(text) > MAX_REASON_CHARS:
+        text = text[: MAX_REASON_CHARS - 3] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _shape_problem(model: keras.Model, size: int) -> str | None:
+    """Why the loaded model does not fit its metadata's input size, or None."""
+    want_in, want_out = (None, size, size, 1), (None, 1)
     try:
-        with zipfile.ZipFile(path) as z:
-            return json.loads(z.read(META_MEMBER))
-    except (KeyError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{path}: not a model saved by this pipeline ({e})") from None
+        got_in, got_out = tuple(model.input_shape), tuple(model.output_shape)
+    except (AttributeError, TypeError, ValueError) as e:
+        return f"no single input and output ({_short(e)})"
+    if got_in != want_in:
+        return f"input shape {got_in} does not match image_size {size} in {META_MEMBER}"
+    if got_out != want_out:
+        return f"output shape {got_out} is not one probability {want_out}"
+    return None
 
 
 def load_model(path: Path) -> tuple[keras.Model, dict[str, Any]]:
-    """Load a model in Keras' safe mode, with its metadata."""
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{path}: model not found")
+    """Load a model in Keras' safe mode, with its checked metadata.
+
+    Any problem is a ModelFileError (a ValueError) of one line naming the file: not found,
+    not a zip, not our format, bad metadata, a config Keras' safe mode refuses (e.g. one
+    naming os.system or a lambda), an input size other than the metadata's.
+    """
     meta = read_meta(path)
-    model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as e:
+        raise ModelFileError(f"{path}: cannot load the model ({_short(e)})") from None
+    if why := _shape_problem(model, int(meta["image_size"])):
+        raise ModelFileError(f"{path}: {why}")
     return model, meta

@@ -63,7 +63,9 @@ class DataParams(_Section):
     ignore: tuple[str, ...] = ()
     patient_pattern: str | None = None
     max_side: Annotated[int, Field(ge=32)] | None = 256
-    max_pixels: PosInt = 50_000_000
+    max_pixels: PosInt = 50_000_000  # read from the header, before any pixel is decoded
+    max_file_bytes: PosInt = 100_000_000  # per file, checked before it is read
+    min_images_per_class: PosInt = 1  # after quarantine; in data/raw, and in train and test
     max_bad_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
     max_archive_bytes: PosInt = 20_000_000_000
     max_archive_members: PosInt = 200_000
@@ -385,5 +387,8 @@ def load_params(path: Path | str = PARAMS_FILE) -> Params:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise ParamsError(f"{path}:{where} is not valid YAML") from None
+        problem = " ".join(str(getattr(e, "problem", None) or "syntax error").split())
+        context = " ".join(str(getattr(e, "context", None) or "").split())
+        why = f"{problem} ({context})" if context else problem
+        raise ParamsError(f"{path}:{where} is not valid YAML: {why}") from None
     return parse_params(raw, str(path))

@@ -11,14 +11,16 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 
 from tasks.data import resize
-from tasks.ingest import IMAGE_SUFFIXES, BadImage, load_image
+from tasks.images import IMAGE_SUFFIXES, BadImage, load_image
+from tasks.model_file import PREDICT_KEYS, read_meta
 from tasks.params import DataParams
 
 if TYPE_CHECKING:
-    from tasks.adapt import AdaptSettings
+    from tasks.adapt_settings import AdaptSettings
 
 DEFAULTS = DataParams()  # decode exactly as ingest does: same pixel limit, same longest side
 EXIT_OK, EXIT_SOME_FAILED, EXIT_NO_MODEL = 0, 1, 2
+"""EXIT_NO_MODEL: the model file is missing or unusable (one line naming it and why)."""
 
 
 def expand(paths: Sequence[Path]) -> Iterator[tuple[Path, str | None]]:
@@ -93,10 +95,11 @@ def predict_paths(
     With `adapt` settings the model is first adapted (in memory) to all the images, which
     are then predicted at the adapted threshold (see `_predict_adapted`).
     """
-    from tasks.models import load_model
-
     out, err = out or sys.stdout, err or sys.stderr
     try:
+        read_meta(Path(model_path), PREDICT_KEYS)  # refused before TensorFlow starts
+        from tasks.models import load_model
+
         model, meta = load_model(Path(model_path))
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=err)

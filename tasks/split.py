@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.io import MANIFEST_FIELDS, read_csv, staged_dir, write_csv, write_json
-from tasks.params import SplitParams, load_params
+from tasks.params import DataParams, SplitParams, load_params
 
 log = logging.getLogger("xray.split")
 
@@ -26,6 +26,8 @@ COUNTS_CSV = Path("reports/split.csv")
 COUNTS_FIELDS = ("split", "label", "images", "patients")
 ALL_LABELS = "all"
 SPLITS = ("train", "val", "test")
+CHECKED_SPLITS = ("train", "test")
+"""Splits each class must fill to data.min_images_per_class."""
 
 
 class SplitError(RuntimeError):
@@ -105,17 +107,33 @@ def check_disjoint(parts: dict[str, list[dict[str, str]]]) -> None:
                     )
 
 
+def check_class_counts(
+    parts: dict[str, list[dict[str, str]]], classes: tuple[str, ...], minimum: int
+) -> None:
+    """Raise SplitError naming the first class with fewer than `minimum` train/test images."""
+    for name in CHECKED_SPLITS:
+        labels = Counter(r["label"] for r in parts[name])
+        for c in classes:
+            if labels.get(c, 0) < minimum:
+                raise SplitError(
+                    f"data.min_images_per_class: class {c} has {labels.get(c, 0)} images in the "
+                    f"{name} split, at least {minimum} needed"
+                )
+
+
 def split(
     params: SplitParams,
     manifest: Path = RAW_MANIFEST,
     out_dir: Path = SPLITS_DIR,
     counts_json: Path = COUNTS_JSON,
     counts_csv: Path = COUNTS_CSV,
+    data: DataParams | None = None,
 ) -> dict[str, dict[str, int]]:
     """Write out_dir/{train,val,test}.csv from the raw manifest; return counts per split.
 
     Counts also go to `counts_json` (DVC metrics) and `counts_csv` (one row per split
-    and class, plus an `all` row per split: images and patients).
+    and class, plus an `all` row per split: images and patients). Each class of `data`
+    needs data.min_images_per_class images in train and in test (one-line SplitError).
     """
     rows = read_csv(manifest)
     by_source: dict[str, list[dict[str, str]]] = defaultdict(list)
@@ -155,6 +173,8 @@ def split(
         if not parts[name]:
             raise SplitError(f"split: the {name} split is empty ({len(rows)} images in data/raw)")
     check_disjoint(parts)
+    if data is not None:
+        check_class_counts(parts, data.classes, data.min_images_per_class)
 
     counts: dict[str, dict[str, int]] = {}
     table: list[dict[str, object]] = []
@@ -185,7 +205,8 @@ def split(
 
 def main() -> None:
     """Run the stage from params.yaml."""
-    split(load_params().split)
+    params = load_params()
+    split(params.split, data=params.data)
 
 
 if __name__ == "__main__":

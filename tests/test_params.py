@@ -85,3 +85,19 @@ def test_stage_fails_before_writing_anything(tmp_path: Path) -> None:
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert lines[-1].startswith("error: params.yaml: split.val_fraction: "), proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("data:\n  classes: [NORMAL\n", r"line 3 is not valid YAML: expected ',' or '\]'"),
+        ("data:\n\tsource: x\n", r"line 2 is not valid YAML: found character '\\t'"),
+    ],
+)
+def test_yaml_error_names_line_and_reason(tmp_path: Path, text: str, reason: str) -> None:
+    """A YAML syntax error: the line number and the parser's reason, on one line."""
+    bad = tmp_path / "params.yaml"
+    bad.write_text(text)
+    with pytest.raises(ParamsError, match=reason) as ei:
+        load_params(bad)
+    assert "\n" not in str(ei.value)

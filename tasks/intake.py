@@ -1,0 +1,40 @@
+"""What the intake modules share: their error type, one-line text and names never read."""
+
+from __future__ import annotations
+
+JUNK_DIRS = frozenset({"__macosx"})
+"""Folder names (lower case) skipped everywhere: macOS resource-fork junk."""
+
+
+class IngestError(Exception):
+    """Bad archive, layout or parameter; the message is one line naming the culprit."""
+
+
+def one_line(text: object) -> str:
+    """Collapse any text to a single line."""
+    return " ".join(str(text).split())
+
+
+def shown(text: str) -> str:
+    """A file name fit to print and to write as UTF-8: undecodable bytes as \\xNN escapes."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def is_utf8(text: str) -> bool:
+    """False for a name holding bytes that are not UTF-8 (decoded by the OS as surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def is_hidden(name: str) -> bool:
+    """True for dot-files/folders (.DS_Store, ._*, .git) and macOS junk folders."""
+    return name.startswith(".") or name.lower() in JUNK_DIRS
+
+
+def is_junk_member(name: str) -> bool:
+    """True for macOS junk archive members (__MACOSX/ folders, AppleDouble '._*' files)."""
+    parts = [p for p in name.split("/") if p]
+    return any(p.lower() in JUNK_DIRS for p in parts) or bool(parts and parts[-1].startswith("._"))
