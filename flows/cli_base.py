@@ -8,13 +8,14 @@ import textwrap
 from typing import Any, NoReturn
 
 EXIT_OK = 0  # done
-EXIT_FAILED = 1  # the work failed: a stage, some images, a probe, a deployment, nothing found
+EXIT_FAILED = 1  # the work failed: a stage, images, an adaptation, a probe, a deployment
 EXIT_USAGE = 2  # usage error or bad input: options, params.yaml, a missing model, env values
 
 EXIT_CODES = f"""\
 exit status:
   {EXIT_OK}  done
-  {EXIT_FAILED}  the work failed (a stage, some images, the probe, the deployment; or nothing found)
+  {EXIT_FAILED}  the work failed: a stage, some images, a refused adaptation, the probe, the
+     deployment; or nothing found
   {EXIT_USAGE}  usage error or bad input (options, params.yaml, a missing model file, XRAY_* values)
 """
 

@@ -124,6 +124,15 @@ def _raised_in_project(exc: BaseException) -> bool:
     return any(path.is_relative_to(PROJECT_ROOT / pkg) for pkg in PROJECT_PACKAGES)
 
 
+def _qualified_name(cls: type) -> str:
+    """`module.Class`, with a stage's real module name when it runs as `python -m tasks.x`."""
+    module = cls.__module__
+    if module == "__main__":
+        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+        module = spec.name if spec is not None else module
+    return f"{module}.{cls.__qualname__}"
+
+
 def is_user_error(exc: BaseException) -> bool:
     """Whether exc is bad input (one line) rather than a bug (a traceback).
 
@@ -133,7 +142,7 @@ def is_user_error(exc: BaseException) -> bool:
     """
     if isinstance(exc, UserError):
         return True
-    names = {f"{c.__module__}.{c.__qualname__}" for c in type(exc).__mro__}
+    names = {_qualified_name(c) for c in type(exc).__mro__}
     if names & USER_ERROR_NAMES:
         return True
     return isinstance(exc, PROJECT_INPUT_ERRORS) and _raised_in_project(exc)

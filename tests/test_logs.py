@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import ROOT, copy_project
 
 from flows.stage_log import StageLog, git_advice
@@ -134,6 +135,25 @@ def run_stage_main(body: str, env: dict[str, str] | None = None) -> subprocess.C
     )
 
 
+def test_a_stage_run_as_main_keeps_its_named_errors_one_line(tmp_path: Path) -> None:
+    """`python -m tasks.download` defines DownloadError in __main__: still a user error."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"]["source"] = str(tmp_path / "absent.zip")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = subprocess.run(
+        [sys.executable, "-m", "tasks.download"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "absent.zip" in lines[0] or "xray probe" in lines[0]
+
+
 def test_run_stage_one_line_for_user_errors_traceback_for_bugs() -> None:
     missing = "from pathlib import Path; from tasks.io import read_csv; read_csv(Path('no.csv'))"
     user = run_stage_main(missing)
@@ -242,7 +262,7 @@ def test_a_real_training_stage_writes_no_start_up_noise(tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stderr
         out += proc.stdout + proc.stderr
     assert not [line for line in out.splitlines() if any(n in line for n in TF_NOISE)], out
-    assert "INFO xray.training: train_base: epoch 1/1 loss" in out
+    assert "INFO xray.train_base: training: epoch 1/1 loss" in out
     assert "Epoch 1/1" not in out  # Keras' own per-epoch lines are replaced
     loud = subprocess.run(
         [sys.executable, "-c", "import tasks, tensorflow"],
