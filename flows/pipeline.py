@@ -290,7 +290,7 @@ def pipeline(
     ran = [r["stage"] for r in results if r["ran"]]
     print(f"stages run: {', '.join(ran) or 'none (all cached)'}")
     advice = git_advice(f for r in results for f in r.get("git_add", []))
-    if advice and not record:  # a recorded run commits dvc.lock itself
+    if advice and not (record and stages is None):  # a recorded run commits dvc.lock itself
         print(advice)
     after_stages(root, stages is None, push, remote, record, branch)
     return results
