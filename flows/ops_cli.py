@@ -6,6 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from flows.cli_base import EXIT_FAILED, EXIT_OK, UsageError, add_command
+
+WORKDIR_HELP = "project folder (the one with dvc.yaml and params.yaml)"
+
 
 def cmd_server(args: argparse.Namespace) -> int:
     """Start a Prefect server on 127.0.0.1."""
@@ -16,11 +20,15 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 def _deploy_changes(args: argparse.Namespace) -> dict:
     """Deployment parameter changes from the command line."""
-    from flows.deploy import parse_overrides
+    from flows.deploy import DeployError, parse_overrides
 
+    try:
+        overrides = parse_overrides(args.set or []) or None
+    except DeployError as e:
+        raise UsageError(str(e)) from None
     return {
         "source": args.source,
-        "overrides": parse_overrides(args.set or []) or None,
+        "overrides": overrides,
         "remote": args.remote,
         "branch": args.branch,
     }
@@ -37,8 +45,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         serve_pipeline(args.workdir, args.interval, _deploy_changes(args))
     except DeployError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -49,9 +57,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         dep_id = register(args.workdir, args.pool, args.interval, _deploy_changes(args))
     except DeployError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     print(f"deployment xray-pipeline/nightly: {dep_id}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -61,6 +69,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from flows import audit
     from tasks.lineage import LineageError
 
+    if not (args.model or args.history or args.data):
+        raise UsageError("give a MODEL, --history or --data HASH")
     root = args.workdir.resolve()
     try:
         if args.history:
@@ -69,43 +79,115 @@ def cmd_audit(args: argparse.Namespace) -> int:
         elif args.data:
             result = audit.models_for_data(root, args.data)
             text = audit.format_history(result)  # type: ignore[arg-type]
-        elif args.model:
+        else:
             result = audit.audit(root, args.model)
             text = audit.format_audit(result)  # type: ignore[arg-type]
-        else:
-            print("error: give a MODEL, --history or --data HASH", file=sys.stderr)
-            return 1
     except (audit.AuditError, LineageError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     print(json.dumps(result, indent=2, sort_keys=True) if args.json else text)
-    return 0
+    return EXIT_OK
+
+
+SERVE_TEXT = {
+    "serve": (
+        "serve the scheduled deployment from this process",
+        "Serve the `nightly` deployment of prefect.yaml (its cron, parameters and "
+        "concurrency limit of 1) from this process until Ctrl-C; set PREFECT_API_URL to a "
+        "Prefect server first (`xray server`). The options change the deployment's "
+        "parameters for this process only.",
+        """
+xray serve --remote /srv/xray/dvc-remote
+xray serve --interval 3600 --set train.epochs=5
+""",
+    ),
+    "deploy": (
+        "register the scheduled deployment on a process work pool",
+        "Register the `nightly` deployment of prefect.yaml on a process work pool (created "
+        "if missing); a worker (`prefect worker start --pool xray-process`) runs it. The "
+        "options change the registered deployment's parameters.",
+        """
+xray deploy --remote /srv/xray/dvc-remote
+xray deploy --pool xray-process --source https://host/chest_xray.zip
+""",
+    ),
+}
 
 
 def add_ops_commands(sub: argparse._SubParsersAction) -> None:
     """The operations subcommands: server, serve, deploy, audit."""
-    srv = sub.add_parser("server", help="start a Prefect server on 127.0.0.1 (SQLite default)")
-    srv.add_argument("--port", type=int, default=4200)
-    srv.add_argument("--database-url", help="e.g. postgresql+asyncpg://user:pw@host/prefect")
+    srv = add_command(
+        sub,
+        "server",
+        "start a Prefect server on 127.0.0.1 (SQLite unless --database-url)",
+        "Start a Prefect server on 127.0.0.1 that keeps its database and concurrency leases "
+        "under PREFECT_HOME, so a restart loses nothing. Other shells then need "
+        "`export PREFECT_API_URL=http://127.0.0.1:PORT/api`.",
+        """
+xray server
+xray server --port 4300 --database-url postgresql+asyncpg://user:pw@host/prefect
+""",
+    )
+    srv.add_argument("--port", type=int, default=4200, metavar="PORT", help="port to listen on")
+    srv.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="e.g. postgresql+asyncpg://user:pw@host/prefect (default: SQLite under PREFECT_HOME)",
+    )
     srv.set_defaults(func=cmd_server)
-    for name, func, text in (
-        ("serve", cmd_serve, "serve the scheduled deployment from this process"),
-        ("deploy", cmd_deploy, "register the scheduled deployment on a process work pool"),
-    ):
-        p = sub.add_parser(name, help=text)
-        p.add_argument("--workdir", type=Path, default=Path("."), help="project folder")
-        p.add_argument("--interval", type=float, help="seconds between runs instead of the cron")
-        p.add_argument("--source", help="data.source override")
-        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="params override")
-        p.add_argument("--remote", help="DVC remote name, folder or URL to push to")
-        p.add_argument("--branch", help="git branch for the run records")
+    for name, func in (("serve", cmd_serve), ("deploy", cmd_deploy)):
+        summary, description, examples = SERVE_TEXT[name]
+        p = add_command(sub, name, summary, description, examples)
+        p.add_argument("--workdir", type=Path, default=Path("."), metavar="DIR", help=WORKDIR_HELP)
+        p.add_argument(
+            "--interval",
+            type=float,
+            metavar="SECONDS",
+            help="run every SECONDS instead of on the cron (default: prefect.yaml's cron)",
+        )
+        p.add_argument(
+            "--source", metavar="SOURCE", help="data.source override (default: params.yaml's)"
+        )
+        p.add_argument(
+            "--set",
+            action="append",
+            metavar="KEY=VALUE",
+            help="params.yaml override, the value read as YAML, e.g. train.epochs=5 (repeatable)",
+        )
+        p.add_argument(
+            "--remote",
+            metavar="REMOTE",
+            help="DVC remote name, folder or URL to push to (default: the default remote)",
+        )
+        p.add_argument(
+            "--branch",
+            metavar="BRANCH",
+            help="git branch for the run records (default: prefect.yaml's, xray-records)",
+        )
         if name == "deploy":
-            p.add_argument("--pool", help="process work pool (default from prefect.yaml)")
+            p.add_argument(
+                "--pool",
+                metavar="POOL",
+                help="process work pool (default: prefect.yaml's, xray-process)",
+            )
         p.set_defaults(func=func)
-    aud = sub.add_parser("audit", help="lineage of a model; model history; models per data hash")
-    aud.add_argument("model", nargs="?", help="model file or content hash")
-    aud.add_argument("--workdir", type=Path, default=Path("."), help="project folder")
-    aud.add_argument("--history", action="store_true", help="every model version in git")
-    aud.add_argument("--data", metavar="HASH", help="models trained on data with this hash")
+    aud = add_command(
+        sub,
+        "audit",
+        "lineage of a model; model history; models per data hash",
+        "Answer which data, params and code produced a model (MODEL: a model file or its "
+        "content hash), list every recorded model version (--history), or the models "
+        "trained on data with a hash (--data). Give exactly one of the three.",
+        """
+xray audit models/finetuned.keras
+xray audit --history
+xray audit --data 3f2a9c...  # a sha256 or md5 from dvc.lock
+""",
+    )
+    aud.add_argument("--workdir", type=Path, default=Path("."), metavar="DIR", help=WORKDIR_HELP)
+    mode = aud.add_mutually_exclusive_group()
+    mode.add_argument("model", nargs="?", metavar="MODEL", help="model file or content hash")
+    mode.add_argument("--history", action="store_true", help="every model version in git")
+    mode.add_argument("--data", metavar="HASH", help="models trained on data with this hash")
     aud.add_argument("--json", action="store_true", help="machine-readable output")
     aud.set_defaults(func=cmd_audit)

@@ -23,6 +23,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.repro import StatusError, dvc_env, error_text, restore_outputs, stale_stages
+from flows.stage_log import StageLog, git_advice
 from tasks.params import STAGES, load_params
 
 TAIL_LINES = 40
@@ -52,7 +53,10 @@ def current_flow_run_id() -> str | None:
 
 
 def dvc_repro(stage: str, workdir: Path, log: Any) -> dict[str, Any]:
-    """Run `dvc repro --single-item STAGE` in workdir, streaming its output to `log`.
+    """Run `dvc repro --single-item STAGE` in workdir, relaying its output to `log`.
+
+    Each line goes to `log` once at its own level (flows/stage_log.py); DVC's git advice is
+    held back and the files it names returned as `git_add`, for one line per run.
 
     An interruption of this task does not cut the stage short unless it is a deliberate stop
     (see `_wait_out_interruption`), so DVC keeps the result of a stage that was in flight.
@@ -61,6 +65,7 @@ def dvc_repro(stage: str, workdir: Path, log: Any) -> dict[str, Any]:
     t0 = time.perf_counter()
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     ran = False
+    relay = StageLog(stage, log)
     with subprocess.Popen(
         cmd,
         cwd=workdir,
@@ -77,10 +82,10 @@ def dvc_repro(stage: str, workdir: Path, log: Any) -> dict[str, Any]:
                 line = line.rstrip()
                 tail.append(line)
                 ran = ran or line.startswith(f"Running stage '{stage}'")
-                log.info("%s | %s", stage, line)
+                relay.feed(line)
             rc = proc.wait()
         except BaseException as exc:
-            _wait_out_interruption(stage, proc, exc, log)
+            _wait_out_interruption(stage, proc, exc, log, relay)
             if proc.returncode != 0:  # stopped, or failed after the interruption
                 note = restore_outputs(workdir, stage, stage_env())
                 log.warning("stage %s stopped (%s); %s", stage, type(exc).__name__, note)
@@ -91,11 +96,11 @@ def dvc_repro(stage: str, workdir: Path, log: Any) -> dict[str, Any]:
         reason = error_text(errors[0]) if errors else (tail[-1] if tail else "no output")
         note = restore_outputs(workdir, stage, stage_env())
         raise StageFailed(f"stage {stage} failed (exit {rc}): {reason}; {note}")
-    return {"stage": stage, "ran": ran, "seconds": seconds}
+    return {"stage": stage, "ran": ran, "seconds": seconds, "git_add": relay.git_add}
 
 
 def _wait_out_interruption(
-    stage: str, proc: subprocess.Popen[str], exc: BaseException, log: Any
+    stage: str, proc: subprocess.Popen[str], exc: BaseException, log: Any, relay: StageLog
 ) -> None:
     """Stop the stage on Ctrl-C or SIGTERM; on any other interruption let it finish first.
 
@@ -116,7 +121,7 @@ def _wait_out_interruption(
     assert proc.stdout is not None
     try:
         for line in proc.stdout:
-            log.info("%s | %s", stage, line.rstrip())
+            relay.feed(line)
     except deliberate as again:
         _stop_stage(stage, proc, again, log)
         raise
@@ -284,5 +289,8 @@ def pipeline(
         results.append(run_stage.with_options(**options)(stage, str(root), probe))
     ran = [r["stage"] for r in results if r["ran"]]
     print(f"stages run: {', '.join(ran) or 'none (all cached)'}")
+    advice = git_advice(f for r in results for f in r.get("git_add", []))
+    if advice and not (record and stages is None):  # a recorded run commits dvc.lock itself
+        print(advice)
     after_stages(root, stages is None, push, remote, record, branch)
     return results

@@ -1,7 +1,7 @@
 """Stage logic of the xray-transfer pipeline: one module per DVC stage plus shared helpers."""
 
-import os
+from tasks.cli_support import quiet_tensorflow
 
-# Keep TensorFlow's C++ start-up chatter (oneDNN, CPU feature notices) out of stage logs;
-# must be set before TensorFlow is first imported. An explicit setting wins.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Before anything imports TensorFlow: no C++ start-up lines, no known harmless warnings
+# (XRAY_LOG_LEVEL=DEBUG keeps everything; an explicit TF_CPP_MIN_LOG_LEVEL wins).
+quiet_tensorflow()

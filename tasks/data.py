@@ -26,7 +26,7 @@ log = logging.getLogger("xray.data")
 RAW_DIR = Path("data/raw")
 LOAD_THREADS = 4
 LOAD_CHUNK = 512  # images decoded per step into a file cache: bounds the memory used
-MEMORY_SHARE = 4  # cache "auto" without cache_memory_mb: files above 1/4 of the RAM
+MEMORY_SHARE = 4  # cache "auto" without cache_memory_mb: files above 1/4 of physical_memory()
 
 
 def resize(image: np.ndarray, size: int) -> np.ndarray:
@@ -68,9 +68,43 @@ def cache_array(folder: Path, name: str, shape: tuple[int, ...]) -> np.ndarray:
     return np.lib.format.open_memmap(folder / f"{name}.npy", mode="w+", dtype=np.uint8, shape=shape)
 
 
-def physical_memory() -> int:
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+# cgroup v2 (unified) and v1 (memory controller) limit files, relative to the cgroup root.
+CGROUP_LIMIT_FILES = ("memory.max", "memory/memory.limit_in_bytes", "memory.limit_in_bytes")
+
+
+def host_memory() -> int:
     """Bytes of RAM of this machine."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def cgroup_memory_limit(root: Path | None = None) -> int | None:
+    """This container's memory limit in bytes from cgroup v2 or v1; None when unlimited or absent.
+
+    v2 writes `max` for no limit; v1 writes a huge number (about 2**63) instead.
+    """
+    root = CGROUP_ROOT if root is None else root
+    for name in CGROUP_LIMIT_FILES:
+        try:
+            text = (root / name).read_text().strip()
+        except OSError:
+            continue
+        if text == "max":
+            return None
+        try:
+            value = int(text)
+        except ValueError:
+            log.warning("%s: unreadable memory limit %r; ignored", root / name, text)
+            continue
+        return value if 0 < value < 2**60 else None
+    return None
+
+
+def physical_memory(cgroup_root: Path | None = None) -> int:
+    """Bytes of memory this process may use: the host's RAM, or less under a cgroup limit."""
+    host = host_memory()
+    limit = cgroup_memory_limit(cgroup_root)
+    return min(host, limit) if limit else host
 
 
 def cache_in_files(mode: str, nbytes: int, memory_mb: int = 0) -> bool:

@@ -261,7 +261,7 @@ class TrainParams(_Section):
     # none (pixels / 255) | standardize (each image to zero mean, unit variance, in the model)
     normalize: Literal["none", "standardize"] = "none"
     batch_size: PosInt = 32
-    epochs: PosInt = 20
+    epochs: PosInt = 15
     learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 2e-3
     lr_schedule: Literal["cosine", "plateau", "constant"] = "cosine"
     warmup_epochs: Annotated[int, Field(ge=0)] = 1

@@ -49,6 +49,10 @@ def interval_from_env() -> float:
 def _live(stream: TextIO | None) -> bool:
     if stream is None or os.environ.get("XRAY_NO_BAR"):
         return False
+    if stream is sys.stderr:  # a terminal, even while a stage's stderr is filtered
+        from tasks.cli_support import stderr_is_terminal
+
+        return stderr_is_terminal()
     try:
         return stream.isatty()
     except (AttributeError, ValueError):
@@ -169,3 +173,98 @@ class Progress:
             format_duration(elapsed),
             f"{self.rate(now):,.1f}",
         )
+
+
+EPOCH_METRICS = ("loss", "accuracy", "auc")
+
+
+def epoch_line(
+    what: str, epoch: int, epochs: int, logs: dict[str, float], seconds: float, eta: float
+) -> str:
+    """`what: epoch e/E, loss .. accuracy .. auc .. | val ..., lr .., 12s/epoch, ETA 2m30s`."""
+
+    def metrics(prefix: str) -> str:
+        return " ".join(
+            f"{name} {logs[prefix + name]:.4f}" for name in EPOCH_METRICS if prefix + name in logs
+        )
+
+    parts = [f"{what}: epoch {epoch}/{epochs}", metrics("")]
+    if any(k.startswith("val_") for k in logs):
+        parts.append(f"| val {metrics('val_')}")
+    line = " ".join(p for p in parts if p)
+    if "learning_rate" in logs:
+        line += f", lr {logs['learning_rate']:.3g}"
+    return f"{line}, {format_duration(seconds)}/epoch, ETA {format_duration(eta)}"
+
+
+class EpochProgress:
+    """One log line per finished training epoch: its metrics, time, and the ETA of the rest.
+
+    A Keras callback (duck-typed: no Keras import here, so data stages stay TF-free); the ETA
+    assumes every remaining epoch runs (early stopping can end sooner). Replaces Keras' own
+    per-epoch line (fit with verbose=0).
+    """
+
+    def __init__(
+        self,
+        epochs: int,
+        what: str,
+        logger: logging.Logger,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.epochs = epochs
+        self.what = what
+        self.log = logger
+        self.clock = clock
+        self.model: object = None
+        self.params: dict = {}
+        self._begin = self.clock()
+        self._first: int | None = None
+        self._durations: list[float] = []
+
+    def set_model(self, model: object) -> None:
+        """Keras hands the model over (unused)."""
+        self.model = model
+
+    def set_params(self, params: dict) -> None:
+        """Keras hands the fit parameters over (unused)."""
+        self.params = params
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        """Start the epoch's clock."""
+        self._begin = self.clock()
+        if self._first is None:
+            self._first = epoch
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """Log the epoch's line."""
+        seconds = self.clock() - self._begin
+        self._durations.append(seconds)
+        # the first epoch of a run includes tracing/compilation: average the others when there
+        per_epoch = self._durations[1:] or self._durations
+        mean = sum(per_epoch) / len(per_epoch)
+        left = max(0, self.epochs - (epoch + 1))
+        values = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
+        self.log.info(
+            "%s", epoch_line(self.what, epoch + 1, self.epochs, values, seconds, left * mean)
+        )
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        """Every other Keras hook (on_train_batch_end, ...) does nothing."""
+        if name.startswith("on_"):
+            return _noop
+        raise AttributeError(name)
+
+
+def _noop(*_args: object, **_kwargs: object) -> None:
+    """A callback hook that does nothing."""
+
+
+def _is_number(value: object) -> bool:
+    """True for a value float() takes (Python or NumPy scalars, 0-d tensors)."""
+    try:
+        float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return True

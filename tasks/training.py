@@ -15,6 +15,8 @@ from typing import Any
 import keras
 import numpy as np
 
+from tasks.progress import EpochProgress
+
 log = logging.getLogger("xray.training")
 
 MONITOR = "val_auc"
@@ -329,6 +331,7 @@ def fit(
             LiveLogger(live),
             Checkpoint(work_dir, epochs, best, stateful, live_work, restore_from=checkpoint),
             *extra_callbacks,
+            EpochProgress(epochs, "training", logging.getLogger(f"xray.{live_dir.name}")),
         ]
         history = model.fit(
             train_data(first),
@@ -338,7 +341,7 @@ def fit(
             callbacks=callbacks,
             class_weight=class_weight,
             steps_per_epoch=steps_per_epoch,
-            verbose=2,
+            verbose=0,
         )
         best.restore()
         best_epoch = best.best_epoch()

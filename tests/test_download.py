@@ -507,7 +507,7 @@ def test_xray_probe_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert '"source": "synthetic"' in (tmp_path / "data" / "source.json").read_text()
     assert main(["probe", "--workdir", str(tmp_path), "--source", str(tmp_path / "x")]) == 1
     assert "does not exist" in capsys.readouterr().err
-    assert main(["probe", "--workdir", str(tmp_path), "--source", "ftp://h/x.zip"]) == 1
+    assert main(["probe", "--workdir", str(tmp_path), "--source", "ftp://h/x.zip"]) == 2
     err = capsys.readouterr().err
     assert err == (
         "error: --source: data.source: URL scheme 'ftp' is not http or https "

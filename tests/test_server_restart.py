@@ -60,6 +60,10 @@ class InterruptingLog:
         """Record a warning."""
         self.lines.append(fmt % args)
 
+    def error(self, fmt: str, *args: Any) -> None:
+        """Record an error (a stage's `error:` line, a traceback)."""
+        self.lines.append(fmt % args)
+
 
 def tiny_project(root: Path) -> Path:
     """A git + DVC repo with one stage, `slow`, that sleeps, then writes out.txt."""

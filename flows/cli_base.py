@@ -1,0 +1,84 @@
+"""What every `xray` subcommand shares: exit codes, one-line usage errors, help with defaults."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from typing import Any, NoReturn
+
+EXIT_OK = 0  # done
+EXIT_FAILED = 1  # the work failed: a stage, images, an adaptation, a probe, a deployment
+EXIT_USAGE = 2  # usage error or bad input: options, params.yaml, a missing model, env values
+
+EXIT_CODES = f"""\
+exit status:
+  {EXIT_OK}  done
+  {EXIT_FAILED}  the work failed: a stage, some images, a refused adaptation, the probe, the
+     deployment; or nothing found
+  {EXIT_USAGE}  usage error or bad input (options, params.yaml, a missing model file, XRAY_* values)
+"""
+
+
+WIDTH = 88  # descriptions are wrapped to this many columns
+
+
+class UsageError(Exception):
+    """A usage error found after parsing (conflicting or missing options): exit status 2."""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps descriptions and examples as written; appends each option's real default."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=32)
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or not action.option_strings
+            or default in (None, False, [], argparse.SUPPRESS)
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, with where to read more."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        """Print `PROG: error: MESSAGE (see PROG --help)` and exit with status 2."""
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    summary: str,
+    description: str,
+    examples: str,
+    **kwargs: Any,
+) -> argparse.ArgumentParser:
+    """A subcommand with a one-line summary, a description and examples in its --help."""
+    lines = "\n".join(f"  {line}" for line in examples.strip().splitlines())
+    paragraphs = [textwrap.fill(" ".join(p.split()), WIDTH) for p in description.split("\n\n")]
+    return sub.add_parser(
+        name,
+        help=summary,
+        description="\n\n".join(paragraphs),
+        epilog=f"example:\n{lines}\n\n{EXIT_CODES}",
+        formatter_class=HelpFormatter,
+        **kwargs,
+    )
+
+
+def usage_exit(prog: str, message: str) -> int:
+    """Print a one-line usage error and return exit status 2."""
+    print(f"{prog}: error: {message} (see {prog} --help)", file=sys.stderr)
+    return EXIT_USAGE
