@@ -94,7 +94,7 @@ USER_ERROR_NAMES = frozenset(
         "tasks.params.ParamsError",
         "tasks.download.DownloadError",
         "tasks.fetch.FetchError",
-        "tasks.ingest.IngestError",
+        "tasks.intake.IngestError",
         "tasks.split.SplitError",
         "tasks.compute.ComputeError",
         "tasks.adapt_cli.AdaptError",
