@@ -27,7 +27,9 @@ from tasks.distribute import localize, make_strategy, replicated, split_rows
 from tasks.io import read_csv, sha256_bytes, write_csv
 from tasks.models import load_model, read_meta, save_model
 from tasks.params import Params, load_params
-from tasks.training import choose_threshold, compile_model, configure, finish, fit, predict
+from tasks.resume import finish
+from tasks.threshold import choose_threshold
+from tasks.training import compile_model, configure, fit, predict
 
 log = logging.getLogger("xray.finetune")
 
