@@ -267,7 +267,7 @@ def test_scheduled_runs_on_a_real_server(tmp_path: Path, server: dict[str, str])
 
 def test_dvc_push_to_a_local_folder_remote(tmp_path: Path) -> None:
     """A folder given as `remote` becomes a local remote and receives the cache."""
-    from flows.record import RecordError, derived_remote_name, dvc_push
+    from flows.remote import RemoteError, derived_remote_name, dvc_push
 
     root = tmp_path / "repo"
     root.mkdir()
@@ -276,7 +276,7 @@ def test_dvc_push_to_a_local_folder_remote(tmp_path: Path) -> None:
     subprocess.run([*dvc, "init", "-q"], cwd=root, check=True)
     (root / "blob.txt").write_text("some data\n")
     subprocess.run([*dvc, "add", "-q", "blob.txt"], cwd=root, check=True)
-    with pytest.raises(RecordError, match="no DVC remote configured"):
+    with pytest.raises(RemoteError, match="no DVC remote configured"):
         dvc_push(root, None)
     remote = tmp_path / "remote"
     result = dvc_push(root, str(remote))
