@@ -162,11 +162,7 @@ def finetune(
     import tensorflow as tf
 
     p = params.finetune
-    families = list(params.corrupt.finetune_families)
-    if not families:
-        raise ValueError(
-            "corrupt.families: every family is held out; fine-tuning needs at least one"
-        )
+    families = list(params.corrupt.finetune_families)  # never empty: tasks/params.py checks
     severities = list(params.corrupt.severities)
     configure(p.seed, params.train.deterministic, params.train.threads)
     strategy = make_strategy(p.strategy, params.train.cpu_replicas, key="finetune.strategy")
