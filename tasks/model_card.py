@@ -105,7 +105,7 @@ def intervals(data: dict[str, Any]) -> dict[str, Any]:
     rows = data.get("predictions")
     metrics = data.get("metrics")
     if rows:
-        variants = [k for k in rows[0] if k not in PREDICTION_FIELDS]
+        variants = sorted(k for k in rows[0] if k not in PREDICTION_FIELDS)
         y = np.array([int(r["y"]) for r in rows])
         patients = [r["patient_id"] or r["path"] for r in rows]
         clean: dict[str, Any] = {}
@@ -341,20 +341,32 @@ def _subgroups_section(ci: dict[str, Any], data: dict[str, Any]) -> list[str]:
             "On the clean test set:",
             "",
         ]
+        preds = data.get("predictions") or []
+        share = f"{np.mean([int(r['y']) for r in preds]):.3f}" if preds else "n/a"
         rows = []
         for v, sets in adaptation["variants"].items():
             r = sets.get("clean") or {}
             prior = r.get("prior") or {}
             est = prior.get("estimate")
+            done = sum(1 for t in sets.values() if t.get("adapted"))
             rows.append(
                 [
                     v,
                     "yes" if r.get("adapted") else f"no ({r.get('skipped')})",
                     f"{est:.3f}" if isinstance(est, int | float) else "n/a",
+                    share,
                     f"{r['threshold']:.4f}" if isinstance(r.get("threshold"), int | float) else "",
+                    f"{done}/{len(sets)}",
                 ]
             )
-        head = ["variant", "adapted", "estimated positive share", "threshold used"]
+        head = [
+            "variant",
+            "adapted",
+            "estimated positive share",
+            "true share",
+            "threshold used",
+            "target sets adapted (all)",
+        ]
         lines += [*_table(head, rows), ""]
     return lines
 
