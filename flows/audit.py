@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
 from flows.record import RUN_JSON, TAG_PREFIX, TAG_SUBJECT
 from flows.registry import RegistryError, registrations
+from tasks.git import git
+from tasks.hashing import file_md5
 from tasks.lineage import (
     LINEAGE_JSON,
     LOCK_FILE,
@@ -27,7 +28,6 @@ from tasks.lineage import (
     LineageError,
     code_version,
     current_record,
-    file_md5,
     flatten,
     model_entry,
     parse_lock,
@@ -45,19 +45,13 @@ class AuditError(ValueError):
     """The model or data hash is unknown, or the repository cannot be read."""
 
 
-def _git(root: Path, *args: str) -> str | None:
-    """Stripped stdout of a git command, None on failure."""
-    r = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
-    return r.stdout.strip() if r.returncode == 0 else None
-
-
 def _model_tags(root: Path) -> list[dict[str, Any]]:
     """Every model tag: GTO's `<artifact>@v<semver>` and the older `xray-model-vN` (finetuned).
 
     Each is a dict: tag, artifact, commit, md5, version (GTO) or None.
     """
     fmt = "%(refname:short)%09%(objectname)%09%(*objectname)%09%(contents:subject)"
-    out = _git(root, "for-each-ref", f"refs/tags/{TAG_PREFIX}*", f"--format={fmt}") or ""
+    out = git(root, "for-each-ref", f"refs/tags/{TAG_PREFIX}*", f"--format={fmt}") or ""
     keys = ("tag", "artifact", "commit", "md5", "version")
     try:
         tags = [{k: r[k] for k in keys} for r in registrations(root)]
@@ -80,12 +74,12 @@ def _model_tags(root: Path) -> list[dict[str, Any]]:
 
 def _has(root: Path, commit: str, path: str) -> bool:
     """True when path exists at commit."""
-    return _git(root, "cat-file", "-e", f"{commit}:{path}") is not None
+    return git(root, "cat-file", "-e", f"{commit}:{path}") is not None
 
 
 def _show_json(root: Path, commit: str, path: str) -> Any:
     """A JSON file at a commit, or None."""
-    text = _git(root, "show", f"{commit}:{path}")
+    text = git(root, "show", f"{commit}:{path}")
     try:
         return json.loads(text) if text else None
     except ValueError:
@@ -100,14 +94,14 @@ def _lock_commits(root: Path, tags: list[dict[str, Any]]) -> list[tuple[str, str
     """
     fmt = "--format=%H%x09%ct%x09%cI"
     args = ("--all", "--reverse", "--topo-order", "--full-history", fmt, "--", LOCK_FILE, RUN_JSON)
-    log = _git(root, "log", *args)
+    log = git(root, "log", *args)
     if log is None:
         raise AuditError(f"{root}: not a git repository")
     rows = [line.split("\t") for line in log.splitlines()]
     seen = {r[0] for r in rows}
     extra = sorted({t["commit"] for t in tags} - seen)
     if extra:
-        shown = _git(root, "show", "-s", fmt, *extra) or ""
+        shown = git(root, "show", "-s", fmt, *extra) or ""
         rows += [line.split("\t") for line in shown.splitlines() if line.count("\t") == 2]
         rows.sort(key=lambda r: int(r[1]))  # stable: log order among equal seconds
     return [(r[0], r[2]) for r in rows]
@@ -123,7 +117,7 @@ def history(root: Path) -> list[dict[str, Any]]:
     tags = _model_tags(root)
     found: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
     for commit, date in _lock_commits(root, tags):
-        text = _git(root, "show", f"{commit}:{LOCK_FILE}")
+        text = git(root, "show", f"{commit}:{LOCK_FILE}")
         try:
             stages = parse_lock(text or "", f"{commit[:10]}:{LOCK_FILE}")
         except LineageError:
@@ -175,7 +169,7 @@ def run_record(
             lineage = _show_json(root, commit, str(LINEAGE_JSON)) or {}
         stamps = {k: lineage[k] for k in ("created", "flow_run_id", "code") if k in lineage}
     if not stamps.get("created"):
-        stamps["created"] = date or _git(root, "show", "-s", "--format=%cI", commit)
+        stamps["created"] = date or git(root, "show", "-s", "--format=%cI", commit)
     return {
         "created": stamps.get("created"),
         "flow_run_id": stamps.get("flow_run_id"),

@@ -192,7 +192,7 @@ def run_stage(stage: str, workdir: str, probe: bool = False) -> dict[str, Any]:
 @task(cache_policy=NO_CACHE, persist_result=False, name="dvc-push", task_run_name="dvc-push")
 def push_outputs(workdir: str, remote: str | None) -> dict[str, Any]:
     """Push data and models to the DVC remote."""
-    from flows.record import dvc_push
+    from flows.remote import dvc_push
 
     result = dvc_push(Path(workdir), remote)
     get_run_logger().info("dvc push to %s: %s", result["remote"], result["output"])
@@ -215,7 +215,7 @@ def record_model(workdir: str, branch: str, stamps: dict[str, Any] | None = None
 @task(cache_policy=NO_CACHE, persist_result=False, name="artifacts", task_run_name="artifacts")
 def publish(workdir: str, stamps: dict[str, Any] | None = None) -> dict[str, Any]:
     """Metrics table, lineage table and model card (with the run stamps) as Prefect artifacts."""
-    from flows.record import publish_artifacts
+    from flows.artifacts import publish_artifacts
 
     return publish_artifacts(Path(workdir), stamps)
 
@@ -224,7 +224,7 @@ def apply_changes(root: Path, source: str | None, overrides: dict[str, Any] | No
     """Write the run's data source and param overrides into params.yaml (like dvc exp run -S)."""
     changes = dict(overrides or {}) | ({"data.source": source} if source else {})
     if changes:
-        from flows.record import apply_overrides
+        from flows.overrides import apply_overrides
 
         print(f"params.yaml overrides changed: {apply_overrides(root, changes) or 'nothing'}")
 

@@ -1,4 +1,4 @@
-"""After the stages: param overrides, DVC push, a durable git record per model, Prefect artifacts.
+"""After the stages: a durable git record per model (commit on a record branch, model tags).
 
 The record is a commit on a branch (default `xray-records`) holding the workspace's tracked
 code plus dvc.lock, params.yaml, the lineage reports and every `cache: false` output, built
@@ -8,9 +8,9 @@ finetuned model hash gets an annotated tag `xray-model-vN` whose message names t
 each new hash of a dvc.yaml artifact a GTO tag `<artifact>@v<semver>` (flows/registry.py).
 A run whose recorded files equal the branch tip's records nothing.
 
-`dvc push` goes to a remote found through DVC's config API (`resolve_remote`): a
-configured name, or a folder/URL, reused when a remote has that URL, else added to
-.dvc/config.local as `xray-<hash>`; the default remote is never changed.
+The other steps after the stages live beside it: param overrides (flows/overrides.py),
+`dvc push` (flows/remote.py) and the Prefect artifacts (flows/artifacts.py); git itself is
+called through tasks/git.py.
 
 The run's stamps (when, which git commit and dirty files, which Prefect flow run, which host)
 are not DVC outputs, so they never make dvc.lock differ between runs: they go into the
@@ -20,32 +20,27 @@ the Prefect model card artifact.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import socket
-import subprocess
-import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from flows.registry import RegistryError, register_models
+from tasks.git import GitError, succeeds
+from tasks.git import git as run_git
 from tasks.lineage import (
     LINEAGE_JSON,
     METRICS_JSON,
     MODEL_CARD,
-    LineageError,
-    build_record,
     code_version,
-    current_record,
-    flatten,
     flow_run_id,
     read_lock,
-    render_card,
 )
+from tasks.text import one_line
 
 DEFAULT_BRANCH = "xray-records"
 TAG_PREFIX = "xray-model-v"
@@ -60,11 +55,7 @@ RECORDED = (
 )
 RUN_JSON = "run.json"  # the run stamps, in record commits only (tasks/lineage.py NOT_CODE)
 FINETUNED_OUT = "models/finetuned.keras"
-REMOTE_NAME = "xray"  # folders/URLs not yet configured: remote `xray-<hash>`
-DVC = (sys.executable, "-m", "dvc")
 FALLBACK_IDENTITY = {"name": "xray pipeline", "email": "xray@localhost"}
-GIT_TIMEOUT_S = 120
-PUSH_TIMEOUT_S = 3600
 
 
 class RecordError(RuntimeError):
@@ -72,20 +63,11 @@ class RecordError(RuntimeError):
 
 
 def git(root: Path, *args: str, env: dict[str, str] | None = None, check: bool = True) -> str:
-    """Run git in root and return its stripped stdout; a failure raises RecordError."""
-    r = subprocess.run(
-        ["git", *args],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-        timeout=GIT_TIMEOUT_S,
-    )
-    if check and r.returncode != 0:
-        msg = (r.stderr.strip() or r.stdout.strip()).splitlines()
-        raise RecordError(f"git {args[0]}: {msg[-1] if msg else f'exit {r.returncode}'}")
-    return r.stdout.strip() if r.returncode == 0 else ""
+    """Run git in root and return its stripped stdout ('' on failure); `check`: RecordError."""
+    try:
+        return run_git(root, *args, env=env, check=check) or ""
+    except GitError as e:
+        raise RecordError(str(e)) from None
 
 
 def _identity_env(root: Path) -> dict[str, str]:
@@ -97,122 +79,6 @@ def _identity_env(root: Path) -> dict[str, str]:
         env.setdefault(f"GIT_{role}_NAME", name)
         env.setdefault(f"GIT_{role}_EMAIL", email)
     return env
-
-
-def apply_overrides(root: Path, overrides: dict[str, Any]) -> list[str]:
-    """Write dotted-key overrides into params.yaml (like `dvc exp run -S`); return changed keys."""
-    from dvc.utils.serialize import modify_yaml
-
-    from tasks.params import ParamsError, load_params
-
-    path = root / "params.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing (run inside the project)")
-    original = path.read_bytes()
-    changed: list[str] = []
-    with modify_yaml(str(path)) as data:
-        for key, value in overrides.items():
-            node = data
-            parts = key.split(".")
-            for part in parts[:-1]:
-                if not isinstance(node.get(part), dict):
-                    raise ValueError(f"overrides: {key}: no section {part!r} in params.yaml")
-                node = node[part]
-            if parts[-1] not in node:
-                raise ValueError(f"overrides: {key}: no such key in params.yaml")
-            if node[parts[-1]] != value:
-                node[parts[-1]] = value
-                changed.append(key)
-    try:
-        load_params(path)
-    except ParamsError:
-        path.write_bytes(original)
-        raise
-    return changed
-
-
-def _line(e: BaseException) -> str:
-    """An exception's message as one line."""
-    return " ".join(str(e).split()) or type(e).__name__
-
-
-def configured_remotes(root: Path) -> tuple[dict[str, str], str | None]:
-    """The DVC remotes of root (name -> URL, local paths absolute) and the default's name."""
-    from dvc.exceptions import DvcException
-    from dvc.repo import Repo
-
-    try:
-        with Repo(str(root)) as repo:
-            config = repo.config
-            remotes = {name: str(conf.get("url", "")) for name, conf in config["remote"].items()}
-            return remotes, config["core"].get("remote")
-    except DvcException as e:
-        raise RecordError(f"{root}: cannot read the DVC config ({_line(e)})") from None
-
-
-def remote_url(root: Path, remote: str) -> str:
-    """A folder (relative to root, `~` expanded) made absolute; a URL (`scheme://`) as given."""
-    if re.match(r"\w+://", remote):
-        return remote
-    return str((root / Path(remote).expanduser()).resolve())
-
-
-def derived_remote_name(url: str) -> str:
-    """The remote name given to a folder or URL that no configured remote names: `xray-<hash>`."""
-    return f"{REMOTE_NAME}-{hashlib.sha256(url.encode()).hexdigest()[:8]}"
-
-
-def resolve_remote(root: Path, remote: str | None) -> str:
-    """The DVC remote name to push to: `remote` as a configured name, folder or URL, else default.
-
-    A folder or URL that no configured remote has is added to .dvc/config.local as
-    `xray-<hash>` (the default remote is left as it is).
-    """
-    remotes, default = configured_remotes(root)
-    if not remote:
-        if not default:
-            raise RecordError(
-                "dvc push: no DVC remote configured (run `dvc remote add -d NAME PATH` "
-                "or set the deployment's `remote` parameter)"
-            )
-        return default
-    if remote in remotes:
-        return remote
-    bare = "/" not in remote and not re.match(r"\w+://|~", remote)
-    if bare and not (root / remote).is_dir():
-        raise RecordError(f"dvc push: no remote or folder named {remote!r} (see `dvc remote list`)")
-    url = remote_url(root, remote)
-    same = sorted(n for n, u in remotes.items() if u.rstrip("/") == url.rstrip("/"))
-    if same:
-        return default if default in same else same[0]
-    name = derived_remote_name(url)
-    from dvc.exceptions import DvcException
-    from dvc.repo import Repo
-
-    try:
-        with Repo(str(root)) as repo, repo.config.edit("local") as conf:
-            conf["remote"][name] = {"url": url}
-    except DvcException as e:
-        raise RecordError(f"dvc remote add {name}: {_line(e)}") from None
-    return name
-
-
-def dvc_push(root: Path, remote: str | None) -> dict[str, Any]:
-    """Push the cache to `remote`: a remote name, URL or folder (relative to root), or default."""
-    name = resolve_remote(root, remote)
-    r = subprocess.run(
-        [*DVC, "push", "-r", name],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=PUSH_TIMEOUT_S,
-    )
-    out = (r.stdout + r.stderr).strip()
-    if r.returncode != 0:
-        last = out.splitlines()[-1] if out else f"exit {r.returncode}"
-        raise RecordError(f"dvc push: {last}")
-    return {"remote": name, "output": out.splitlines()[-1] if out else ""}
 
 
 def _tags(root: Path) -> dict[str, str]:
@@ -249,19 +115,6 @@ def run_stamps(root: Path, run_id: str | None = None) -> dict[str, Any]:
         "code": code_version(root),
         "host": socket.gethostname(),
     }
-
-
-def render_stamps(stamps: dict[str, Any]) -> str:
-    """The run stamps as a markdown section (appended to the model card artifact)."""
-    code = stamps.get("code") or {}
-    lines = ["", "## Run provenance", ""]
-    lines.append(f"- created: {stamps.get('created')}")
-    lines.append(f"- Prefect flow run: {stamps.get('flow_run_id') or 'none (not run by a flow)'}")
-    lines.append(f"- git commit: `{code.get('commit')}` (dirty: {code.get('dirty')})")
-    if code.get("dirty_files"):
-        lines.append("- dirty files: " + ", ".join(f"`{f}`" for f in code["dirty_files"]))
-    lines.append(f"- host: {stamps.get('host')}")
-    return "\n".join(lines) + "\n"
 
 
 def _trailers(stamps: dict[str, Any]) -> str:
@@ -385,7 +238,7 @@ def uncached_outputs(root: Path) -> list[str]:
         with Repo(str(base)) as repo:
             paths = [Path(o.fs_path) for o in repo.index.outs if not o.use_cache]
     except DvcException as e:
-        raise RecordError(f"{root}/dvc.yaml: cannot read the pipeline ({_line(e)})") from None
+        raise RecordError(f"{root}/dvc.yaml: cannot read the pipeline ({one_line(e)})") from None
     return sorted({p.relative_to(base).as_posix() for p in paths if p.is_relative_to(base)})
 
 
@@ -409,47 +262,4 @@ def _blob(root: Path, treeish: str, path: str) -> str:
 
 def _is_ancestor(root: Path, a: str, b: str) -> bool:
     """True when commit a is an ancestor of (or equal to) b."""
-    r = subprocess.run(
-        ["git", "merge-base", "--is-ancestor", a, b], cwd=root, capture_output=True, check=False
-    )
-    return r.returncode == 0
-
-
-def publish_artifacts(root: Path, stamps: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Prefect artifacts for this run: metrics table, lineage table, markdown model card.
-
-    The card is reports/model_card.md's plus a "Run provenance" section with this run's stamps
-    (`stamps`, else `run_stamps` now).
-    """
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
-
-    if stamps is None:
-        stamps = run_stamps(root)
-    try:
-        record = current_record(root) or build_record(root)
-    except LineageError as e:
-        return {"artifacts": [], "reason": str(e)}
-    rows = [
-        {"model": m, "dataset": d, **{k: v for k, v in vals.items() if not isinstance(v, dict)}}
-        for m, sets in (record.get("metrics") or {}).items()
-        for d, vals in sets.items()
-    ]
-    create_table_artifact(rows, key="xray-metrics", description="Evaluation metrics")
-    lineage = []
-    for name, stage in read_lock(root).items():
-        lineage.append(
-            {
-                "stage": name,
-                "outs": "; ".join(f"{o['path']}={o.get('md5', '')}" for o in stage.get("outs", [])),
-                "deps": "; ".join(f"{d['path']}={d.get('md5', '')}" for d in stage.get("deps", [])),
-                "params": "; ".join(
-                    f"{k}={json.dumps(v)}"
-                    for p in (stage.get("params") or {}).values()
-                    for k, v in flatten(p or {})
-                ),
-            }
-        )
-    create_table_artifact(lineage, key="xray-lineage", description="dvc.lock lineage")
-    card = render_card(record) + render_stamps(stamps)
-    create_markdown_artifact(card, key="xray-model-card", description="Model card")
-    return {"artifacts": ["xray-metrics", "xray-lineage", "xray-model-card"]}
+    return succeeds(root, "merge-base", "--is-ancestor", a, b)

@@ -9,13 +9,13 @@ minor number. The tagged commit's dvc.lock says which model file hash a version 
 
 from __future__ import annotations
 
-import subprocess
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tasks.git import git
 from tasks.lineage import LOCK_FILE, LineageError, parse_lock
 
 DVC_YAML = "dvc.yaml"
@@ -27,17 +27,11 @@ class RegistryError(RuntimeError):
     """A GTO tag could not be read or written."""
 
 
-def _git(root: Path, *args: str) -> str | None:
-    """Stripped stdout of a git command, None on failure."""
-    r = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
-    return r.stdout.strip() if r.returncode == 0 else None
-
-
 @cache
 def _artifacts_at(root: Path, commit: str) -> dict[str, str]:
     """Artifact name -> path, from dvc.yaml `artifacts:` at a commit ({} when none)."""
     try:
-        data = yaml.safe_load(_git(root, "show", f"{commit}:{DVC_YAML}") or "") or {}
+        data = yaml.safe_load(git(root, "show", f"{commit}:{DVC_YAML}") or "") or {}
     except yaml.YAMLError:
         return {}
     found = data.get("artifacts") if isinstance(data, dict) else None
@@ -49,7 +43,7 @@ def _artifacts_at(root: Path, commit: str) -> dict[str, str]:
 @cache
 def _hashes_at(root: Path, commit: str) -> dict[str, str]:
     """Output path -> md5 in dvc.lock at a commit ({} when it has none)."""
-    text = _git(root, "show", f"{commit}:{LOCK_FILE}")
+    text = git(root, "show", f"{commit}:{LOCK_FILE}")
     try:
         stages = parse_lock(text or "", f"{commit[:10]}:{LOCK_FILE}")
     except LineageError:
@@ -74,7 +68,7 @@ def registrations(root: Path) -> list[dict[str, Any]]:
     from gto.tag import parse_name
 
     fmt = "%(refname:short)%09%(objectname)%09%(*objectname)%09%(creatordate:iso-strict)"
-    out = _git(root, "for-each-ref", "refs/tags", f"--format={fmt}")
+    out = git(root, "for-each-ref", "refs/tags", f"--format={fmt}")
     if out is None:
         raise RegistryError(f"{root}: not a git repository")
     found, dropped = [], set()

@@ -370,7 +370,7 @@ def source_references(
     shift is read relative to them, so the estimator's own bias (class-weighted training,
     miscalibration) cancels out.
     """
-    from tasks.training import choose_threshold
+    from tasks.threshold import choose_threshold
 
     def adapted_scores(x: np.ndarray) -> np.ndarray:
         with restored(model):

@@ -30,8 +30,8 @@ from tasks.adapt import AdaptReport, AdaptSettings, predict_adapted, with_source
 from tasks.corruptions import HELD_OUT
 from tasks.data import RAW_DIR, labels_of, load_images
 from tasks.io import read_csv, read_gray, write_csv, write_json
-from tasks.lineage import write_model_card
 from tasks.metrics import binary_metrics
+from tasks.model_card import PREDICTIONS, write_model_card, write_predictions
 from tasks.models import load_model
 from tasks.params import AdaptParams, EvaluateParams, load_params
 from tasks.proxy import ProxySet, check_shifts, proxy_sets
@@ -555,6 +555,7 @@ def evaluate(
     roc_rows: list[dict[str, Any]] = []
     x_clean = {size: load_images([raw_dir / r["path"] for r in test_rows], size) for size in sizes}
     scored = score(x_clean, {"clean": slice(None)})["clean"]
+    write_predictions(reports / PREDICTIONS, test_rows, y, scored)  # per image, for the card
     for name, (p, threshold) in scored.items():
         clean[name] = binary_metrics(y, p, threshold)
         metrics[name]["clean"] = clean[name]
@@ -615,7 +616,6 @@ def evaluate(
     figures = reports / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     write_json(reports / "metrics.json", metrics)
-    write_model_card(reports)  # lineage.json + model_card.md (reads metrics.json)
     write_json(reports / "robustness.json", robustness)
     write_json(
         reports / "adaptation.json",
@@ -625,6 +625,7 @@ def evaluate(
         reports / "proxy.json",
         {"shifts": proxy_names, "prior": params.proxy_prior, "variants": proxy_rows},
     )
+    write_model_card(reports)  # intervals.json, lineage.json, model_card.md: reads the above
     plot_proxy(proxy_rows, figures / "proxy_accuracy.png")
     write_csv(reports / "plots" / "roc.csv", roc_rows, ("model", "dataset", "fpr", "tpr"))
     plot_history(live, figures / "history.png")

@@ -27,7 +27,9 @@ from tasks.distribute import localize, make_strategy, replicated, split_rows
 from tasks.io import read_csv, sha256_bytes, write_csv
 from tasks.models import load_model, read_meta, save_model
 from tasks.params import Params, load_params
-from tasks.training import choose_threshold, compile_model, configure, finish, fit, predict
+from tasks.resume import finish
+from tasks.threshold import choose_threshold
+from tasks.training import compile_model, configure, fit, predict
 
 log = logging.getLogger("xray.finetune")
 
@@ -160,11 +162,7 @@ def finetune(
     import tensorflow as tf
 
     p = params.finetune
-    families = list(params.corrupt.finetune_families)
-    if not families:
-        raise ValueError(
-            "corrupt.families: every family is held out; fine-tuning needs at least one"
-        )
+    families = list(params.corrupt.finetune_families)  # never empty: tasks/params.py checks
     severities = list(params.corrupt.severities)
     configure(p.seed, params.train.deterministic, params.train.threads)
     strategy = make_strategy(p.strategy, params.train.cpu_replicas, key="finetune.strategy")

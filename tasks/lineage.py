@@ -1,28 +1,28 @@
 """Lineage of the models: which data, params and code produced them, read from dvc.lock.
 
-`write_model_card` (called at the end of the `evaluate` stage) writes
-``reports/lineage.json`` (machine-readable) and ``reports/model_card.md`` (the same, for people).
-Both are DVC outputs, so they are a pure function of the stage's deps and params: no time, git
-commit, host or flow run id (code identity is the md5 of each stage's code deps in dvc.lock).
-Those run stamps go to the run record instead (`flows/record.py`: ``run.json`` on the record
-branch and the Prefect artifacts); `code_version` and `flow_run_id` below supply them.
-The audit command (`flows/audit.py`) reads the records back, also from git history.
+`build_record` gives the lineage record that tasks/model_card.py writes at the end of the
+`evaluate` stage as ``reports/lineage.json`` (machine-readable) and renders with
+`render_lineage` as the last section of ``reports/model_card.md``. Both are DVC outputs, so
+they are a pure function of the stage's deps and params: no time, git commit, host or flow
+run id (code identity is the md5 of each stage's code deps in dvc.lock). Those run stamps go
+to the run record instead (`flows/record.py`: ``run.json`` on the record branch and the
+Prefect artifacts); `code_version` and `flow_run_id` below supply them. The audit command
+(`flows/audit.py`) reads the records back, also from git history.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tasks.io import write_bytes_atomic, write_json
+from tasks.git import git
+from tasks.hashing import file_md5
 
 LOCK_FILE = "dvc.lock"
 SOURCE_JSON = Path("data/raw/source.json")
@@ -43,22 +43,12 @@ VERSION_PACKAGES = {
 # record, flows/record.py RUN_JSON, in the tree only when the record branch is checked out).
 NOT_CODE = ("dvc.lock", "params.yaml", "run.json", "reports/", "dvclive/", "data/", "models/")
 CODE_NOTE = "the md5 of each stage's code deps in dvc.lock; the git commit is in the run record"
-CHUNK = 1 << 20
 
 log = logging.getLogger("xray.lineage")
 
 
 class LineageError(ValueError):
     """dvc.lock or a record is missing or does not describe the model."""
-
-
-def file_md5(path: Path) -> str:
-    """The md5 DVC 3 records for a file (plain md5 of its bytes)."""
-    h = hashlib.md5()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def parse_lock(text: str, source: str = LOCK_FILE) -> dict[str, dict[str, Any]]:
@@ -162,23 +152,12 @@ def model_entry(stages: dict[str, dict[str, Any]], md5: str, path: str | None = 
     }
 
 
-def _git(root: Path, *args: str) -> str | None:
-    """Output of a git command in root, or None when git or the repo is missing."""
-    try:
-        r = subprocess.run(
-            ["git", *args], cwd=root, capture_output=True, text=True, check=False, timeout=30
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return r.stdout.strip() if r.returncode == 0 else None
-
-
 def code_version(root: Path) -> dict[str, Any]:
     """Git commit of root and whether tracked code differs from it (outputs/params excluded)."""
-    commit = _git(root, "rev-parse", "HEAD")
+    commit = git(root, "rev-parse", "HEAD", timeout=30)
     if commit is None:
         return {"commit": None, "dirty": None, "dirty_files": []}
-    files = (_git(root, "diff", "--name-only", "HEAD") or "").splitlines()
+    files = (git(root, "diff", "--name-only", "HEAD", timeout=30) or "").splitlines()
     dirty = [f for f in files if not f.startswith(NOT_CODE)]
     return {"commit": commit, "dirty": bool(dirty), "dirty_files": dirty}
 
@@ -278,56 +257,37 @@ def _fmt(value: Any) -> str:
     return text.replace("|", "\\|")
 
 
-def render_card(record: dict[str, Any]) -> str:
-    """The model card: lineage, provenance and metrics as markdown (no run stamps)."""
+def render_lineage(record: dict[str, Any], heading: str = "##") -> list[str]:
+    """The lineage part of the model card as markdown lines: models, data, upstream, params."""
     data, ver = record["data"], record["versions"]
     identity = data.get("identity") or {}
-    lines = ["# Model card: xray-transfer", ""]
+    sub = heading + "#"
+    lines = [f"{heading} Lineage", ""]
     lines += [
-        "NORMAL vs PNEUMONIA chest X-ray classifier; base CNN, then its tail fine-tuned on",
-        "corrupted images. Lineage below comes from dvc.lock (md5 = DVC content hashes).",
+        "From dvc.lock (md5 = DVC content hashes); run stamps (time, commit, flow run) are in the",
+        "run record, not here, so these bytes depend only on the stage's inputs.",
         "",
-        "## Models",
+        f"{sub} Models",
         "",
         "| model | path | md5 | produced by |",
         "|---|---|---|---|",
     ]
     for name, m in record["models"].items():
         lines.append(f"| {name} | {m['path']} | `{m['md5']}` | {m['stage']} |")
-    lines += ["", "## Data", ""]
+    lines += ["", f"{sub} Data", ""]
     lines.append(f"- source: `{data.get('source')}`")
     lines.append(f"- raw data (data/raw) md5: `{data.get('raw_md5')}`")
     for key, value in identity.items():
         lines.append(f"- source {key}: `{_fmt(value)}`")
     main = record["models"].get("finetuned") or next(iter(record["models"].values()))
-    lines += ["", "## Upstream outputs", "", "| stage | output | md5 |", "|---|---|---|"]
+    lines += ["", f"{sub} Upstream outputs", "", "| stage | output | md5 |", "|---|---|---|"]
     for e in main["upstream"]:
         lines.append(f"| {e['stage']} | {e['path']} | `{e['md5']}` |")
-    lines += ["", "## Params", "", "| stage | key | value |", "|---|---|---|"]
+    lines += ["", f"{sub} Params", "", "| stage | key | value |", "|---|---|---|"]
     for stage, values in main["params"].items():
         for key, value in flatten(values):
             lines.append(f"| {stage} | {key} | {_fmt(value)} |")
-    lines += ["", "## Provenance", ""]
+    lines += ["", f"{sub} Provenance", ""]
     lines.append(f"- code: {CODE_NOTE}")
     lines.append("- versions: " + ", ".join(f"{k} {v}" for k, v in ver.items()))
-    lines += ["", "## Evaluation", "", "| model | dataset | metric | value |", "|---|---|---|---|"]
-    for model, sets in (record.get("metrics") or {}).items():
-        for dataset, values in sets.items():
-            for key in ("accuracy", "auc", "sensitivity", "specificity", "f1"):
-                if key in values:
-                    lines.append(f"| {model} | {dataset} | {key} | {values[key]:.4f} |")
-    return "\n".join(lines) + "\n"
-
-
-def write_model_card(reports: Path = REPORTS, root: Path = Path(".")) -> dict[str, Any] | None:
-    """Write lineage.json and model_card.md under `reports` (a note when lineage is unknown)."""
-    try:
-        record = build_record(root)
-    except LineageError as e:
-        log.warning("model card without lineage: %s", e)
-        text = f"# Model card: xray-transfer\n\nLineage unavailable: {e}\n"
-        write_bytes_atomic(reports / MODEL_CARD.name, text.encode())
-        return None
-    write_json(reports / LINEAGE_JSON.name, record)
-    write_bytes_atomic(reports / MODEL_CARD.name, render_card(record).encode())
-    return record
+    return lines

@@ -28,17 +28,9 @@ from tasks.distribute import (
 from tasks.io import read_csv, sha256_bytes
 from tasks.models import build_model, save_model
 from tasks.params import Params, TrainParams, load_params
-from tasks.training import (
-    advance,
-    choose_threshold,
-    compile_model,
-    configure,
-    finish,
-    fit,
-    learning_rate,
-    precision,
-    predict,
-)
+from tasks.resume import advance, finish
+from tasks.threshold import choose_threshold
+from tasks.training import compile_model, configure, fit, learning_rate, precision, predict
 
 log = logging.getLogger("xray.train_base")
 

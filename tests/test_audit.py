@@ -12,11 +12,14 @@ from typing import Any
 import pytest
 import yaml
 
+from flows.artifacts import render_stamps
 from flows.audit import AuditError, audit, format_audit, history, models_for_data, run_record
 from flows.cli import main
-from flows.record import RUN_JSON, RecordError, apply_overrides, record_run, render_stamps
+from flows.overrides import apply_overrides
+from flows.record import RUN_JSON, RecordError, record_run
 from flows.registry import registrations
-from tasks.lineage import file_md5, render_card, write_model_card
+from tasks.hashing import file_md5
+from tasks.model_card import render_card, write_model_card
 
 PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
 DVC_YAML = Path(__file__).resolve().parent.parent / "dvc.yaml"
@@ -345,8 +348,24 @@ def test_model_card_renders_without_metrics() -> None:
         "metrics": None,
     }
     card = render_card(record)
-    for heading in ("## Models", "## Data", "## Upstream outputs", "## Params", "## Provenance"):
+    for heading in (
+        "## Model details",
+        "## Intended use",
+        "## Out-of-scope use",
+        "## Training and evaluation data",
+        "## Metrics",
+        "## Performance by subgroup",
+        "## Caveats and recommendations",
+        "## Adapting to a new site",
+        "## Lineage",
+        "### Models",
+        "### Data",
+        "### Upstream outputs",
+        "### Params",
+        "### Provenance",
+    ):
         assert heading in card
+    assert "No per-image predictions" in card  # no reports: said, not made up
     assert "- versions: dvc 3" in card
     stamps = render_stamps({"created": "t", "flow_run_id": None, "code": {}, "host": "h"})
     assert "none (not run by a flow)" in stamps

@@ -178,9 +178,9 @@ def deployment_limit(api: str, dep_id: str) -> int | None:
     ).get("limit")
 
 
-def model_tags(root: Path) -> list[str]:
-    """The model version tags in root."""
-    return sorted(git(root, "tag", "--list", "xray-model-v*").split())
+def model_tags(root: Path, pattern: str = "xray-model-v*") -> list[str]:
+    """The model version tags in root (GTO's with pattern `finetuned@*`)."""
+    return sorted(git(root, "tag", "--list", pattern).split())
 
 
 def _duration(run: dict[str, Any]) -> float:
@@ -241,7 +241,13 @@ def test_scheduled_runs_on_a_real_server(tmp_path: Path, server: dict[str, str])
 
         # new data: a later scheduled run records a second model version
         set_params(root, {"data.synthetic.seed": 8})
-        wait_for(lambda: len(model_tags(root)) == 2, "a second model version", serve_log)
+        # the record tags the model, then registers it with GTO: wait for both
+        registered = "finetuned@*"
+        wait_for(
+            lambda: len(model_tags(root)) == 2 and len(model_tags(root, registered)) == 2,
+            "a second model version, registered",
+            serve_log,
+        )
         assert git(root, "rev-parse", "records") != tip
         from flows.audit import history, models_for_data
 
@@ -267,7 +273,7 @@ def test_scheduled_runs_on_a_real_server(tmp_path: Path, server: dict[str, str])
 
 def test_dvc_push_to_a_local_folder_remote(tmp_path: Path) -> None:
     """A folder given as `remote` becomes a local remote and receives the cache."""
-    from flows.record import RecordError, derived_remote_name, dvc_push
+    from flows.remote import RemoteError, derived_remote_name, dvc_push
 
     root = tmp_path / "repo"
     root.mkdir()
@@ -276,7 +282,7 @@ def test_dvc_push_to_a_local_folder_remote(tmp_path: Path) -> None:
     subprocess.run([*dvc, "init", "-q"], cwd=root, check=True)
     (root / "blob.txt").write_text("some data\n")
     subprocess.run([*dvc, "add", "-q", "blob.txt"], cwd=root, check=True)
-    with pytest.raises(RecordError, match="no DVC remote configured"):
+    with pytest.raises(RemoteError, match="no DVC remote configured"):
         dvc_push(root, None)
     remote = tmp_path / "remote"
     result = dvc_push(root, str(remote))

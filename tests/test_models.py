@@ -150,7 +150,7 @@ def test_augmentation_keeps_shape_and_range_and_is_identity_when_off() -> None:
 
 
 def test_threshold_sits_mid_plateau_of_best_youden() -> None:
-    from tasks.training import choose_threshold
+    from tasks.threshold import choose_threshold
 
     y = np.array([0, 0, 0, 1, 1, 1])
     p = np.array([0.01, 0.02, 0.05, 0.95, 0.98, 0.99])  # separable: any t in (0.05, 0.95]

@@ -60,9 +60,17 @@ def test_repro_then_flow_then_repro_cache_both_ways(make_project) -> None:
         "reports/figures/confusion.png",
         "reports/figures/samples.png",
         "reports/plots/roc.csv",
+        "reports/predictions.csv",
+        "reports/intervals.json",
         "data/corrupted/manifest.csv",
     ):
         assert (proj / out).is_file(), out
+    card = (proj / "reports/model_card.md").read_text()
+    intervals = json.loads((proj / "reports/intervals.json").read_text())
+    auc = intervals["clean"]["finetuned"]["auc"]
+    assert auc["lo"] <= lookup(metrics, "finetuned.clean.auc") <= auc["hi"]
+    assert f"{auc['value']:.3f} [{auc['lo']:.3f}, {auc['hi']:.3f}]" in card
+    assert "## Performance by subgroup" in card and "### By corruption family" in card
     lock = (proj / "dvc.lock").read_bytes()
 
     second = dvc(proj, "repro")

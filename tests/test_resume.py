@@ -20,7 +20,7 @@ import pytest
 import yaml
 from conftest import dvc, run_env
 
-from tasks import training
+from tasks import resume, training
 
 SCORES = [0.5, 0.9, 0.6, 0.7, 0.8, 0.85, 0.99, 0.99, 0.99, 0.99]  # val score per epoch
 EPOCHS = len(SCORES)
@@ -117,7 +117,7 @@ def test_early_stopping_and_plateau_state_survive_a_kill(tmp_path: Path) -> None
     root = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
         _run(root, crash_at=2)  # killed with the stopping counter at 1 of 3
-    state = training.read_checkpoint(root / "work" / "ckpt-0003")
+    state = resume.read_checkpoint(root / "work" / "ckpt-0003")
     assert [cb["wait"] for cb in state["callbacks"]] == [1, 1]  # plateau, early stopping
     # what a kill can leave behind: a checkpoint cut short, an uncommitted best and dvclive row
     (root / "work" / ".ckpt-0004.tmp").mkdir()
@@ -130,7 +130,7 @@ def test_early_stopping_and_plateau_state_survive_a_kill(tmp_path: Path) -> None
     resumed, model = _run(root)
     assert resumed["first_epoch"] == 4 and resumed["epochs_run"] == 2  # not 3 more: wait kept
     assert resumed["best_epoch"] == full["best_epoch"]
-    assert training.latest_checkpoint(root / "work").name == "ckpt-0005"  # kept until finish()
+    assert resume.latest_checkpoint(root / "work").name == "ckpt-0005"  # kept until finish()
     assert _same_tree(tmp_path / "full" / "live", root / "live")  # every epoch once, same lr
     for a, b in zip(full_model.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)  # weights, dropout masks and optimizer restored
@@ -142,7 +142,7 @@ def test_a_kill_after_the_last_epoch_trains_nothing_more(tmp_path: Path) -> None
     root = tmp_path / "killed"
     with pytest.raises(KeyboardInterrupt):
         _run(root, crash_at=4)  # early stopping fired; killed before the outputs were saved
-    assert training.read_checkpoint(root / "work" / "ckpt-0005")["finished"]
+    assert resume.read_checkpoint(root / "work" / "ckpt-0005")["finished"]
     again, model = _run(root)
     assert again["epochs_run"] == 0 and again["best_epoch"] == full["best_epoch"]
     assert _same_tree(tmp_path / "full" / "live", root / "live")
@@ -186,15 +186,15 @@ def test_killed_train_base_resumes_under_dvc_repro(make_project: Callable[..., P
             start_new_session=True,  # its own process group: dvc and the stage it runs
         )
         deadline = time.monotonic() + START_TIMEOUT_S
-        while proc.poll() is None and training.latest_checkpoint(work) is None:
+        while proc.poll() is None and resume.latest_checkpoint(work) is None:
             assert time.monotonic() < deadline, "no epoch finished in time"
             time.sleep(POLL_S)
         os.killpg(proc.pid, signal.SIGKILL)  # like a crash or a killed job: no cleanup at all
         proc.wait()
     assert proc.returncode == -signal.SIGKILL, f"finished before the kill:\n{log.read_text()}"
-    checkpoint = training.latest_checkpoint(work)
+    checkpoint = resume.latest_checkpoint(work)
     assert checkpoint is not None
-    done = training.read_checkpoint(checkpoint)["epoch"]
+    done = resume.read_checkpoint(checkpoint)["epoch"]
     assert 1 <= done < KILL_EPOCHS, f"killed too late ({done} epochs done) to test a resume"
     print(f"killed after {done} of {KILL_EPOCHS} epochs")
     assert not (proj / "models" / "base.keras").exists()
