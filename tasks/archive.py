@@ -11,7 +11,8 @@ import zipfile
 from pathlib import Path
 from typing import IO
 
-from tasks.intake import IngestError, is_junk_member, one_line
+from tasks.intake import IngestError, is_junk_member
+from tasks.text import one_line
 
 log = logging.getLogger(__name__)
 

@@ -37,12 +37,11 @@ from pathlib import Path
 from tasks import images, layout, patients
 from tasks.archive import safe_extract
 from tasks.compute import Runner
+from tasks.hashing import bytes_sha256, file_sha256
 from tasks.intake import IngestError
 from tasks.io import (
     MANIFEST_FIELDS,
     png_bytes,
-    sha256_bytes,
-    sha256_file,
     staged_dir,
     work_dir,
     write_csv,
@@ -140,7 +139,7 @@ def tree_sha256(folder: Path) -> tuple[str, int]:
                 continue
             rel = walker.rel(e.path)
             if e.kind == layout.FILE and e.real is not None:
-                h.update(f"{rel}\0{sha256_file(e.real)}\n".encode())
+                h.update(f"{rel}\0{file_sha256(e.real)}\n".encode())
                 n += 1
             else:
                 h.update(f"{rel}\0<{e.kind}>\n".encode())
@@ -175,7 +174,7 @@ def identify(params: DataParams, base: Path = Path(".")) -> dict[str, object]:
     if path.is_dir():
         digest, n = tree_sha256(path)
         return {"source": source, "kind": "folder", "tree_sha256": digest, "files": n}
-    digest = sha256_file(path)
+    digest = file_sha256(path)
     if params.sha256 and digest != params.sha256.lower():
         raise DownloadError(f"data.sha256: {source} has sha256 {digest}, expected {params.sha256}")
     return {"source": source, "kind": "archive", "sha256": digest, "size": path.stat().st_size}
@@ -320,7 +319,7 @@ def source_root(
         identity: dict[str, object] = {
             "kind": "url",
             "url": source,
-            "sha256": sha256_file(archive),
+            "sha256": file_sha256(archive),
         }
         _verify(recorded, {"size": archive.stat().st_size}, record, unknown_ok=True)
     else:
@@ -330,7 +329,7 @@ def source_root(
                 digest, _ = tree_sha256(path)
                 _verify(recorded, {"tree_sha256": digest}, record)
             return path, {"kind": "folder", "path": str(path)}
-        digest = sha256_file(path)
+        digest = file_sha256(path)
         if params.sha256 and digest.lower() != params.sha256.lower():
             raise DownloadError(
                 f"data.sha256: {path} has sha256 {digest}, expected {params.sha256}"
@@ -363,14 +362,14 @@ def _ingest_chunk(
         if isinstance(data, str):
             out.append(("", None, None, data, None))
             continue
-        sha = sha256_bytes(data)
+        sha = bytes_sha256(data)
         try:
             image = images.load_image(data, max_pixels=max_pixels, max_side=max_side)
         except images.BadImage as e:
             out.append((sha, None, None, e.reason, None))
             continue
         png = png_bytes(image, png_level)  # deterministic: equal pixels, equal bytes
-        out.append((sha, png, (image.shape[1], image.shape[0]), None, sha256_bytes(png)))
+        out.append((sha, png, (image.shape[1], image.shape[0]), None, bytes_sha256(png)))
     return out
 
 

@@ -17,7 +17,6 @@ import contextlib
 import email.utils
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -32,8 +31,8 @@ from typing import TypeVar
 
 import httpx
 
-from tasks.intake import one_line
-from tasks.io import sha256_file
+from tasks.hashing import file_sha256, json_sha256
+from tasks.text import one_line
 
 T = TypeVar("T")
 
@@ -343,11 +342,6 @@ def _attempt(client: httpx.Client, url: str, part: Path, st: _State, progress: _
         raise _Transient(f"body ended at {st.offset} of {st.total} bytes")
 
 
-def _digest(value: object) -> str:
-    """Hex SHA-256 of a JSON value (keys sorted)."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
-
-
 def _lock(folder: Path) -> int | None:
     """An exclusive lock on folder/lock (its fd), or None when another process holds it."""
     try:
@@ -409,8 +403,8 @@ class _Slot:
 
 def _open_slot(cache_dir: Path, url: str, identity: Mapping[str, object]) -> _Slot:
     """Lock the cache folder of (url, identity); drop partials of the same URL with other keys."""
-    url_key = _digest(url)[:16]
-    folder = cache_dir / f"{url_key}-{_digest({'url': url, **identity})[:16]}"
+    url_key = json_sha256(url)[:16]
+    folder = cache_dir / f"{url_key}-{json_sha256({'url': url, **identity})[:16]}"
     folder.mkdir(parents=True, exist_ok=True)
     fd = _lock(folder)
     if fd is None:
@@ -500,7 +494,7 @@ def fetch(
         size = part.stat().st_size
         if st.total is not None and size != st.total:
             raise _fail(url, f"size mismatch: got {size} bytes, expected {st.total}")
-        if sha256 is not None and (got := sha256_file(part)) != sha256.lower():
+        if sha256 is not None and (got := file_sha256(part)) != sha256.lower():
             raise _fail(url, f"sha256 mismatch: got {got}, expected {sha256.lower()}")
         meter.update(size, st.total, final=True)
         _move_into_place(part, dest)

@@ -24,7 +24,8 @@ from tasks.adapt import source_references
 from tasks.corruptions import corrupt_image, rng_for
 from tasks.data import RAW_DIR, class_weights, labels_of, load_images, make_dataset, resize
 from tasks.distribute import localize, make_strategy, replicated, split_rows
-from tasks.io import read_csv, sha256_bytes, write_csv
+from tasks.hashing import bytes_sha256
+from tasks.io import read_csv, write_csv
 from tasks.models import load_model, read_meta, save_model
 from tasks.params import Params, load_params
 from tasks.resume import finish
@@ -254,7 +255,7 @@ def finetune(
             class_weight=class_weights(y_train),
             steps_per_epoch=math.ceil(n_train / p.batch_size),
             extra_callbacks=callbacks,
-            fingerprint=p.model_dump_json() + sha256_bytes(base_path.read_bytes()),
+            fingerprint=p.model_dump_json() + bytes_sha256(base_path.read_bytes()),
         )
     seconds = time.perf_counter() - t0
     summary["replicas"] = replicas

@@ -1,4 +1,4 @@
-"""What the intake modules share: their error type, one-line text and names never read."""
+"""What the intake modules share: their error type and the names never read."""
 
 from __future__ import annotations
 
@@ -8,11 +8,6 @@ JUNK_DIRS = frozenset({"__macosx"})
 
 class IngestError(Exception):
     """Bad archive, layout or parameter; the message is one line naming the culprit."""
-
-
-def one_line(text: object) -> str:
-    """Collapse any text to a single line."""
-    return " ".join(str(text).split())
 
 
 def shown(text: str) -> str:

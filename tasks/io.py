@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
-import hashlib
 import io
 import json
 import logging
@@ -31,7 +30,6 @@ log = logging.getLogger("xray.io")
 
 MANIFEST_FIELDS = ("path", "label", "source_split", "patient_id", "sha256", "width", "height")
 PNG_COMPRESS_LEVEL = 6
-CHUNK_BYTES = 1 << 20
 """Read block size for hashing files."""
 WORK_ROOT = Path(".xray/tmp")
 """Where work folders live (git- and dvc-ignored, like .xray/downloads)."""
@@ -45,20 +43,6 @@ _OWN_WORK: set[Path] = set()
 STALE_AFTER_S = 120.0
 """Age after which an unlocked temporary leftover is swept (one in creation is younger)."""
 _UMASK_LOCK = threading.Lock()
-
-
-def sha256_bytes(data: bytes) -> str:
-    """Hex sha256 of a byte string."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def umask() -> int:

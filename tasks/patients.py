@@ -6,7 +6,8 @@ import re
 from functools import lru_cache
 from pathlib import PurePosixPath
 
-from tasks.intake import IngestError, one_line
+from tasks.intake import IngestError
+from tasks.text import one_line
 
 PATIENT_PATTERN_KEY = "patient_pattern"
 """Name used for the custom patient regex in error messages (the params key)."""

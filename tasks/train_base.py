@@ -25,7 +25,8 @@ from tasks.distribute import (
     split_rows,
     worker_dirs,
 )
-from tasks.io import read_csv, sha256_bytes
+from tasks.hashing import bytes_sha256
+from tasks.io import read_csv
 from tasks.models import build_model, save_model
 from tasks.params import Params, TrainParams, load_params
 from tasks.resume import advance, finish
@@ -183,7 +184,7 @@ def _train_base(
             reduce_on_plateau=p.lr_schedule == "plateau",
             extra_callbacks=callbacks,
             fingerprint=p.model_dump_json()
-            + sha256_bytes(
+            + bytes_sha256(
                 (splits_dir / "train.csv").read_bytes() + (splits_dir / "val.csv").read_bytes()
             ),
         )

@@ -149,9 +149,9 @@ def test_every_entry_kind_gets_its_answer(tmp_path: Path) -> None:
     rows = read_csv(raw / "manifest.csv")
     assert counts["images"] == 5 == len(rows)  # 2 + 2 + the link inside
     assert any(r["path"].endswith("IM-0007-0001.png") for r in rows)
-    from tasks.io import sha256_bytes
+    from tasks.hashing import bytes_sha256
 
-    assert sha256_bytes(outside.read_bytes()) not in {r["sha256"] for r in rows}
+    assert bytes_sha256(outside.read_bytes()) not in {r["sha256"] for r in rows}
 
 
 def test_class_folder_link_inside_the_source_is_followed(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Tests for tasks.patients (patient ids from file names) and tasks.io.sha256_file."""
+"""Tests for tasks.patients (patient ids from file names) and tasks.hashing.file_sha256."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tasks.hashing import file_sha256
 from tasks.intake import IngestError
-from tasks.io import sha256_file
 from tasks.patients import patient_id
 
 REAL_ZIP = Path(__file__).resolve().parents[2] / "shared/datasets/chest_xray_224_train.zip"
@@ -58,7 +58,7 @@ def test_sha256_file(tmp_path: Path) -> None:
     """Known digest of 'abc'."""
     p = tmp_path / "abc"
     p.write_bytes(b"abc")
-    assert sha256_file(p) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    assert file_sha256(p) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 
 
 @pytest.mark.skipif(not REAL_ZIP.exists(), reason=f"{REAL_ZIP} not present")
