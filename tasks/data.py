@@ -171,7 +171,7 @@ def make_dataset(
     With `augment`, the cache holds `augment.prepare(x)` (each image beside its blurred
     copy, computed once) and every batch gets its own random key from a stream seeded by
     the layer's seed that draws anew on every pass: new augmentations each epoch, the
-    same ones on a rerun (and on a resumed run, see tasks.training.advance).
+    same ones on a rerun (and on a resumed run, see tasks.resume.advance).
     A np.memmap `x` (a file cache) is read batch by batch and never held in memory whole;
     its batches are the same, in the same order, as those of the same array in memory.
     `drop_remainder` leaves out the last partial batch (with reshuffling, other images
