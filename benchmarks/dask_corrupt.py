@@ -77,7 +77,7 @@ def timed_run(
     t0 = time.perf_counter()
     n = corrupt(params, csv, raw, out, compute=on)
     seconds = time.perf_counter() - t0
-    digest, _, _ = tree_digest(out)
+    digest = tree_digest(out)["sha256"]
     rate = round(n / seconds, 1)
     return {"images": n, "seconds": round(seconds, 2), "images_per_s": rate, "digest": digest}
 

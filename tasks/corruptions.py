@@ -135,22 +135,33 @@ def _sample_bilinear(
     return top * (1.0 - fr) + bottom * fr
 
 
+def _interp_weights(
+    coords: NDArray[np.float64], n: int
+) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.float64], NDArray[np.float64]]:
+    """Linear interpolation at fractional coords in 0..n-1 (clipped): (i0, i1, 1 - f, f)."""
+    c = np.clip(coords, 0.0, n - 1.0)
+    c0 = c.astype(np.intp)  # floor: c >= 0
+    f = c - c0
+    return c0, np.minimum(c0 + 1, n - 1), 1.0 - f, f
+
+
 def _interp_axis(
     x: NDArray[np.float64], coords: NDArray[np.float64], axis: int
 ) -> NDArray[np.float64]:
-    """Linearly interpolate x along one axis at fractional coords (clipped to the edges).
+    """Linearly interpolate a 2-D x along one axis at fractional coords (clipped to the edges).
 
     For coordinates that vary along one axis only, bilinear sampling is this along the
     columns then along the rows, with the very same float operations as _sample_bilinear.
     """
-    n = x.shape[axis]
-    c = np.clip(coords, 0.0, n - 1.0)
-    c0 = c.astype(np.intp)
-    c1 = np.minimum(c0 + 1, n - 1)
-    f = c - c0
-    if axis == 1:
-        return x[:, c0] * (1.0 - f) + x[:, c1] * f
-    return x[c0, :] * (1.0 - f)[:, None] + x[c1, :] * f[:, None]
+    i0, i1, g, f = _interp_weights(coords, x.shape[axis])
+    if axis == 0:
+        g, f = g[:, None], f[:, None]
+    a = np.take(x, i0, axis=axis)
+    a *= g
+    b = np.take(x, i1, axis=axis)
+    b *= f
+    a += b
+    return a
 
 
 # --------------------------------------------------------------------------- seed (Keras blog)
