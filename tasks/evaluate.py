@@ -17,6 +17,7 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,13 @@ import numpy as np
 
 from tasks.adapt import AdaptReport, AdaptSettings, predict_adapted, with_source_references
 from tasks.corruptions import HELD_OUT
-from tasks.data import RAW_DIR, labels_of, load_images
+from tasks.data import RAW_DIR, labels_of, load_images, load_members, resize
 from tasks.io import read_csv, read_gray, write_csv, write_json
 from tasks.lineage import write_model_card
 from tasks.metrics import binary_metrics
 from tasks.models import load_model
 from tasks.params import AdaptParams, EvaluateParams, load_params
+from tasks.progress import Progress
 from tasks.proxy import ProxySet, check_shifts, proxy_sets
 from tasks.training import configure, predict
 
@@ -563,9 +565,23 @@ def evaluate(
     by_family: dict[str, list[tuple[str, int]]] = defaultdict(list)
     for key in groups:
         by_family[key[0]].append(key)
-    for keys in by_family.values():
+    families = list(by_family.values())
+
+    def decode(keys: list[tuple[str, int]]) -> dict[int, np.ndarray]:
+        """One family's images (all its severities) at every model input size."""
         rows = [r for key in keys for r in by_group[key]]
-        x = {size: load_images([corrupted_dir / r["path"] for r in rows], size) for size in sizes}
+        raw = load_members(corrupted_dir, rows, None)
+        return {size: np.stack([resize(im, size) for im in raw])[..., None] for size in sizes}
+
+    # The next family decodes on a thread while the models score this one (TF and Pillow
+    # both release the GIL), so neither waits for the other.
+    prefetch = ThreadPoolExecutor(1)
+    pending = prefetch.submit(decode, families[0])
+    progress = Progress(sum(len(by_group[k]) for k in groups), "evaluate", log, unit="images")
+    for i, keys in enumerate(families):
+        x = pending.result()
+        if i + 1 < len(families):
+            pending = prefetch.submit(decode, families[i + 1])
         spans, start = {}, 0
         for key in keys:
             spans[f"{key[0]}/{key[1]}"] = slice(start, start + len(by_group[key]))
@@ -578,6 +594,9 @@ def evaluate(
                 if key == ref:
                     metrics[name]["corrupted"] = per_group[name][key]
                     roc_rows += _roc_rows(name, "corrupted", y_g, p_g)
+        progress.update(sum(len(by_group[k]) for k in keys))
+    progress.close()
+    prefetch.shutdown()
     proxy_rows = _score_proxy(
         proxy, loaded, metas, adapted, settings, params.batch_size, adaptation
     )
@@ -640,17 +659,19 @@ def evaluate(
     pairs = [
         (
             read_gray(raw_dir / r["source_path"]),
-            read_gray(corrupted_dir / r["path"]),
+            image,
             by_path[r["source_path"]]["label"],
         )
-        for r in ref_rows
+        for r, image in zip(ref_rows, load_members(corrupted_dir, ref_rows, None), strict=True)
     ]
     plot_samples(pairs, f"{ref[0]} s{ref[1]}", figures / "samples.png")
     sample = by_group[ref][0]["source_path"]
+    cell_rows = [
+        r for r in bad_rows if r["source_path"] == sample and int(r["severity"]) in GRID_SEVERITIES
+    ]
     cells = {
-        (r["family"], int(r["severity"])): read_gray(corrupted_dir / r["path"])
-        for r in bad_rows
-        if r["source_path"] == sample and int(r["severity"]) in GRID_SEVERITIES
+        (r["family"], int(r["severity"])): image
+        for r, image in zip(cell_rows, load_members(corrupted_dir, cell_rows, None), strict=True)
     }
     plot_corruption_grid(
         read_gray(raw_dir / sample),
