@@ -11,9 +11,12 @@ and scored by both models.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
+import os
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -75,6 +78,23 @@ FORMULAS = {
 }
 
 
+def save_figure(fig: Any, path: Path, dpi: int) -> None:
+    """Save a figure through a temporary file and a rename, then close it.
+
+    Never writes into an existing file: with DVC linking its cache (`cache.type`), an old
+    figure may be a hardlink to the cache, which an in-place write would corrupt.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
 def _roc_rows(model: str, dataset: str, y: np.ndarray, p: np.ndarray) -> list[dict[str, Any]]:
     """ROC curve resampled on a fixed FPR grid, for dvc plots."""
     from sklearn.metrics import roc_curve
@@ -127,7 +147,7 @@ def plot_history(live: dict[str, Path], path: Path) -> None:
         ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -149,7 +169,7 @@ def plot_confusions(
         ax.set_ylabel("actual")
         ax.set_title(f"{model} / {dataset}\nacc {r['accuracy']:.3f}")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -166,7 +186,7 @@ def plot_samples(pairs: list[tuple[np.ndarray, np.ndarray, str]], title: str, pa
     axes[0][0].set_ylabel("clean")
     axes[1][0].set_ylabel(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -375,7 +395,7 @@ def plot_heatmaps(robustness: dict[str, Any], metric: str, path: Path) -> None:
         ax.set_title(f"{title}: {metric}", fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.05)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -421,7 +441,7 @@ def plot_curves(robustness: dict[str, Any], metric: str, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
@@ -465,7 +485,7 @@ def plot_corruption_grid(
             if f != "clean":
                 ax.set_ylabel(f"s{s}", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    save_figure(fig, path, dpi=90)
     plt.close(fig)
 
 
@@ -528,25 +548,39 @@ def evaluate(
 
     t0 = time.perf_counter()
     n_scored = 0
+    models_pool = ThreadPoolExecutor(len(loaded))
     adaptation: dict[str, dict[str, Any]] = {v: {} for v in variants if v.endswith(ADAPTED)}
+
+    def one_model(
+        name: str, x: dict[int, np.ndarray], spans: dict[str, slice]
+    ) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, float, AdaptReport]]]:
+        """One model's plain scores on the batch, and adapted to each span when listed."""
+        model, size, _ = loaded[name]
+        p = predict(model, x[size], params.batch_size)
+        adapted_spans = {}
+        if name in adapted:
+            for span, sl in spans.items():
+                adapted_spans[span] = predict_adapted(model, metas[name], x[size][sl], settings)
+        return p, adapted_spans
 
     def score(x: dict[int, np.ndarray], spans: dict[str, slice]) -> dict[str, dict[str, Any]]:
         """Every model's scores and threshold on each named span of one decoded batch.
 
         Plain models predict the whole batch at once; adapted ones are adapted to each
-        span's images alone (one target set each), never seeing a label.
+        span's images alone (one target set each), never seeing a label. Each model runs
+        on its own thread (its own weights and statistics; TF releases the GIL), so the
+        cores stay busy between one model's small ops; every result is as computed alone.
         """
         nonlocal n_scored
         n_scored += len(next(iter(x.values())))
+        scored = models_pool.map(lambda n: one_model(n, x, spans), loaded)
+        results = dict(zip(loaded, scored, strict=True))
         out: dict[str, dict[str, Any]] = {span: {} for span in spans}
-        for name, (model, size, threshold) in loaded.items():
-            p = predict(model, x[size], params.batch_size)
+        for name, (p, _) in results.items():
             for span, sl in spans.items():
-                out[span][name] = (p[sl], threshold)
+                out[span][name] = (p[sl], loaded[name][2])
         for name in adapted:
-            model, size, _ = loaded[name]
-            for span, sl in spans.items():
-                p, thr, report = predict_adapted(model, metas[name], x[size][sl], settings)
+            for span, (p, thr, report) in results[name][1].items():
                 out[span][name + ADAPTED] = (p, thr)
                 adaptation[name + ADAPTED][span] = _report_row(report)
         return out
@@ -600,6 +634,7 @@ def evaluate(
     proxy_rows = _score_proxy(
         proxy, loaded, metas, adapted, settings, params.batch_size, adaptation
     )
+    models_pool.shutdown()
     for name in variants:
         metrics[name]["proxy"] = proxy_summary(proxy_rows[name], params.proxy_prior)
     seconds = time.perf_counter() - t0
@@ -757,7 +792,7 @@ def plot_proxy(rows: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
     ax.legend(fontsize=8, ncol=len(variants), loc="lower center", bbox_to_anchor=(0.5, 1.08))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 
