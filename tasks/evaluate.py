@@ -79,7 +79,7 @@ FORMULAS = {
 
 
 def save_figure(fig: Any, path: Path, dpi: int) -> None:
-    """Save a figure through a temporary file and a rename, then close it.
+    """Save a figure through a temporary file and a rename.
 
     Never writes into an existing file: with DVC linking its cache (`cache.type`), an old
     figure may be a hardlink to the cache, which an in-place write would corrupt.
