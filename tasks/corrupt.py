@@ -51,7 +51,7 @@ FIELDS = (
     "source_path",  # the clean image, relative to data/raw
     "source_sha256",
 )
-IMAGES_PER_TASK = 4  # source images per task (each task does every family x severity)
+IMAGES_PER_TASK = 2  # source images per task (every family x severity): a short tail
 WORKER_MODULES = ("tasks.corrupt", "tasks.corruptions", "tasks.io")
 """The code a worker runs for this stage: a Dask worker must have the same (checked)."""
 

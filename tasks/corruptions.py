@@ -15,6 +15,7 @@ bias). Only JPEG depends on Pillow's bundled libjpeg.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import math
@@ -107,6 +108,14 @@ def _convolve_separable(x: NDArray[np.float64], kernel: tuple[float, ...]) -> ND
         np.multiply(padded[..., i : i + h, :], k, out=tmp)
         out += tmp
     return out
+
+
+@functools.lru_cache(maxsize=8)
+def _grid(h: int, w: int) -> NDArray[np.float64]:
+    """The (row, col) coordinates of every pixel, (2, h, w) float64 (read-only, shared)."""
+    grid = np.mgrid[0:h, 0:w].astype(np.float64)
+    grid.flags.writeable = False
+    return grid
 
 
 def _sample_bilinear(
@@ -249,7 +258,7 @@ def keras_seed(image: np.ndarray, severity: int, rng: np.random.Generator) -> np
     brightness = rng.uniform(*p.brightness_range)
     # Apply order as Keras apply_transform: affine, channel shift, flip, brightness.
     (a, b, c), (d, e, f) = _keras_affine_matrix(theta, shear, zx, zy, h, w)
-    rr, cc = np.mgrid[0:h, 0:w].astype(np.float64)
+    rr, cc = _grid(h, w)
     x = _sample_bilinear(image.astype(np.float64), a * rr + b * cc + c, d * rr + e * cc + f)
     x = np.clip(x + shift, x.min(), x.max())  # apply_channel_shift clips to the image's range
     if flip:
@@ -525,7 +534,7 @@ def elastic(image: np.ndarray, severity: int, rng: np.random.Generator) -> np.nd
     size = min(h, w)
     sigma = max(sigma_frac * size, 1.0)
     dr, dc = _smooth_fields(rng, 2, (h, w), sigma) * (amp_frac * size)
-    rr, cc = np.mgrid[0:h, 0:w].astype(np.float64)
+    rr, cc = _grid(h, w)
     return _from_levels(_sample_bilinear(image.astype(np.float64), rr + dr, cc + dc))
 
 
