@@ -35,7 +35,7 @@ from tasks.io import png_bytes, write_csv
 from tasks.params import ComputeParams, CorruptParams
 
 NAME = "dask_corrupt"
-DEFAULT_IMAGES = 48  # 12 tasks of 4 images: an even share at 1, 2 and 4 workers
+DEFAULT_IMAGES = 48  # 24 tasks of 2 images: an even share at 1, 2 and 4 workers
 DEFAULT_WORKERS = (1, 2, 4)
 SYNTHETIC_SIDE = 224  # the real archive's image size
 SYNTHETIC_SEED = 0
