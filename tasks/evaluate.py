@@ -136,39 +136,25 @@ def evaluate(
 
     t0 = time.perf_counter()
     n_scored = 0
-    models_pool = ThreadPoolExecutor(len(loaded))
     adaptation: dict[str, dict[str, Any]] = {v: {} for v in variants if v.endswith(ADAPTED)}
-
-    def one_model(
-        name: str, x: dict[int, np.ndarray], spans: dict[str, slice]
-    ) -> tuple[np.ndarray, dict[str, tuple[np.ndarray, float, AdaptReport]]]:
-        """One model's plain scores on the batch, and adapted to each span when listed."""
-        model, size, _ = loaded[name]
-        p = predict(model, x[size], params.batch_size)
-        adapted_spans = {}
-        if name in adapted:
-            for span, sl in spans.items():
-                adapted_spans[span] = predict_adapted(model, metas[name], x[size][sl], settings)
-        return p, adapted_spans
 
     def score(x: dict[int, np.ndarray], spans: dict[str, slice]) -> dict[str, dict[str, Any]]:
         """Every model's scores and threshold on each named span of one decoded batch.
 
         Plain models predict the whole batch at once; adapted ones are adapted to each
-        span's images alone (one target set each), never seeing a label. Each model runs
-        on its own thread (its own weights and statistics; TF releases the GIL), so the
-        cores stay busy between one model's small ops; every result is as computed alone.
+        span's images alone (one target set each), never seeing a label.
         """
         nonlocal n_scored
         n_scored += len(next(iter(x.values())))
-        scored = models_pool.map(lambda n: one_model(n, x, spans), loaded)
-        results = dict(zip(loaded, scored, strict=True))
         out: dict[str, dict[str, Any]] = {span: {} for span in spans}
-        for name, (p, _) in results.items():
+        for name, (model, size, threshold) in loaded.items():
+            p = predict(model, x[size], params.batch_size)
             for span, sl in spans.items():
-                out[span][name] = (p[sl], loaded[name][2])
+                out[span][name] = (p[sl], threshold)
         for name in adapted:
-            for span, (p, thr, report) in results[name][1].items():
+            model, size, _ = loaded[name]
+            for span, sl in spans.items():
+                p, thr, report = predict_adapted(model, metas[name], x[size][sl], settings)
                 out[span][name + ADAPTED] = (p, thr)
                 adaptation[name + ADAPTED][span] = _report_row(report)
         return out
@@ -197,32 +183,29 @@ def evaluate(
 
     # The next family decodes on a thread while the models score this one (TF and Pillow
     # both release the GIL), so neither waits for the other.
-    prefetch = ThreadPoolExecutor(1)
-    pending = prefetch.submit(decode, families[0])
     progress = Progress(sum(len(by_group[k]) for k in groups), "evaluate", log, unit="images")
-    for i, keys in enumerate(families):
-        x = pending.result()
-        if i + 1 < len(families):
-            pending = prefetch.submit(decode, families[i + 1])
-        spans, start = {}, 0
-        for key in keys:
-            spans[f"{key[0]}/{key[1]}"] = slice(start, start + len(by_group[key]))
-            start += len(by_group[key])
-        scored_spans = score(x, spans)
-        for key in keys:
-            y_g = labels_of(by_group[key], positive)
-            for name, (p_g, threshold) in scored_spans[f"{key[0]}/{key[1]}"].items():
-                per_group[name][key] = binary_metrics(y_g, p_g, threshold)
-                if key == ref:
-                    metrics[name]["corrupted"] = per_group[name][key]
-                    roc_rows += _roc_rows(name, "corrupted", y_g, p_g)
-        progress.update(sum(len(by_group[k]) for k in keys))
-    progress.close()
-    prefetch.shutdown()
+    with ThreadPoolExecutor(1) as prefetch, progress:
+        pending = prefetch.submit(decode, families[0])
+        for i, keys in enumerate(families):
+            x = pending.result()
+            if i + 1 < len(families):
+                pending = prefetch.submit(decode, families[i + 1])
+            spans, start = {}, 0
+            for key in keys:
+                spans[f"{key[0]}/{key[1]}"] = slice(start, start + len(by_group[key]))
+                start += len(by_group[key])
+            scored_spans = score(x, spans)
+            for key in keys:
+                y_g = labels_of(by_group[key], positive)
+                for name, (p_g, threshold) in scored_spans[f"{key[0]}/{key[1]}"].items():
+                    per_group[name][key] = binary_metrics(y_g, p_g, threshold)
+                    if key == ref:
+                        metrics[name]["corrupted"] = per_group[name][key]
+                        roc_rows += _roc_rows(name, "corrupted", y_g, p_g)
+            progress.update(sum(len(by_group[k]) for k in keys))
     proxy_rows = _score_proxy(
         proxy, loaded, metas, adapted, settings, params.batch_size, adaptation
     )
-    models_pool.shutdown()
     for name in variants:
         metrics[name]["proxy"] = proxy_summary(proxy_rows[name], params.proxy_prior)
     seconds = time.perf_counter() - t0
