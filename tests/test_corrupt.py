@@ -278,3 +278,31 @@ def test_fast_png_round_trips_exactly(shape: tuple[int, int]) -> None:
     np.testing.assert_array_equal(decode_gray(data), image)
     with pytest.raises(ValueError, match="2-D uint8"):
         png_bytes_fast(image.astype(np.int16))
+
+
+def test_zip_readers_fail_with_one_line_naming_the_archive(tmp_path: Path) -> None:
+    from tasks.data import load_members
+    from tasks.io import read_zip_images, write_zip
+
+    good = tmp_path / "set.zip"
+    write_zip(good, [("NORMAL/a.png", png_bytes_fast(np.zeros((4, 4), np.uint8)))])
+    assert [n for n, _ in read_zip_images(good)] == ["NORMAL/a.png"]
+    with pytest.raises(ValueError, match=r"set\.zip: no member 'NORMAL/b\.png'"):
+        read_zip_images(good, ["NORMAL/b.png"])
+    (tmp_path / "bad.zip").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match=r"bad\.zip: not a readable zip"):
+        read_zip_images(tmp_path / "bad.zip")
+    with pytest.raises(FileNotFoundError, match=r"gone\.zip: not found"):
+        read_zip_images(tmp_path / "gone.zip")
+    write_zip(tmp_path / "broken.zip", [("NORMAL/a.png", b"\x89PNG broken")])
+    rows = [{"archive": "broken.zip", "member": "NORMAL/a.png"}]
+    with pytest.raises(ValueError, match=r"broken\.zip: NORMAL/a\.png: cannot read image"):
+        load_members(tmp_path, rows, 8)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries
+
+
+def test_keep_freed_memory_is_idempotent() -> None:
+    from tasks.compute import keep_freed_memory
+
+    first = keep_freed_memory()
+    assert isinstance(first, bool) and keep_freed_memory() is first
