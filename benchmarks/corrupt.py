@@ -1,12 +1,15 @@
-"""Benchmark: corrupt-stage materialization speed (images/s) at 1 and 2 workers on real images.
+"""Benchmark: the corrupt stage now against a baseline commit, side by side on real images.
 
 Extracts a class-stratified, evenly spaced sample of the real archive's images into a
-temporary folder (canonical grayscale PNGs, as the download stage stores them; deleted at
-the end), runs ``tasks.corrupt.corrupt`` over the whole suite at each worker count, checks the
-outputs are byte-identical, and extrapolates the corrupted set's size on disk to the carved
-real test split. Prints JSON and writes it to ``reports/benchmarks/corrupt.json``.
+temporary folder (canonical grayscale PNGs, as the download stage stores them), materializes
+the baseline commit's ``tasks/`` there (``git archive``), and runs ``corrupt`` over the whole
+suite with each code at each worker count, each in its own Python process (the baseline
+imported from its folder), alternating baseline and current so both see the same machine
+load. Reports images/s, the speedup at each worker count, the files and bytes on disk, and
+whether the current outputs are byte-identical across worker counts. Prints JSON and writes
+``reports/benchmarks/corrupt.json``.
 
-    uv run --frozen python -m benchmarks.corrupt [--images 200] [--workers 1 2]
+    python -m benchmarks.corrupt [--images 200] [--workers 2] [--baseline 972920f]
 """
 
 from __future__ import annotations
@@ -16,29 +19,43 @@ import hashlib
 import io
 import json
 import os
-import platform
+import subprocess
+import sys
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from tasks.compute import default_workers
-from tasks.corrupt import MANIFEST, corrupt
+from benchmarks._common import machine, write_report
 from tasks.corruptions import FAMILIES, SEVERITIES
-from tasks.io import png_bytes, write_csv, write_json
-from tasks.params import CorruptParams
+from tasks.io import png_bytes, write_csv
 
 ARCHIVE = Path("../shared/datasets/chest_xray_224_train.zip")
-OUT = Path("reports/benchmarks/corrupt.json")
 CLASSES = ("NORMAL", "PNEUMONIA")
 DEFAULT_IMAGES = 200
-# The real archive's carved test split: split.test_fraction (0.15) of 5,216 images, by patient.
-REAL_TEST_IMAGES = 780
+BASELINE = "972920f"  # before this work: PNG level 6, full-grid zoom_blur, one file per image
+REAL_TEST_IMAGES = 783  # the real archive's carved test split (data/splits/test.csv)
 SPLIT_FIELDS = ("path", "label", "source_split", "patient_id", "sha256", "width", "height")
 BLOCK = 4096  # filesystem block size used for the on-disk (allocated) estimate
+REPO = Path(__file__).resolve().parents[1]
+
+# Run in a fresh interpreter with the code under test first on sys.path (argv: code root,
+# test.csv, raw folder, output folder, workers, families, severities).
+DRIVER = """
+import json, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from tasks.corrupt import corrupt
+from tasks.params import CorruptParams
+params = CorruptParams(families=tuple(sys.argv[6].split(",")),
+                       severities=tuple(int(s) for s in sys.argv[7].split(",")))
+t0 = time.perf_counter()
+csv, raw, out = (Path(a) for a in sys.argv[2:5])
+n = corrupt(params, csv, raw, out, workers=int(sys.argv[5]))
+print(json.dumps({"images": n, "seconds": time.perf_counter() - t0}))
+"""
 
 
 def extract_sample(archive: Path, n: int, dest: Path) -> Path:
@@ -75,17 +92,44 @@ def extract_sample(archive: Path, n: int, dest: Path) -> Path:
     return csv
 
 
-def tree_digest(folder: Path) -> tuple[str, int, int]:
-    """sha256 over (relative path, bytes) of every file; total bytes; allocated bytes."""
+def tree_digest(folder: Path) -> dict[str, object]:
+    """sha256 over (relative path, bytes) of every file; file count, bytes, allocated bytes."""
     h = hashlib.sha256()
-    size = allocated = 0
+    files = size = allocated = 0
     for p in sorted(folder.rglob("*")):
         if p.is_file():
             data = p.read_bytes()
             h.update(p.relative_to(folder).as_posix().encode() + b"\0" + data)
+            files += 1
             size += len(data)
             allocated += -(-len(data) // BLOCK) * BLOCK
-    return h.hexdigest(), size, allocated
+    return {"sha256": h.hexdigest(), "files": files, "bytes": size, "allocated_bytes": allocated}
+
+
+def materialize(commit: str, dest: Path) -> Path:
+    """The commit's tasks/ package extracted into dest (git archive); return dest."""
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "archive", commit, "tasks"], cwd=REPO, check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
+def timed(code: Path, csv: Path, raw: Path, out: Path, workers: int, sev: list[int]) -> dict:
+    """Run one corrupt in a fresh process importing the code at `code`; its JSON line."""
+    args = [str(code), str(csv), str(raw), str(out), str(workers), ",".join(FAMILIES)]
+    env = {**os.environ, "PYTHONPATH": str(code), "XRAY_PROGRESS_INTERVAL": "3600"}
+    proc = subprocess.run(
+        [sys.executable, "-c", DRIVER, *args, ",".join(map(str, sev))],
+        cwd=code,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"error: corrupt with the code at {code} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -93,66 +137,64 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--archive", type=Path, default=ARCHIVE)
     ap.add_argument("--images", type=int, default=DEFAULT_IMAGES)
-    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--workers", type=int, nargs="+", default=[2])
     ap.add_argument("--severities", type=int, nargs="+", default=list(SEVERITIES))
-    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--baseline", default=BASELINE, help="git commit to compare with")
     args = ap.parse_args()
     if not args.archive.exists():
         raise SystemExit(f"error: {args.archive}: archive not found")
-    params = CorruptParams(families=tuple(FAMILIES), severities=tuple(args.severities))
     result: dict[str, object] = {
         "archive": str(args.archive),
-        "families": len(params.families),
-        "severities": list(params.severities),
-        "cpu_cores": default_workers(),
-        "load_average_before": [round(x, 2) for x in os.getloadavg()],
-        "python": platform.python_version(),
+        "baseline": args.baseline,
+        "families": len(FAMILIES),
+        "severities": args.severities,
+        "machine": machine(),
         "runs": [],
     }
+    runs: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory(prefix="xray-bench-corrupt-") as tmp:
         root = Path(tmp)
-        t0 = time.perf_counter()
         csv = extract_sample(args.archive, args.images, root / "raw")
-        n_src = sum(1 for _ in (root / "raw").rglob("*.png"))
-        result["source_images"] = n_src
-        result["extract_seconds"] = round(time.perf_counter() - t0, 2)
-        digests = set()
+        result["source_images"] = sum(1 for _ in (root / "raw").rglob("*.png"))
+        codes = {"baseline": materialize(args.baseline, root / "baseline"), "current": REPO}
         for workers in args.workers:
-            out = root / f"out{workers}" / "corrupted"
-            t0 = time.perf_counter()
-            n = corrupt(params, csv, root / "raw", out, workers=workers)
-            seconds = time.perf_counter() - t0
-            digest, size, allocated = tree_digest(out)
-            digests.add(digest)
-            result["runs"].append(
-                {
+            for side, code in codes.items():  # alternate: both sides under the same load
+                out = root / f"{side}{workers}" / "corrupted"
+                run = timed(code, csv, root / "raw", out, workers, args.severities)
+                disk = tree_digest(out)
+                row = {
+                    "code": side,
                     "workers": workers,
-                    "images": n,
-                    "seconds": round(seconds, 2),
-                    "images_per_s": round(n / seconds, 1),
-                    "bytes": size,
-                    "allocated_bytes": allocated,
-                    "manifest_bytes": (out / MANIFEST).stat().st_size,
+                    "images": run["images"],
+                    "seconds": round(run["seconds"], 2),
+                    "images_per_s": round(run["images"] / run["seconds"], 1),
+                    **{k: v for k, v in disk.items() if k != "sha256"},
                 }
-            )
-            print(json.dumps(result["runs"][-1]), flush=True)
-        result["byte_identical_across_workers"] = len(digests) == 1
-    first = result["runs"][0]
-    per_image = (first["bytes"] - first["manifest_bytes"]) / first["images"]
-    per_image_alloc = first["allocated_bytes"] / first["images"]
-    real = REAL_TEST_IMAGES * len(params.families) * len(params.severities)
-    result["estimate_real_test_split"] = {
-        "test_images": REAL_TEST_IMAGES,
-        "corrupted_images": real,
-        "mean_png_bytes": round(per_image),
-        "bytes": round(per_image * real),
-        "gib": round(per_image * real / 2**30, 3),
-        "allocated_gib": round(per_image_alloc * real / 2**30, 3),
-        "seconds_at": {str(r["workers"]): round(real / r["images_per_s"]) for r in result["runs"]},
+                runs.append({**row, "sha256": disk["sha256"]})
+                result["runs"].append(row)
+                print(json.dumps(row), flush=True)
+    current = [r for r in runs if r["code"] == "current"]
+    result["current_byte_identical_across_workers"] = len({r["sha256"] for r in current}) == 1
+    result["speedup"] = {
+        str(w): round(
+            next(r["seconds"] for r in runs if r["code"] == "baseline" and r["workers"] == w)
+            / next(r["seconds"] for r in current if r["workers"] == w),
+            2,
+        )
+        for w in args.workers
     }
-    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    write_json(args.out, result)
-    print(json.dumps(result, indent=2))
+    real = REAL_TEST_IMAGES * len(FAMILIES) * len(args.severities)
+    result["estimate_real_test_split"] = {
+        "corrupted_images": real,
+        **{
+            f"{r['code']}_w{r['workers']}": {
+                "seconds": round(real / r["images_per_s"]),
+                "gib": round(r["bytes"] / r["images"] * real / 2**30, 3),
+            }
+            for r in runs
+        },
+    }
+    write_report("corrupt", result)
 
 
 if __name__ == "__main__":

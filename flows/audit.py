@@ -37,7 +37,7 @@ from tasks.lineage import (
 HASH_RE = re.compile(r"[0-9a-fA-F]{6,32}(\.dir)?")
 DATA_STAGES = ("download", "split", "corrupt")
 METRIC_KEYS = ("accuracy", "auc", "sensitivity", "specificity")
-# metrics.json `<model>.suite` (tasks/evaluate.py suite_metrics): means over the corruption suite
+# metrics.json `<model>.suite` (tasks/robustness.py suite_metrics): means over the corruption suite
 SUITE_KEYS = ("mean_accuracy", "mean_auc", "heldout_mean_accuracy", "heldout_mean_auc", "mbe")
 
 

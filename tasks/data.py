@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from tasks.io import read_csv, read_gray
+from tasks.io import decode_gray, read_csv, read_gray, read_zip_images
 
 if TYPE_CHECKING:
     from tasks.augment import AcquisitionAugment
@@ -58,6 +58,39 @@ def load_images(
                 out[i : i + len(chunk)] = np.stack(chunk)[..., None]
             return out
         images = list(pool.map(one, paths))
+    if size is None:
+        return images
+    return np.stack(images)[..., None] if images else np.zeros((0, size, size, 1), np.uint8)
+
+
+def load_members(
+    folder: Path, rows: Sequence[dict[str, str]], size: int | None
+) -> list[np.ndarray] | np.ndarray:
+    """Decode the images of manifest rows (`archive`, `member`: a zip under folder) once.
+
+    Each zip is opened once and its members read in one pass; decoding runs on threads
+    (Pillow releases the GIL). An (N, size, size, 1) array in row order, or a raw list if
+    size is None.
+    """
+    by_archive: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_archive.setdefault(r["archive"], []).append(i)
+    data: list[bytes] = [b""] * len(rows)
+    for archive, idx in by_archive.items():
+        members = read_zip_images(folder / archive, [rows[i]["member"] for i in idx])
+        for i, (_, blob) in zip(idx, members, strict=True):
+            data[i] = blob
+
+    def one(i: int) -> np.ndarray:
+        try:
+            image = decode_gray(data[i])
+        except (OSError, ValueError) as e:
+            where = f"{folder / rows[i]['archive']}: {rows[i]['member']}"
+            raise ValueError(f"{where}: cannot read image ({e})") from None
+        return image if size is None else resize(image, size)
+
+    with ThreadPoolExecutor(LOAD_THREADS) as pool:
+        images = list(pool.map(one, range(len(rows))))
     if size is None:
         return images
     return np.stack(images)[..., None] if images else np.zeros((0, size, size, 1), np.uint8)

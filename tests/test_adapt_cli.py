@@ -189,3 +189,21 @@ def test_predict_adapt_with_too_few_images_predicts_unadapted(
     assert len(lines) == 3 and all(line.endswith("\tadapted=false") for line in lines)
     assert "3 usable images, adaptation needs at least 32" in captured.err
     assert "predicting unadapted" in captured.err
+
+
+def test_a_zip_of_images_adapts_as_its_folder(
+    model_file: Path, site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tasks.io import write_zip
+
+    files = sorted(p for p in site.rglob("*.png"))
+    archive = tmp_path / "site.zip"
+    write_zip(archive, [(p.relative_to(site).as_posix(), p.read_bytes()) for p in files])
+    out_dir, out_zip = tmp_path / "from_dir.keras", tmp_path / "from_zip.keras"
+    assert xray(["adapt", str(model_file), str(site), "-o", str(out_dir), "--json"]) == 0
+    assert xray(["adapt", str(model_file), str(archive), "-o", str(out_zip), "--json"]) == 0
+    capsys.readouterr()
+    assert read_meta(out_zip)["adaptation"]["images"] == N_GOOD
+    # The same images in the same (sorted) order: the same adapted statistics.
+    a, b = _weights(out_zip), _weights(out_dir)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

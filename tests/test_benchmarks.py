@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import ROOT
 from test_models import write_tiny_split
 
@@ -67,3 +68,74 @@ def test_adaptation_benchmark_scores_every_variant_on_the_proxy(tmp_path: Path) 
         assert set(v["summary"]) == {"val", "val@0.3"}
         assert len(v["sets"]) == 6  # clean + 2 shifts, at 2 balances
     assert variants["adabn+prior"]["sets"]["val/clean"]["prior_estimate"] is not None
+
+
+REAL_ARCHIVE = ROOT.parent / "shared" / "datasets" / "chest_xray_224_train.zip"
+
+
+@pytest.mark.skipif(not REAL_ARCHIVE.exists(), reason="the real archive is not here")
+def test_corrupt_benchmark_runs_the_baseline_beside_the_current_code(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = ["--archive", str(REAL_ARCHIVE), "--images", "2", "--severities", "1"]
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks.corrupt", *args, "--workers", "1", "2"],
+        cwd=tmp_path,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    report = json.loads((tmp_path / "reports/benchmarks/corrupt.json").read_text())
+    runs = {(r["code"], r["workers"]): r for r in report["runs"]}
+    assert set(runs) == {(c, w) for c in ("baseline", "current") for w in (1, 2)}
+    assert all(r["images"] == 2 * 17 for r in runs.values())
+    assert runs["baseline", 1]["files"] == 2 * 17 + 1  # one PNG per image + manifest
+    assert runs["current", 1]["files"] == 17 + 1  # one zip per family x severity + manifest
+    assert report["current_byte_identical_across_workers"] is True
+    assert set(report["speedup"]) == {"1", "2"}
+
+
+def test_evaluate_benchmark_carves_both_layouts_with_the_same_images(tmp_path: Path) -> None:
+    from test_corrupt import make_split
+
+    from benchmarks.evaluate import carve
+    from tasks.corrupt import corrupt
+    from tasks.data import load_members
+    from tasks.io import read_csv, read_gray, write_csv
+    from tasks.params import CorruptParams
+
+    ws = tmp_path / "ws"
+    raw, csv = make_split(ws / "data")
+    (ws / "data/splits").mkdir(parents=True, exist_ok=True)
+    rows = read_csv(csv)
+    write_csv(ws / "data/splits/test.csv", rows, list(rows[0]))
+    write_csv(ws / "data/splits/val.csv", rows, list(rows[0]))
+    corrupt(CorruptParams(families=("jpeg", "elastic"), severities=(1, 2)), csv, raw,
+            ws / "data/corrupted", workers=1)  # fmt: skip
+    for name in ("models", "dvclive"):
+        (ws / name).mkdir()
+    (ws / "params.yaml").write_text("{}\n")
+    dest = tmp_path / "carved"
+    dest.mkdir()
+    counts = carve(ws, dest, images=4, val_images=2)
+    assert counts == {"test_images": 4, "corrupted_images": 4 * 2 * 2}
+    new = read_csv(dest / "current/data/corrupted/manifest.csv")
+    old = read_csv(dest / "baseline/data/corrupted/manifest.csv")
+    assert len(new) == len(old) == 16
+    zipped = load_members(dest / "current/data/corrupted", new, None)
+    for r, image in zip(old, zipped, strict=True):
+        assert (read_gray(dest / "baseline/data/corrupted" / r["path"]) == image).all()
+
+
+def test_pipeline_benchmark_counts_linked_files_once(tmp_path: Path) -> None:
+    from benchmarks.pipeline import disk_bytes
+
+    a, b = tmp_path / "ws", tmp_path / "cache"
+    a.mkdir()
+    b.mkdir()
+    (b / "blob").write_bytes(os.urandom(64 * 1024))
+    os.link(b / "blob", a / "blob")
+    together = disk_bytes(a, b)
+    assert disk_bytes(a) >= 64 * 1024 and disk_bytes(b) >= 64 * 1024
+    assert together < disk_bytes(a) + disk_bytes(b)
+    assert disk_bytes(tmp_path / "missing") == 0

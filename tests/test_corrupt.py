@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 
 from tasks.corrupt import FIELDS, MANIFEST, corrupt
 from tasks.corruptions import FAMILIES, HELD_OUT, corrupt_image, rng_for
-from tasks.io import png_bytes, read_csv, read_gray, write_csv
+from tasks.io import ZIP_DATE, decode_gray, png_bytes, png_bytes_fast, read_csv, write_csv
 from tasks.params import CorruptParams, ParamsError, parse_params
 
 N_IMAGES = 12
@@ -55,6 +56,12 @@ def tree(folder: Path) -> dict[str, bytes]:
     }
 
 
+def member(out: Path, row: dict[str, str]) -> bytes:
+    """The bytes of one manifest row's image, from its zip."""
+    with zipfile.ZipFile(out / row["archive"]) as z:
+        return z.read(row["member"])
+
+
 def leftovers(parent: Path) -> list[str]:
     """Hidden staging folders left beside the output."""
     return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
@@ -78,16 +85,33 @@ def test_byte_identical_across_runs_and_worker_counts(
     a = tree(tmp_path / "a" / "corrupted")
     b = tree(tmp_path / "b" / "corrupted")
     c = tree(tmp_path / "c" / "corrupted")
-    assert len(a) == expected + 1  # + manifest
+    # One zip per family and severity, + the manifest.
+    assert sorted(a) == sorted([f"{f}/{s}.zip" for f in FAMILIES for s in (1, 5)] + [MANIFEST])
     assert a.keys() == b.keys() == c.keys()
     differing = [k for k in a if not a[k] == b[k] == c[k]]
     assert differing == []
     # A different seed changes the random families (and only those stay equal that ignore rng).
     other = CorruptParams(families=("gaussian_noise",), severities=(1,), seed=12)
     corrupt(other, csv, raw, tmp_path / "d" / "corrupted", workers=1)
-    d = tree(tmp_path / "d" / "corrupted")
-    noisy = [k for k in d if k.startswith("gaussian_noise/")]
-    assert noisy and all(d[k] != a[k] for k in noisy)
+    rows_a = read_csv(tmp_path / "a" / "corrupted" / MANIFEST)
+    rows_d = read_csv(tmp_path / "d" / "corrupted" / MANIFEST)
+    before = {r["member"]: r["sha256"] for r in rows_a if r["archive"] == "gaussian_noise/1.zip"}
+    assert len(rows_d) == N_IMAGES and all(before[r["member"]] != r["sha256"] for r in rows_d)
+
+
+def test_zips_are_stored_in_test_order_with_fixed_headers(
+    tmp_path: Path, split: tuple[Path, Path]
+) -> None:
+    raw, csv = split
+    out = tmp_path / "corrupted"
+    corrupt(CorruptParams(families=("jpeg",), severities=(2,)), csv, raw, out, workers=2)
+    expected = [f"{r['label']}/{Path(r['path']).stem}.png" for r in read_csv(csv)]
+    with zipfile.ZipFile(out / "jpeg" / "2.zip") as z:
+        infos = z.infolist()
+    assert [i.filename for i in infos] == expected
+    assert {
+        (i.compress_type, i.date_time, i.create_system, i.external_attr >> 16) for i in infos
+    } == {(zipfile.ZIP_STORED, ZIP_DATE, 3, 0o100644)}
 
 
 def test_manifest_and_labels(tmp_path: Path, split: tuple[Path, Path]) -> None:
@@ -106,9 +130,12 @@ def test_manifest_and_labels(tmp_path: Path, split: tuple[Path, Path]) -> None:
     ]  # fmt: skip
     for r in rows:
         src = source[r["source_path"]]
-        assert r["label"] == src["label"] == Path(r["path"]).parent.name
-        assert r["sha256"] == src["sha256"] and r["patient_id"] == src["patient_id"]
-        img = read_gray(out / r["path"])
+        assert r["label"] == src["label"] == r["member"].split("/")[0]
+        assert r["archive"] == f"{r['family']}/{r['severity']}.zip"
+        assert r["source_sha256"] == src["sha256"] and r["patient_id"] == src["patient_id"]
+        data = member(out, r)
+        assert r["sha256"] == hashlib.sha256(data).hexdigest()
+        img = decode_gray(data)
         assert img.shape == (SIZE, SIZE) and img.dtype == np.uint8
 
 
@@ -121,9 +148,10 @@ def test_output_is_a_function_of_content_not_of_path(
     corrupt(params, csv, raw, out, workers=1)
     for r in read_csv(out / MANIFEST)[:4]:
         fam, sev = r["family"], int(r["severity"])
-        image = read_gray(raw / r["source_path"])
-        expected = corrupt_image(image, fam, sev, rng_for(r["sha256"], fam, sev, params.seed))
-        assert (out / r["path"]).read_bytes() == png_bytes(expected)
+        image = decode_gray((raw / r["source_path"]).read_bytes())
+        rng = rng_for(r["source_sha256"], fam, sev, params.seed)
+        expected = corrupt_image(image, fam, sev, rng)
+        assert member(out, r) == png_bytes_fast(expected)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -198,7 +226,7 @@ def test_params_errors(section: dict[str, object], needle: str) -> None:
 
 
 def sigterm_corrupt_midway(tmp_path: Path, compute: dict, timeout_s: float) -> None:
-    """Run `python -m tasks.corrupt`, SIGTERM it once PNGs are staged: the old output stays."""
+    """Run `python -m tasks.corrupt`, SIGTERM it once images are staged: the old output stays."""
     import os
     import signal
     import subprocess
@@ -225,7 +253,7 @@ def sigterm_corrupt_midway(tmp_path: Path, compute: dict, timeout_s: float) -> N
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and proc.poll() is None:
         stages = list((tmp_path / "data").glob(".corrupted.*.tmp"))
-        if stages and any(stages[0].rglob("*.png")):
+        if stages and any(p.stat().st_size > 0 for p in stages[0].rglob("*.zip")):
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run ended before it could be interrupted"
@@ -238,3 +266,43 @@ def sigterm_corrupt_midway(tmp_path: Path, compute: dict, timeout_s: float) -> N
 
 def test_sigterm_mid_run_leaves_previous_output(tmp_path: Path) -> None:
     sigterm_corrupt_midway(tmp_path, {"workers": 2}, timeout_s=60)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 7), (64, 64), (224, 200)])
+def test_fast_png_round_trips_exactly(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(sum(shape))
+    image = rng.integers(0, 256, shape).astype(np.uint8)
+    image[: shape[0] // 2] = 255  # flat and noisy parts, wrap-around differences
+    data = png_bytes_fast(image)
+    assert data == png_bytes_fast(image.copy())  # a function of the pixels
+    np.testing.assert_array_equal(decode_gray(data), image)
+    with pytest.raises(ValueError, match="2-D uint8"):
+        png_bytes_fast(image.astype(np.int16))
+
+
+def test_zip_readers_fail_with_one_line_naming_the_archive(tmp_path: Path) -> None:
+    from tasks.data import load_members
+    from tasks.io import read_zip_images, write_zip
+
+    good = tmp_path / "set.zip"
+    write_zip(good, [("NORMAL/a.png", png_bytes_fast(np.zeros((4, 4), np.uint8)))])
+    assert [n for n, _ in read_zip_images(good)] == ["NORMAL/a.png"]
+    with pytest.raises(ValueError, match=r"set\.zip: no member 'NORMAL/b\.png'"):
+        read_zip_images(good, ["NORMAL/b.png"])
+    (tmp_path / "bad.zip").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match=r"bad\.zip: not a readable zip"):
+        read_zip_images(tmp_path / "bad.zip")
+    with pytest.raises(FileNotFoundError, match=r"gone\.zip: not found"):
+        read_zip_images(tmp_path / "gone.zip")
+    write_zip(tmp_path / "broken.zip", [("NORMAL/a.png", b"\x89PNG broken")])
+    rows = [{"archive": "broken.zip", "member": "NORMAL/a.png"}]
+    with pytest.raises(ValueError, match=r"broken\.zip: NORMAL/a\.png: cannot read image"):
+        load_members(tmp_path, rows, 8)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries
+
+
+def test_keep_freed_memory_is_idempotent() -> None:
+    from tasks.compute import keep_freed_memory
+
+    first = keep_freed_memory()
+    assert isinstance(first, bool) and keep_freed_memory() is first

@@ -342,7 +342,7 @@ GOLDEN: dict[str, str] = {
     "gamma_down": "0ce91a48c6034c98",
     "motion_blur": "17d03b377fb800ef",
     "zoom_blur": "5952d3734a133847",
-    "elastic": "a7b01b810620a27d",
+    "elastic": "411ef532fbbbcfac",
 }
 
 
@@ -354,3 +354,33 @@ def test_golden_digests(xray: np.ndarray, family: str) -> None:
         f"{family} output changed ({digest}); numpy/Pillow version or platform drift, "
         "or the corruption was modified"
     )
+
+
+def test_zoom_blur_is_the_full_grid_bilinear_average() -> None:
+    from tasks.corruptions import ZOOM_BLUR_PARAMS, _from_levels, _sample_bilinear, zoom_blur
+
+    image = np.random.default_rng(3).integers(0, 256, (37, 52)).astype(np.uint8)
+    for severity in (1, 5):
+        step, count = ZOOM_BLUR_PARAMS[severity - 1]
+        x = image.astype(np.float64)
+        h, w = x.shape
+        cr, cc = (h - 1) / 2.0, (w - 1) / 2.0
+        rr, cols = np.mgrid[0:h, 0:w].astype(np.float64)
+        out = x.copy()
+        for i in range(count):
+            z = 1.0 + step * i
+            out += _sample_bilinear(x, cr + (rr - cr) / z, cc + (cols - cc) / z)
+        expected = _from_levels(out / (count + 1))
+        np.testing.assert_array_equal(zoom_blur(image, severity, np.random.default_rng()), expected)
+
+
+def test_elastic_fields_are_smooth_with_unit_std() -> None:
+    from tasks.corruptions import _smooth_fields
+
+    fields = np.stack(
+        [_smooth_fields(np.random.default_rng(s), 2, (224, 224), 12.0) for s in range(20)]
+    )
+    assert fields.shape == (20, 2, 224, 224)
+    assert 0.85 < fields.std() < 1.1
+    step = np.abs(np.diff(fields, axis=-1)).mean()  # neighbours move together
+    assert step < 0.15

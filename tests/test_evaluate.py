@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from test_corrupt import make_split
 import tasks.evaluate as ev
 from tasks.corrupt import corrupt
 from tasks.data import resize
-from tasks.io import read_csv, read_gray, write_csv
+from tasks.io import decode_gray, read_csv, write_csv
 from tasks.params import AdaptParams, CorruptParams, EvaluateParams
 
 FAMILIES = ("seed", "jpeg", "elastic")
@@ -102,10 +103,19 @@ def _tiny_model(
     save_model(model, path, {**meta, **(extra or {})})
 
 
-def _expected_probs(paths: list[Path], weight: float, size: int) -> np.ndarray:
+def _expected_probs(images: list[np.ndarray], weight: float, size: int) -> np.ndarray:
     """The tiny model's probabilities, computed without Keras."""
-    means = np.array([resize(read_gray(p), size).astype(np.float64).mean() / 255 for p in paths])
+    means = np.array([resize(im, size).astype(np.float64).mean() / 255 for im in images])
     return 1.0 / (1.0 + np.exp(-weight * (means - 0.4)))
+
+
+def _member_images(folder: Path, rows: list[dict[str, str]]) -> list[np.ndarray]:
+    """Manifest rows' images, read straight from their zips."""
+    out = []
+    for r in rows:
+        with zipfile.ZipFile(folder / r["archive"]) as z:
+            out.append(decode_gray(z.read(r["member"])))
+    return out
 
 
 def _val_split(tmp_path: Path, raw: Path) -> Path:
@@ -139,14 +149,19 @@ def test_evaluate_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     _tiny_model(models["base"], 8.0, 0.5, size)
     _tiny_model(models["finetuned"], -5.0, 0.45, size)
 
-    decoded: list[Path] = []
-    real_load = ev.load_images
+    decoded: list[str] = []
+    real_load, real_members = ev.load_images, ev.load_members
 
     def counting_load(paths: list[Path], size: int | None) -> Any:
-        decoded.extend(paths)
+        decoded.extend(str(p) for p in paths)
         return real_load(paths, size)
 
+    def counting_members(folder: Path, rows: list[dict[str, str]], size: int | None) -> Any:
+        decoded.extend(f"{r['archive']}:{r['member']}" for r in rows)
+        return real_members(folder, rows, size)
+
     monkeypatch.setattr(ev, "load_images", counting_load)
+    monkeypatch.setattr(ev, "load_members", counting_members)
     reports = tmp_path / "reports"
     live = {"base": tmp_path / "live_b", "finetuned": tmp_path / "live_f"}
     metrics = ev.evaluate(
@@ -163,8 +178,12 @@ def test_evaluate_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         val_csv=val_csv,
     )
     manifest = read_csv(corrupted / "manifest.csv")
-    # Every image decoded exactly once, shared by both models.
-    assert len(decoded) == len(set(decoded)) == len(read_csv(csv)) + len(manifest)
+    # Every image decoded exactly once for scoring, shared by all models (+ the figures'
+    # samples: grid_images of the reference group, one source image in each family).
+    grid = len(FAMILIES) * len(set(SEVERITIES) & set(ev.GRID_SEVERITIES))
+    figures = PROXY.grid_images + grid
+    assert len(decoded) == len(read_csv(csv)) + len(manifest) + figures
+    assert len(set(decoded)) == len(read_csv(csv)) + len(manifest)
 
     robust = json.loads((reports / "robustness.json").read_text())
     on_disk = json.loads((reports / "metrics.json").read_text())
@@ -176,7 +195,7 @@ def test_evaluate_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         threshold = 0.5 if name == "base" else 0.45
         # The reference group's accuracy, recomputed without Keras.
         rows = [r for r in manifest if r["family"] == "seed" and r["severity"] == "3"]
-        p = _expected_probs([corrupted / r["path"] for r in rows], weight, size)
+        p = _expected_probs(_member_images(corrupted, rows), weight, size)
         y = np.array([r["label"] == "PNEUMONIA" for r in rows])
         acc = float(((p >= threshold) == y).mean())
         assert on_disk[name]["corrupted"]["accuracy"] == pytest.approx(acc, abs=1e-6)

@@ -103,3 +103,39 @@ def test_cli_predict(
     assert code == EXIT_OK
     row = json.loads(capsys.readouterr().out.strip())
     assert row["path"] == str(images["deep_png"])
+
+
+def test_a_zip_of_images_predicts_each_member(
+    tmp_path: Path, model_file: Path, images: dict[str, Path]
+) -> None:
+    from tasks.io import write_zip
+
+    good = [images[k] for k in ("gray_png", "rgb_jpeg")]
+    archive = tmp_path / "set.zip"
+    write_zip(
+        archive,
+        [("NORMAL/b.png", good[0].read_bytes()), ("PNEUMONIA/a.jpg", good[1].read_bytes()),
+         ("PNEUMONIA/broken.png", images["bad"].read_bytes()), ("notes.txt", b"skip me")],
+    )  # fmt: skip
+    code, out, err = _run([archive], model_file, as_json=True)
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["path"] for r in rows] == [
+        str(archive / "NORMAL/b.png"),
+        str(archive / "PNEUMONIA/a.jpg"),
+    ]
+    _, direct, _ = _run(good, model_file, as_json=True)
+    assert [r["probability"] for r in rows] == [
+        json.loads(x)["probability"] for x in direct.splitlines()
+    ]
+    assert code == EXIT_SOME_FAILED
+    assert err.startswith(f"error: {archive / 'PNEUMONIA/broken.png'}: not a usable image")
+    # A zip without images, and one that is no zip, are one-line errors.
+    empty, fake = tmp_path / "empty.zip", tmp_path / "fake.zip"
+    write_zip(empty, [("readme.txt", b"x")])
+    fake.write_bytes(b"not a zip")
+    code, out, err = _run([empty, fake], model_file, as_json=False)
+    assert code == EXIT_SOME_FAILED and out == ""
+    assert err.splitlines() == [
+        f"error: {empty}: no JPEG/PNG images in this zip",
+        f"error: {fake}: not a readable zip (File is not a zip file)",
+    ]
