@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +15,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from tasks.io import atomic_file
+
 log = logging.getLogger("xray.evaluate")
 
 GRID_SEVERITIES = (1, 3, 5)  # rows of the corruption sample grid
@@ -25,20 +24,9 @@ GRID_COLUMNS = 9  # panels per row of the corruption sample grid
 
 
 def save_figure(fig: Any, path: Path, dpi: int) -> None:
-    """Save a figure through a temporary file and a rename.
-
-    Never writes into an existing file: with DVC linking its cache (`cache.type`), an old
-    figure may be a hardlink to the cache, which an in-place write would corrupt.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    """Save a figure through a temporary file and a rename (never into an old, linked file)."""
+    with atomic_file(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 def _history(live_dir: Path, name: str) -> dict[str, list[float]]:

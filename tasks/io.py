@@ -236,18 +236,9 @@ def zip_member_info(name: str) -> zipfile.ZipInfo:
 
 def write_zip(path: Path, members: Iterable[tuple[str, bytes]]) -> None:
     """Write a deterministic stored zip of (name, bytes) in the given order, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
-            for name, data in members:
-                z.writestr(zip_member_info(name), data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as z:
+        for name, data in members:
+            z.writestr(zip_member_info(name), data)
 
 
 def is_zip_path(path: Path) -> bool:
@@ -279,19 +270,33 @@ def read_zip_images(path: Path, members: Sequence[str] | None = None) -> list[tu
         raise ValueError(f"{path}: not a readable zip ({e})") from None
 
 
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """A temporary file beside `path` to write; renamed onto `path` only if the block succeeds.
+
+    The file gets an ordinary mode under the umask (mkstemp's 0600 would survive the
+    rename), and `path` is never written in place: with DVC linking its cache, an old
+    output may be a hardlink into the cache, which an in-place write would corrupt.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(name)
+    try:
+        try:
+            os.fchmod(fd, file_mode())
+        finally:
+            os.close(fd)
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write bytes to `path` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, file_mode())  # mkstemp's 0600 would be kept by the rename
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_json(path: Path, obj: Any) -> None:
