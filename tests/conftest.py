@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import absl.logging
 import httpx
 import numpy as np
 import pytest
@@ -24,6 +25,12 @@ import yaml
 from tasks.io import MANIFEST_FIELDS, png_bytes, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# absl (TensorFlow's logging) keeps a handler bound to the sys.stderr of its import, here a
+# pytest capture buffer. Prefect's logging setup closes every handler, and absl's close()
+# closes its stream when that is no longer sys.stderr: a later test then loses stderr. The
+# real stderr is never closed by absl.
+absl.logging.get_absl_handler().python_handler.stream = sys.__stderr__
 
 # Prefect in tests: a private home (temporary server database) and no telemetry.
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="xray-prefect-home-"))
