@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 
 from tasks.adapt_settings import AdaptSettings
-from tasks.model_file import ModelFileError, read_meta
+from tasks.inputs import read_images
+from tasks.model_file import EXIT_NO_MODEL, ModelFileError, read_meta
 from tasks.params import PARAMS_FILE, ParamsError, load_params
-from tasks.predict import EXIT_NO_MODEL, expand, prepare
 
 if TYPE_CHECKING:  # tasks.adapt imports Keras: only where adaptation really runs
     from tasks.adapt import AdaptReport
@@ -50,30 +50,6 @@ def settings_from(params_file: Path | None = Path(PARAMS_FILE), **overrides: Any
     if unknown:
         raise TypeError(f"unknown adapt settings: {', '.join(sorted(unknown))}")
     return replace(base, **given)
-
-
-def read_images(
-    paths: Sequence[Path], size: int, err: TextIO, level: str = "warning"
-) -> tuple[list[Path], np.ndarray, int]:
-    """Decode every image under the paths: (paths read, (N, size, size, 1) uint8, failures).
-
-    Each unreadable file or empty/missing path is one line on `err`, `level: PATH: why`.
-    """
-    good: list[Path] = []
-    arrays: list[np.ndarray] = []
-    failed = 0
-    for path, problem in expand(paths):
-        if problem is None:
-            try:
-                arrays.append(prepare(path, size))
-                good.append(path)
-            except ValueError as e:
-                problem = str(e)
-        if problem is not None:
-            failed += 1
-            print(f"{level}: {path}: {problem}", file=err)
-    images = np.stack(arrays)[..., None] if arrays else np.zeros((0, size, size, 1), np.uint8)
-    return good, images.astype(np.uint8), failed
 
 
 def has_prior_reference(meta: dict[str, Any]) -> bool:

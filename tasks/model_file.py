@@ -23,6 +23,8 @@ MAX_META_BYTES = 1 << 20
 REQUIRED = ("image_size", "threshold")
 """Keys every use of a model file needs; `xray predict` also needs `classes` (PREDICT_KEYS)."""
 PREDICT_KEYS = (*REQUIRED, "classes")
+EXIT_NO_MODEL = 2
+"""Exit status of `xray predict` / `xray adapt` when the model file is missing or unusable."""
 OPTIONAL_PROBABILITIES = ("threshold_adabn", "prior_reference", "prior_reference_adabn")
 
 

@@ -2,101 +2,23 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
-from tasks.data import resize
-from tasks.images import IMAGE_SUFFIXES, BadImage, load_image
-from tasks.model_file import PREDICT_KEYS, read_meta
-from tasks.params import DataParams
+from tasks.adapt_cli import AdaptError, adapted_scores, check_prior
+from tasks.inputs import expand, prepare, read_images
+from tasks.model_file import EXIT_NO_MODEL, PREDICT_KEYS, read_meta
 
 if TYPE_CHECKING:
     from tasks.adapt_settings import AdaptSettings
 
-DEFAULTS = DataParams()  # decode exactly as ingest does: same pixel limit, same longest side
-EXIT_OK, EXIT_SOME_FAILED, EXIT_NO_MODEL = 0, 1, 2
-"""EXIT_NO_MODEL: the model file is missing or unusable (one line naming it and why)."""
-
-
-def _zip_images(archive: Path) -> list[str] | str:
-    """The image members of a zip (sorted), or why none can be listed."""
-    try:
-        with zipfile.ZipFile(archive) as z:
-            names = [i.filename for i in z.infolist() if not i.is_dir()]
-    except (OSError, zipfile.BadZipFile) as e:
-        return f"not a readable zip ({e})"
-    return sorted(n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES)
-
-
-def zip_member(path: Path) -> tuple[Path, str] | None:
-    """(archive, member) when path names a file inside a .zip (`images.zip/NORMAL/a.png`)."""
-    for parent in path.parents:
-        if parent.suffix.lower() == ".zip" and parent.is_file():
-            return parent, path.relative_to(parent).as_posix()
-    return None
-
-
-@functools.lru_cache(maxsize=4)
-def _open_zip(archive: Path) -> zipfile.ZipFile:
-    """An open zip, kept for the next member (predicting a zip reads every member in turn)."""
-    return zipfile.ZipFile(archive)
-
-
-def expand(paths: Sequence[Path]) -> Iterator[tuple[Path, str | None]]:
-    """Files as given, image files under folders and in .zip files (sorted); errors for missing.
-
-    A zip's images come as `ARCHIVE.zip/MEMBER` paths (the corrupt stage's
-    data/corrupted/<family>/<severity>.zip, say), which `prepare` reads from the archive.
-    """
-    for path in paths:
-        path = Path(path)
-        if path.suffix.lower() == ".zip" and path.is_file():
-            members = _zip_images(path)
-            if isinstance(members, str):
-                yield path, members
-            elif not members:
-                yield path, "no JPEG/PNG images in this zip"
-            else:
-                for name in members:
-                    yield path / name, None
-        elif path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
-            if not found:
-                yield path, "no JPEG/PNG images in this folder"
-            for p in found:
-                yield p, None
-        elif path.exists():
-            yield path, None
-        else:
-            yield path, "no such file or folder"
-
-
-def prepare(path: Path, size: int) -> np.ndarray:
-    """Decode any image as ingest does (grayscale, EXIF-oriented, shrunk), then resize.
-
-    A path inside a .zip (as `expand` yields them) is read from the archive.
-    """
-    source: Path | bytes = path
-    inside = zip_member(path) if not path.exists() else None
-    if inside is not None:
-        try:
-            source = _open_zip(inside[0]).read(inside[1])
-        except (KeyError, OSError, zipfile.BadZipFile) as e:
-            raise ValueError(f"not readable from {inside[0]} ({e})") from None
-    try:
-        gray = load_image(source, max_pixels=DEFAULTS.max_pixels, max_side=DEFAULTS.max_side)
-    except BadImage as e:
-        raise ValueError(f"not a usable image ({e.reason})") from None
-    return resize(gray, size)
+EXIT_OK, EXIT_SOME_FAILED = 0, 1
+"""And EXIT_NO_MODEL (tasks.model_file): the model file is missing or unusable."""
 
 
 def _row(path: Path, p: float, meta: dict[str, Any], adapted: bool | None = None) -> dict[str, Any]:
@@ -201,8 +123,6 @@ def _predict_adapted(
 
     Fewer usable images than `settings.min_images`: said on `err`, predicted unadapted.
     """
-    from tasks.adapt_cli import AdaptError, adapted_scores, check_prior, read_images
-
     try:
         check_prior(meta, model_path, prior_flag)
     except AdaptError as e:

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tasks.model_file import META_MEMBER, PREDICT_KEYS, ModelFileError, read_meta
-from tasks.predict import EXIT_NO_MODEL, predict_paths
+from tasks.model_file import EXIT_NO_MODEL, META_MEMBER, PREDICT_KEYS, ModelFileError, read_meta
+from tasks.predict import predict_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD_META = {"image_size": 32, "threshold": 0.5, "classes": ["NORMAL", "PNEUMONIA"]}

@@ -14,7 +14,8 @@ from PIL import Image
 
 from flows.cli import main as xray
 from tasks.data import resize
-from tasks.predict import EXIT_NO_MODEL, EXIT_OK, EXIT_SOME_FAILED, predict_paths
+from tasks.model_file import EXIT_NO_MODEL
+from tasks.predict import EXIT_OK, EXIT_SOME_FAILED, predict_paths
 
 
 @pytest.fixture()
