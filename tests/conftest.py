@@ -32,6 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # real stderr is never closed by absl.
 absl.logging.get_absl_handler().python_handler.stream = sys.__stderr__
 
+# Seconds prefect_test_harness waits for its temporary server (its 30 s default fails on a
+# busy 2-core machine, as the CLI's would: flows/cli.py EPHEMERAL_STARTUP_TIMEOUT_S).
+HARNESS_STARTUP_S = 120
+
 # Prefect in tests: a private home (temporary server database) and no telemetry.
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="xray-prefect-home-"))
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"

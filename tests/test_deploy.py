@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import PrefectServer, tracked_files
+from conftest import HARNESS_STARTUP_S, PrefectServer, tracked_files
 from conftest import wait_for as conftest_wait_for
 
 from flows.deploy import (
@@ -304,7 +304,10 @@ def test_a_failing_stage_fails_the_run_and_records_nothing(tmp_path: Path) -> No
     root = make_project(tmp_path / "project")
     git(root, "branch", "records")
     before = git(root, "rev-parse", "records")
-    with prefect_test_harness(), pytest.raises(StageFailed, match="stage download"):
+    with (
+        prefect_test_harness(server_startup_timeout=HARNESS_STARTUP_S),
+        pytest.raises(StageFailed, match="stage download"),
+    ):
         pipeline(
             workdir=str(root),
             source=str(tmp_path / "missing.zip"),

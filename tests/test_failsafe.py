@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ROOT, dvc, git
+from conftest import HARNESS_STARTUP_S, ROOT, dvc, git
 from test_server_restart import InterruptingLog
 
 from flows.repro import repro, stage_graph, with_downstream
@@ -119,7 +119,7 @@ def test_nochange_flow_runs_no_repro_and_a_bad_source_loses_nothing(
     def no_repro(stage: str, *_: object) -> dict[str, Any]:
         raise AssertionError(f"dvc repro {stage} started on a no-change run")
 
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=HARNESS_STARTUP_S):
         with monkeypatch.context() as m:
             m.setattr(flow_module, "dvc_repro", no_repro)
             results = pipeline(workdir=str(proj), stages=["download"])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import dvc
+from conftest import HARNESS_STARTUP_S, dvc
 
 from tasks.params import STAGES
 
@@ -77,7 +77,7 @@ def test_repro_then_flow_then_repro_cache_both_ways(make_project) -> None:
     assert ran_stages(second.stdout) == []
     assert (proj / "dvc.lock").read_bytes() == lock
 
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=HARNESS_STARTUP_S):
         results = pipeline(workdir=str(proj))
         assert [r["stage"] for r in results] == list(STAGES)
         assert [r["stage"] for r in results if r["ran"]] == []
@@ -101,7 +101,10 @@ def test_flow_fails_with_the_stage_error(make_project) -> None:
     from flows.pipeline import StageFailed, pipeline
 
     proj = make_project({"data": {"source": "no/such/archive.zip"}})
-    with prefect_test_harness(), pytest.raises(StageFailed) as info:
+    with (
+        prefect_test_harness(server_startup_timeout=HARNESS_STARTUP_S),
+        pytest.raises(StageFailed) as info,
+    ):
         pipeline(workdir=str(proj), stages=["download"])
     assert "stage download" in str(info.value)
     assert "no/such/archive.zip does not exist" in str(info.value)

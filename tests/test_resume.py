@@ -203,7 +203,7 @@ def test_killed_train_base_resumes_under_dvc_repro(make_project: Callable[..., P
     second = dvc(proj, "repro", "train_base")
     output = second.stdout + second.stderr
     assert f"resuming at epoch {done + 1} of {KILL_EPOCHS}" in output
-    ran = [int(e) for e, total in re.findall(r"Epoch (\d+)/(\d+)", output)]
+    ran = [int(e) for e, total in re.findall(r"training: epoch (\d+)/(\d+)", output)]
     assert ran == list(range(done + 1, KILL_EPOCHS + 1))  # only the epochs not yet finished
     assert (proj / "models" / "base.keras").is_file()
     assert not work.exists()
