@@ -15,6 +15,7 @@ from flows.cli_base import (
     Parser,
     UsageError,
     add_command,
+    add_workdir,
 )
 from flows.ops_cli import add_ops_commands
 from tasks.cli_support import (
@@ -248,13 +249,6 @@ environment:
   PREFECT_API_URL         a Prefect server's API (default: a temporary local server)
 """
 
-WORKDIR_HELP = "project folder (the one with dvc.yaml and params.yaml)"
-
-
-def _add_workdir(p: argparse.ArgumentParser) -> None:
-    """The --workdir option."""
-    p.add_argument("--workdir", type=Path, default=Path("."), metavar="DIR", help=WORKDIR_HELP)
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `xray`."""
@@ -285,7 +279,7 @@ xray run --source /data/chest_xray.zip --set train.epochs=5
 xray run --push --remote /srv/xray/dvc-remote --record
 """,
     )
-    _add_workdir(run)
+    add_workdir(run)
     run.add_argument(
         "--stage",
         dest="stages",
@@ -346,7 +340,7 @@ xray repro
 xray repro -f evaluate
 """,
     )
-    _add_workdir(rep)
+    add_workdir(rep)
     rep.add_argument("dvc_args", nargs=argparse.REMAINDER, help="arguments for dvc repro")
     rep.set_defaults(func=cmd_repro)
 
@@ -380,7 +374,7 @@ xray probe && dvc repro
 xray probe --source /data/chest_xray.zip && dvc exp run -S data.source=/data/chest_xray.zip
 """,
     )
-    _add_workdir(prb)
+    add_workdir(prb)
     prb.add_argument(
         "--source",
         metavar="SOURCE",
@@ -464,7 +458,7 @@ xray deps
 xray deps -v
 """,
     )
-    _add_workdir(dep)
+    add_workdir(dep)
     dep.add_argument("-v", "--verbose", action="store_true", help="print each stage's modules")
     dep.set_defaults(func=cmd_deps)
     add_ops_commands(sub)  # server, serve, deploy, audit: flows/ops_cli.py

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
+from pathlib import Path
 from typing import Any, NoReturn
 
 EXIT_OK = 0  # done
@@ -21,6 +22,7 @@ exit status:
 
 
 WIDTH = 88  # descriptions are wrapped to this many columns
+WORKDIR_HELP = "project folder (the one with dvc.yaml and params.yaml)"
 
 
 class UsageError(Exception):
@@ -55,6 +57,11 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         """Print `PROG: error: MESSAGE (see PROG --help)` and exit with status 2."""
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_workdir(p: argparse.ArgumentParser) -> None:
+    """The --workdir option every project subcommand takes."""
+    p.add_argument("--workdir", type=Path, default=Path("."), metavar="DIR", help=WORKDIR_HELP)
 
 
 def add_command(

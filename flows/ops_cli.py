@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from flows.cli_base import EXIT_FAILED, EXIT_OK, UsageError, add_command
-
-WORKDIR_HELP = "project folder (the one with dvc.yaml and params.yaml)"
+from flows.cli_base import EXIT_FAILED, EXIT_OK, UsageError, add_command, add_workdir
 
 
 def cmd_server(args: argparse.Namespace) -> int:
@@ -138,7 +135,7 @@ xray server --port 4300 --database-url postgresql+asyncpg://user:pw@host/prefect
     for name, func in (("serve", cmd_serve), ("deploy", cmd_deploy)):
         summary, description, examples = SERVE_TEXT[name]
         p = add_command(sub, name, summary, description, examples)
-        p.add_argument("--workdir", type=Path, default=Path("."), metavar="DIR", help=WORKDIR_HELP)
+        add_workdir(p)
         p.add_argument(
             "--interval",
             type=float,
@@ -184,7 +181,7 @@ xray audit --history
 xray audit --data 3f2a9c...  # a sha256 or md5 from dvc.lock
 """,
     )
-    aud.add_argument("--workdir", type=Path, default=Path("."), metavar="DIR", help=WORKDIR_HELP)
+    add_workdir(aud)
     mode = aud.add_mutually_exclusive_group()
     mode.add_argument("model", nargs="?", metavar="MODEL", help="model file or content hash")
     mode.add_argument("--history", action="store_true", help="every model version in git")
