@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 OUT_DIR = Path("reports/benchmarks")
+REPO = Path(__file__).resolve().parents[1]
 
 
 def machine() -> dict[str, Any]:
@@ -31,3 +34,27 @@ def write_report(name: str, result: dict[str, Any]) -> Path:
     write_json(path, result)
     print(json.dumps(result, indent=2))
     return path
+
+
+def materialize(commit: str, dest: Path) -> Path:
+    """The commit's tasks/ package extracted into dest (git archive); return dest."""
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "archive", commit, "tasks"], cwd=REPO, check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
+def run_driver(driver: str, args: list[str], code: Path, cwd: Path, what: str) -> dict[str, Any]:
+    """Run `driver` in a fresh Python importing the project code at `code`; its last JSON line.
+
+    Progress lines are held back (one interval of an hour) so they do not cost time.
+    """
+    env = {**os.environ, "PYTHONPATH": str(code), "XRAY_PROGRESS_INTERVAL": "3600"}
+    proc = subprocess.run(
+        [sys.executable, "-c", driver, *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"error: {what} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -18,9 +18,6 @@ import argparse
 import hashlib
 import io
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import zipfile
 from pathlib import Path
@@ -28,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks._common import machine, write_report
+from benchmarks._common import REPO, machine, materialize, run_driver, write_report
 from tasks.corruptions import FAMILIES, SEVERITIES
 from tasks.io import png_bytes, write_csv
 
@@ -39,7 +36,6 @@ BASELINE = "972920f"  # before this work: PNG level 6, full-grid zoom_blur, one 
 REAL_TEST_IMAGES = 783  # the real archive's carved test split (data/splits/test.csv)
 SPLIT_FIELDS = ("path", "label", "source_split", "patient_id", "sha256", "width", "height")
 BLOCK = 4096  # filesystem block size used for the on-disk (allocated) estimate
-REPO = Path(__file__).resolve().parents[1]
 
 # Run in a fresh interpreter with the code under test first on sys.path (argv: code root,
 # test.csv, raw folder, output folder, workers, families, severities).
@@ -106,30 +102,11 @@ def tree_digest(folder: Path) -> dict[str, object]:
     return {"sha256": h.hexdigest(), "files": files, "bytes": size, "allocated_bytes": allocated}
 
 
-def materialize(commit: str, dest: Path) -> Path:
-    """The commit's tasks/ package extracted into dest (git archive); return dest."""
-    dest.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(
-        ["git", "archive", commit, "tasks"], cwd=REPO, check=True, capture_output=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    return dest
-
-
 def timed(code: Path, csv: Path, raw: Path, out: Path, workers: int, sev: list[int]) -> dict:
     """Run one corrupt in a fresh process importing the code at `code`; its JSON line."""
     args = [str(code), str(csv), str(raw), str(out), str(workers), ",".join(FAMILIES)]
-    env = {**os.environ, "PYTHONPATH": str(code), "XRAY_PROGRESS_INTERVAL": "3600"}
-    proc = subprocess.run(
-        [sys.executable, "-c", DRIVER, *args, ",".join(map(str, sev))],
-        cwd=code,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"error: corrupt with the code at {code} failed:\n{proc.stderr[-2000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    args.append(",".join(map(str, sev)))
+    return run_driver(DRIVER, args, code, code, f"corrupt with the code at {code}")
 
 
 def main() -> None:

@@ -17,22 +17,17 @@ baseline and current. Prints JSON and writes ``reports/benchmarks/evaluate.json`
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks._common import machine, write_report
-from benchmarks.corrupt import materialize
+from benchmarks._common import REPO, machine, materialize, run_driver, write_report
 from tasks.io import read_csv, read_zip_images, write_csv, write_zip
 
 BASELINE = "972920f"
 DEFAULT_IMAGES = 120
 VAL_IMAGES = 64  # the proxy sets' val images (the current code only): kept small
-REPO = Path(__file__).resolve().parents[1]
 OLD_FIELDS = ("path", "label", "family", "severity", "patient_id", "sha256", "source_path")
 SCORED = re.compile(r"scored (\d+) images x (\d+) models in ([\d.]+)s")
 
@@ -121,17 +116,7 @@ def carve(workspace: Path, dest: Path, images: int, val_images: int) -> dict[str
 
 def run(code: Path, ws: Path, mode: str) -> dict[str, object]:
     """One evaluate in a fresh process with the code at `code`; its JSON result."""
-    env = {**os.environ, "PYTHONPATH": str(code), "XRAY_PROGRESS_INTERVAL": "3600"}
-    proc = subprocess.run(
-        [sys.executable, "-c", DRIVER, str(code), str(ws), mode],
-        cwd=ws,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"error: evaluate ({mode}) failed:\n{proc.stderr[-3000:]}")
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = run_driver(DRIVER, [str(code), str(ws), mode], code, ws, f"evaluate ({mode})")
     images, variants, seconds = SCORED.search(out["log"][-1]).groups()  # type: ignore[union-attr]
     scored = int(images) * int(variants)
     return {

@@ -27,10 +27,9 @@ from typing import Any
 
 import yaml
 
-from benchmarks._common import machine, write_report
+from benchmarks._common import REPO, machine, write_report
 
 ARCHIVE = Path("../shared/datasets/chest_xray_224_train.zip")
-REPO = Path(__file__).resolve().parents[1]
 OUTPUT_DIRS = ("data", "models", "reports", "dvclive")
 
 
