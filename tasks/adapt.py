@@ -23,6 +23,7 @@ permutation seeded by `seed`, and TensorFlow's op determinism is on where the st
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -116,16 +117,17 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarr
 
 
 _STEPS: weakref.WeakKeyDictionary[keras.Model, Any] = weakref.WeakKeyDictionary()
+_KERAS_STEPS: weakref.WeakKeyDictionary[keras.Model, Any] = weakref.WeakKeyDictionary()
 
 
-def _moments_step(model: keras.Model, bns: list[Any]) -> Any:
+def _keras_moments_step(model: keras.Model, bns: list[Any]) -> Any:
     """A compiled training-mode pass returning each BatchNorm layer's batch moments.
 
-    Traced once per model, inside `bn_training_mode(model, 0.0)`: the mode's flags and
-    momentum 0 are part of the trace, so it is only ever called in that mode (3x faster
-    than eager calls).
+    The fallback for models tasks/inference.py cannot walk. Traced once per model, inside
+    `bn_training_mode(model, 0.0)`: the mode's flags and momentum 0 are part of the trace,
+    so it is only ever called in that mode (3x faster than eager calls).
     """
-    if model not in _STEPS:
+    if model not in _KERAS_STEPS:
         import tensorflow as tf
 
         spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
@@ -140,8 +142,8 @@ def _moments_step(model: keras.Model, bns: list[Any]) -> Any:
                 bn.moving_variance.value for bn in layers
             ]
 
-        _STEPS[model] = step
-    return _STEPS[model]
+        _KERAS_STEPS[model] = step
+    return _KERAS_STEPS[model]
 
 
 def bn_statistics(
@@ -149,30 +151,40 @@ def bn_statistics(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each BatchNorm layer's mean and variance over the images (AdaBN's estimate), pooled exactly.
 
-    Momentum 0 makes every layer's moving statistics equal the last batch's moments, which
-    are read back and pooled in float64; the model's own statistics are restored after.
+    Each batch's moments come from a pass where every BatchNorm normalizes with them
+    (tasks/inference.py: TF's fused kernel, the model left untouched); they are pooled in
+    float64. A model that pass cannot walk runs in Keras' training mode at momentum 0,
+    which leaves each layer's last batch moments in its moving statistics (restored after).
     """
+    from tasks.inference import moments
+
     bns = batchnorm_layers(model)
     if not bns:
         return []
+    if model not in _STEPS:
+        _STEPS[model] = moments(model, bns)
+    fused = _STEPS[model]
     before = [(bn.moving_mean.numpy(), bn.moving_variance.numpy()) for bn in bns]
     s1 = [np.zeros(bn.moving_mean.shape, np.float64) for bn in bns]
     s2 = [np.zeros(bn.moving_mean.shape, np.float64) for bn in bns]
     n = 0
-    with bn_training_mode(model, momentum=0.0):
-        step = _moments_step(model, bns)
+    with contextlib.ExitStack() as stack:
+        if fused is None:
+            stack.enter_context(bn_training_mode(model, momentum=0.0))
+        step = fused or _keras_moments_step(model, bns)
         for idx in _batches(len(images), batch_size, np.random.default_rng(seed)):
-            moments = step(images[np.sort(idx)].astype("float32"))
+            out = step(images[np.sort(idx)].astype("float32"))
             k = len(idx)
             for i in range(len(bns)):
-                m = moments[i].numpy().astype(np.float64)
-                v = moments[len(bns) + i].numpy().astype(np.float64)
+                m = out[i].numpy().astype(np.float64)
+                v = out[len(bns) + i].numpy().astype(np.float64)
                 s1[i] += k * m
                 s2[i] += k * (v + m * m)
             n += k
-    for bn, (m, v) in zip(bns, before, strict=True):
-        bn.moving_mean.assign(m)
-        bn.moving_variance.assign(v)
+    if fused is None:
+        for bn, (m, v) in zip(bns, before, strict=True):
+            bn.moving_mean.assign(m)
+            bn.moving_variance.assign(v)
     stats = []
     for a, b in zip(s1, s2, strict=True):
         mean = a / n
@@ -509,10 +521,14 @@ def _adapt(
 
 @contextmanager
 def restored(model: keras.Model) -> Iterator[keras.Model]:
-    """Within: adapt the model freely; on exit every weight and statistic is as before."""
-    saved = [v.numpy() for v in model.variables]
+    """Within: adapt the model freely; on exit every BatchNorm weight and statistic is as before.
+
+    Adaptation changes nothing else (AdaBN the statistics, TENT the scale and shift too).
+    """
+    variables = [v for bn in batchnorm_layers(model) for v in bn.variables]
+    saved = [v.numpy() for v in variables]
     try:
         yield model
     finally:
-        for v, value in zip(model.variables, saved, strict=True):
+        for v, value in zip(variables, saved, strict=True):
             v.assign(value)

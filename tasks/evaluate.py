@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from tasks.figures import (
     plot_proxy,
     plot_samples,
 )
+from tasks.inference import forward
 from tasks.io import read_csv, read_gray, write_csv, write_json
 from tasks.metrics import binary_metrics
 from tasks.model_card import PREDICTIONS, write_model_card, write_predictions
@@ -43,7 +44,7 @@ from tasks.params import AdaptParams, EvaluateParams, load_params
 from tasks.progress import Progress
 from tasks.proxy import ProxySet, check_shifts, proxy_sets
 from tasks.robustness import BASELINE, proxy_summary, suite_metrics, summarize
-from tasks.training import configure, predict
+from tasks.training import configure
 
 log = logging.getLogger("xray.evaluate")
 
@@ -116,6 +117,7 @@ def evaluate(
         loaded[name] = (model, int(meta["image_size"]), float(meta["threshold"]))
         metas[name] = meta
     sizes = sorted({size for _, size, _ in loaded.values()})
+    plain = _plain_predictor(loaded, params.batch_size)
     settings = AdaptSettings(**adapt.settings())
     adapted = [m for m in adapt.models if m in loaded] if settings.method != "none" else []
     variants = [*models, *(m + ADAPTED for m in adapted)]
@@ -147,10 +149,9 @@ def evaluate(
         nonlocal n_scored
         n_scored += len(next(iter(x.values())))
         out: dict[str, dict[str, Any]] = {span: {} for span in spans}
-        for name, (model, size, threshold) in loaded.items():
-            p = predict(model, x[size], params.batch_size)
+        for name, p in plain(x).items():
             for span, sl in spans.items():
-                out[span][name] = (p[sl], threshold)
+                out[span][name] = (p[sl], loaded[name][2])
         for name in adapted:
             model, size, _ = loaded[name]
             for span, sl in spans.items():
@@ -204,9 +205,7 @@ def evaluate(
                         metrics[name]["corrupted"] = per_group[name][key]
                         roc_rows += _roc_rows(name, "corrupted", y_g, p_g)
             progress.update(sum(len(by_group[k]) for k in keys))
-    proxy_rows = _score_proxy(
-        proxy, loaded, metas, adapted, settings, params.batch_size, adaptation
-    )
+    proxy_rows = _score_proxy(proxy, loaded, metas, adapted, settings, plain, adaptation)
     for name in variants:
         metrics[name]["proxy"] = proxy_summary(proxy_rows[name], params.proxy_prior)
     seconds = time.perf_counter() - t0
@@ -299,22 +298,46 @@ def _report_row(report: AdaptReport) -> dict[str, Any]:
     }
 
 
+def _plain_predictor(
+    loaded: dict[str, tuple[Any, int, float]], batch_size: int
+) -> Callable[[dict[int, np.ndarray]], dict[str, np.ndarray]]:
+    """Scores of every plain model for images at each input size: one compiled pass per size.
+
+    The models of one input size run in one call on each batch (tasks/inference.py).
+    """
+    groups = {
+        size: [name for name, (_, s, _) in loaded.items() if s == size]
+        for size in sorted({s for _, s, _ in loaded.values()})
+    }
+    passes = {size: forward([loaded[n][0] for n in names]) for size, names in groups.items()}
+
+    def scores(x: dict[int, np.ndarray]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for size, names in groups.items():
+            ps = passes[size].scores(x[size], batch_size)
+            out.update(zip(names, ps, strict=True))
+        return {name: out[name] for name in loaded}
+
+    return scores
+
+
 def _score_proxy(
     proxy: dict[int, list[ProxySet]],
     loaded: dict[str, tuple[Any, int, float]],
     metas: dict[str, dict[str, Any]],
     adapted: Sequence[str],
     settings: AdaptSettings,
-    batch_size: int,
+    plain: Callable[[dict[int, np.ndarray]], dict[str, np.ndarray]],
     adaptation: dict[str, dict[str, Any]],
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Metrics of every variant on every proxy set (adapted ones adapted to each set alone)."""
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    for name, (model, size, threshold) in loaded.items():
-        out[name] = {}
-        for target in proxy[size]:
-            p = predict(model, target.images, batch_size)
-            out[name][target.name] = binary_metrics(target.labels, p, threshold)
+    out: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in loaded}
+    names = [s.name for s in next(iter(proxy.values()))]  # the same sets at every size
+    for i, set_name in enumerate(names):
+        targets = {size: sets[i] for size, sets in proxy.items()}
+        for name, p in plain({size: t.images for size, t in targets.items()}).items():
+            size, threshold = loaded[name][1], loaded[name][2]
+            out[name][set_name] = binary_metrics(targets[size].labels, p, threshold)
     for name in adapted:
         model, size, _ = loaded[name]
         out[name + ADAPTED] = {}

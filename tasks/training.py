@@ -183,28 +183,19 @@ _FORWARD: weakref.WeakKeyDictionary[keras.Model, Any] = weakref.WeakKeyDictionar
 
 
 def _forward(model: keras.Model) -> Any:
-    """The model's inference pass compiled once per model (any batch size).
+    """The model's inference pass compiled once per model (any batch size), BatchNorm folded.
 
     Faster than `model.predict`, which builds a tf.data pipeline on every call (and logs a
-    TensorFlow error line each time); reads the model's current weights on every call.
+    TensorFlow error line each time); reads the model's current weights on every call
+    (tasks/inference.py).
     """
     if model not in _FORWARD:
-        import tensorflow as tf
+        from tasks.inference import forward
 
-        spec = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
-        ref = weakref.ref(model)  # the cache must not keep the model alive
-        _FORWARD[model] = tf.function(lambda x: ref()(x, training=False), input_signature=[spec])
+        _FORWARD[model] = forward([model])
     return _FORWARD[model]
 
 
 def predict(model: keras.Model, x: np.ndarray, batch_size: int) -> np.ndarray:
     """Probabilities of the positive class for uint8 images (N, H, W, 1)."""
-    if len(x) == 0:
-        return np.zeros(0, np.float32)
-    fn = _forward(model)
-    return np.concatenate(
-        [
-            np.asarray(fn(x[i : i + batch_size].astype("float32"))).reshape(-1)
-            for i in range(0, len(x), batch_size)
-        ]
-    )
+    return _forward(model).scores(x, batch_size)[0]
