@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 from tasks.adapt import source_references
+from tasks.augment import AcquisitionAugment, augmenter
 from tasks.corruptions import corrupt_image, rng_for
 from tasks.data import RAW_DIR, class_weights, labels_of, load_images, make_dataset, resize
 from tasks.distribute import localize, make_strategy, replicated, split_rows
@@ -41,6 +42,7 @@ LIVE_DIR = Path("dvclive/finetune")
 WORK_DIR = Path("models/.finetune.work")
 LAYERS_CSV = Path("reports/finetune_layers.csv")
 CORRUPT_THREADS = 2
+AUG_KEY_STRIDE = 1 << 32  # augmentation key of a batch: (seed, epoch * stride + first row)
 
 
 def freeze(
@@ -124,10 +126,13 @@ def corrupted_batches(
     clean_fraction: float = 0.0,
     first_epoch: int = 0,
     rows: int | None = None,
+    augment: AcquisitionAugment | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless shuffled batches of freshly corrupted training images, from `first_epoch` on.
 
     `rows` (default: all) images of each epoch's order are used (tasks.distribute.usable_rows).
+    With `augment`, each batch then goes through it, keyed by (seed, epoch, batch): the
+    same draws on a rerun or a resumed run.
     """
     n = len(images)
     with ThreadPoolExecutor(CORRUPT_THREADS) as pool:
@@ -145,7 +150,11 @@ def corrupted_batches(
                         keys,
                     )
                 )
-                yield np.stack(xs)[..., None].astype("float32"), y[idx].astype("float32")
+                batch = np.stack(xs)[..., None]
+                if augment is not None:
+                    key = np.array([seed, epoch * AUG_KEY_STRIDE + start], np.int64)
+                    batch = np.asarray(augment(batch, training=True, key=key))
+                yield batch.astype("float32"), y[idx].astype("float32")
 
 
 def finetune(
@@ -221,6 +230,7 @@ def finetune(
         tf.TensorSpec((None,), tf.float32),
     )
     shas = [r["sha256"] for r in train_rows]
+    augment = augmenter(p.seed, p.augment_strength) if p.augment_strength > 0 else None
 
     def train_data(first_epoch: int) -> tf.data.Dataset:
         """Corrupted training batches whose first pass is epoch `first_epoch`."""
@@ -237,6 +247,7 @@ def finetune(
                 clean_fraction=p.clean_fraction,
                 first_epoch=first_epoch,
                 rows=n_train,
+                augment=augment,
             ),
             output_signature=signature,
         ).prefetch(2)

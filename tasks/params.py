@@ -300,6 +300,9 @@ class FinetuneParams(_Section):
     patience: PosInt = 3
     seed: int = 43
     clean_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.5
+    # train_base's acquisition augmentation on every fine-tuning draw, at this strength
+    # (0 = none): the tail keeps the pose, exposure and blur invariances the base learned.
+    augment_strength: Annotated[float, Field(ge=0.0, le=3.0)] = 0.0
     # one machine only: its Python-generator input cannot be sharded across workers
     strategy: Literal["default", "mirrored"] = "default"
 

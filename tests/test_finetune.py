@@ -160,6 +160,29 @@ def test_corrupted_batches_start_at_the_given_epoch() -> None:
         np.testing.assert_array_equal(ya, yb)
 
 
+def test_augmented_batches_are_keyed_by_epoch_and_batch() -> None:
+    """With augmentation: draws differ from the plain batches, repeat on a rerun and a resume."""
+    from tasks.augment import augmenter
+    from tasks.finetune import corrupted_batches
+
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 256, (IMAGE, IMAGE)).astype(np.uint8) for _ in range(6)]
+    args = dict(families=["seed"], severities=[3], seed=1, size=SIZE, batch_size=4)
+    shas, y = [f"s{i}" for i in range(6)], np.arange(6) % 2
+    plain = [next(corrupted_batches(images, shas, y, **args))[0]]
+    runs = []
+    for first in (0, 0, 1):
+        batches = corrupted_batches(
+            images, shas, y, **args, first_epoch=first, augment=augmenter(1)
+        )
+        runs.append([next(batches)[0] for _ in range(4 - 2 * first)])
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])  # a rerun draws the same
+    np.testing.assert_array_equal(runs[0][2], runs[2][0])  # a resume at epoch 1 too
+    assert not np.array_equal(runs[0][0], plain[0])
+    assert not np.array_equal(runs[0][0], runs[0][2])  # new draws each epoch
+    assert runs[0][0].dtype == np.float32 and runs[0][0].shape == plain[0].shape
+
+
 class Crash(keras.callbacks.Callback):
     """Simulate a killed run: raise at the end of the first epoch (after its checkpoint)."""
 
