@@ -29,15 +29,18 @@ import hashlib
 import logging
 import math
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
 
 from tasks.adapt_settings import AdaptSettings
+
+if TYPE_CHECKING:
+    from tasks.inference import Forward, Moments
 
 log = logging.getLogger("xray.adapt")
 
@@ -156,35 +159,66 @@ def bn_statistics(
     float64. A model that pass cannot walk runs in Keras' training mode at momentum 0,
     which leaves each layer's last batch moments in its moving statistics (restored after).
     """
-    from tasks.inference import moments
+    return bn_statistics_many([model], images, batch_size, seed)[0]
 
-    bns = batchnorm_layers(model)
-    if not bns:
-        return []
-    if model not in _STEPS:
-        _STEPS[model] = moments(model, bns)
-    fused = _STEPS[model]
-    before = [(bn.moving_mean.numpy(), bn.moving_variance.numpy()) for bn in bns]
-    s1 = [np.zeros(bn.moving_mean.shape, np.float64) for bn in bns]
-    s2 = [np.zeros(bn.moving_mean.shape, np.float64) for bn in bns]
+
+def bn_statistics_many(
+    models: Sequence[keras.Model],
+    images: np.ndarray,
+    batch_size: int,
+    seed: int,
+    joint: Moments | None = None,
+) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+    """`bn_statistics` of several models on the same images and batches, in one pass.
+
+    Layers equal in all of them (the stem that fine-tuning froze) run once per batch, so
+    their statistics are bitwise the same in every model. `joint`: the models' moments
+    pass, built once by the caller (tasks.inference.moments_pass) for repeated use.
+    """
+    from tasks.inference import moments_pass
+
+    bns = [batchnorm_layers(m) for m in models]
+    if not any(bns):
+        return [[] for _ in models]
+    if joint is None and len(models) == 1:
+        if models[0] not in _STEPS:
+            _STEPS[models[0]] = moments_pass(models, bns)
+        joint = _STEPS[models[0]]
+    elif joint is None:
+        joint = moments_pass(models, bns)
+    if joint is None:  # Keras' training mode, one model at a time
+        return [
+            _keras_statistics(m, b, images, batch_size, seed)
+            for m, b in zip(models, bns, strict=True)
+        ]
+    step = joint.batch()
+    s1 = [[np.zeros(bn.moving_mean.shape, np.float64) for bn in b] for b in bns]
+    s2 = [[np.zeros(bn.moving_mean.shape, np.float64) for bn in b] for b in bns]
     n = 0
-    with contextlib.ExitStack() as stack:
-        if fused is None:
-            stack.enter_context(bn_training_mode(model, momentum=0.0))
-        step = fused or _keras_moments_step(model, bns)
-        for idx in _batches(len(images), batch_size, np.random.default_rng(seed)):
-            out = step(images[np.sort(idx)].astype("float32"))
-            k = len(idx)
-            for i in range(len(bns)):
-                m = out[i].numpy().astype(np.float64)
-                v = out[len(bns) + i].numpy().astype(np.float64)
-                s1[i] += k * m
-                s2[i] += k * (v + m * m)
-            n += k
-    if fused is None:
-        for bn, (m, v) in zip(bns, before, strict=True):
-            bn.moving_mean.assign(m)
-            bn.moving_variance.assign(v)
+    for idx in _batches(len(images), batch_size, np.random.default_rng(seed)):
+        out = step(images[np.sort(idx)].astype("float32"))
+        k = len(idx)
+        for j, layer_list in enumerate(bns):
+            _accumulate(out[j], len(layer_list), k, s1[j], s2[j])
+        n += k
+    return [_pooled(a, b, n) for a, b in zip(s1, s2, strict=True)]
+
+
+def _accumulate(
+    moments: list[Any], layers: int, k: int, s1: list[np.ndarray], s2: list[np.ndarray]
+) -> None:
+    """Add one batch of k images' moments (means, then variances) to the running sums."""
+    for i in range(layers):
+        m = np.asarray(moments[i]).astype(np.float64)
+        v = np.asarray(moments[layers + i]).astype(np.float64)
+        s1[i] += k * m
+        s2[i] += k * (v + m * m)
+
+
+def _pooled(
+    s1: list[np.ndarray], s2: list[np.ndarray], n: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Mean and variance over all n images from the sums of k * mean and k * E[x^2]."""
     stats = []
     for a, b in zip(s1, s2, strict=True):
         mean = a / n
@@ -192,13 +226,38 @@ def bn_statistics(
     return stats
 
 
+def _keras_statistics(
+    model: keras.Model, bns: list[Any], images: np.ndarray, batch_size: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """bn_statistics through Keras' training mode (models tasks/inference.py cannot walk)."""
+    before = [(bn.moving_mean.numpy(), bn.moving_variance.numpy()) for bn in bns]
+    s1 = [np.zeros(bn.moving_mean.shape, np.float64) for bn in bns]
+    s2 = [np.zeros(bn.moving_mean.shape, np.float64) for bn in bns]
+    n = 0
+    with bn_training_mode(model, momentum=0.0):
+        step = _keras_moments_step(model, bns)
+        for idx in _batches(len(images), batch_size, np.random.default_rng(seed)):
+            out = step(images[np.sort(idx)].astype("float32"))
+            _accumulate([t.numpy() for t in out], len(bns), len(idx), s1, s2)
+            n += len(idx)
+    for bn, (m, v) in zip(bns, before, strict=True):
+        bn.moving_mean.assign(m)
+        bn.moving_variance.assign(v)
+    return _pooled(s1, s2, n)
+
+
 def adabn(model: keras.Model, images: np.ndarray, batch_size: int, seed: int) -> int:
     """Set every BatchNorm layer's moving statistics to those of the images; return the count."""
     stats = bn_statistics(model, images, batch_size, seed)
+    set_statistics(model, stats)
+    return len(stats)
+
+
+def set_statistics(model: keras.Model, stats: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """Every BatchNorm layer's moving mean and variance set to the given ones, in order."""
     for bn, (mean, var) in zip(batchnorm_layers(model), stats, strict=True):
         bn.moving_mean.assign(mean.astype(bn.moving_mean.dtype))
         bn.moving_variance.assign(var.astype(bn.moving_variance.dtype))
-    return len(stats)
 
 
 def binary_entropy(p: np.ndarray) -> np.ndarray:
@@ -447,10 +506,59 @@ def predict_adapted(
     return p, float(new_meta["threshold"]), report
 
 
+def predict_adapted_many(
+    entries: Sequence[tuple[keras.Model, dict[str, Any]]],
+    images: np.ndarray,
+    s: AdaptSettings,
+    joint: tuple[Moments, Forward] | None = None,
+) -> list[tuple[np.ndarray, float, AdaptReport]]:
+    """`predict_adapted` for several models on the same images, sharing what they share.
+
+    With `joint` (the models' moments pass and inference pass, tasks/inference.py, in the
+    order of `entries`), AdaBN's statistics and the adapted scores come from one pass over
+    all the models, where the layers they share (the stem that fine-tuning froze) run
+    once: the same numbers as one model at a time, in less time. TENT, or no AdaBN, runs
+    one model at a time. Every model is left as it was.
+    """
+    models = [m for m, _ in entries]
+    one_by_one = (
+        joint is None
+        or len(entries) < 2
+        or not s.bn
+        or s.tent_steps > 0
+        or len(images) < s.min_images
+    )
+    if one_by_one:
+        return [predict_adapted(m, meta, images, s) for m, meta in entries]
+    assert joint is not None
+    moments_joint, forward_joint = joint
+    with contextlib.ExitStack() as stack:
+        for m in models:
+            stack.enter_context(restored(m))
+        stats = bn_statistics_many(models, images, s.batch_size, s.seed, moments_joint)
+        for m, st in zip(models, stats, strict=True):
+            set_statistics(m, st)
+        scores = forward_joint.scores(images, s.batch_size)
+        out = []
+        for (m, meta), st, p in zip(entries, stats, scores, strict=True):
+            new_meta, report, _ = _adapt(m, meta, images, s, statistics=st, scores=p)
+            out.append((p, float(new_meta["threshold"]), report))
+    return out
+
+
 def _adapt(
-    model: keras.Model, meta: dict[str, Any], images: np.ndarray, s: AdaptSettings
+    model: keras.Model,
+    meta: dict[str, Any],
+    images: np.ndarray,
+    s: AdaptSettings,
+    statistics: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    scores: np.ndarray | None = None,
 ) -> tuple[dict[str, Any], AdaptReport, np.ndarray | None]:
-    """adapt(), plus the adapted model's scores when they were computed on the way."""
+    """adapt(), plus the adapted model's scores when they were computed on the way.
+
+    `statistics` (AdaBN's, from a joint pass) and `scores` (the AdaBN model's, from a
+    joint pass; only without TENT) are used instead of computing them again.
+    """
     source_threshold = float(meta["threshold"])
     report = AdaptReport(method=s.method, images=len(images), threshold=source_threshold)
     if s.method == "none":
@@ -462,7 +570,10 @@ def _adapt(
         return dict(meta), report, None
     threshold = source_threshold
     if s.bn:
-        adabn(model, images, s.batch_size, s.seed)
+        if statistics is None:
+            adabn(model, images, s.batch_size, s.seed)
+        else:
+            set_statistics(model, statistics)
         threshold = float(meta.get("threshold_adabn", source_threshold))  # chosen on val, adapted
     if s.tent_steps > 0:
         report.tent = tent(
@@ -484,7 +595,8 @@ def _adapt(
         if reference is None:
             report.warnings.append("no prior_reference in the model file: threshold not moved")
         else:
-            p = _scores(model, images, s.batch_size)
+            p = scores if scores is not None and s.tent_steps == 0 else None
+            p = _scores(model, images, s.batch_size) if p is None else p
             report.prior = prior_correction(p, threshold, float(reference), meta.get("train_prior"))
             threshold = report.prior["threshold_after"]
             if report.prior["warning"]:

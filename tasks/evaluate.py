@@ -22,7 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from tasks.adapt import AdaptReport, AdaptSettings, predict_adapted, with_source_references
+from tasks.adapt import (
+    AdaptReport,
+    AdaptSettings,
+    batchnorm_layers,
+    predict_adapted_many,
+    with_source_references,
+)
 from tasks.corruptions import HELD_OUT
 from tasks.data import RAW_DIR, labels_of, load_images, load_members, resize
 from tasks.figures import (
@@ -35,7 +41,7 @@ from tasks.figures import (
     plot_proxy,
     plot_samples,
 )
-from tasks.inference import forward
+from tasks.inference import forward, moments_pass
 from tasks.io import read_csv, read_gray, write_csv, write_json
 from tasks.metrics import binary_metrics
 from tasks.model_card import PREDICTIONS, write_model_card, write_predictions
@@ -136,6 +142,7 @@ def evaluate(
             loaded[name][0], metas[name], clean_val.images, clean_val.labels, settings.batch_size
         )
 
+    adapt_all = _adapted_predictor(loaded, metas, adapted, settings)
     t0 = time.perf_counter()
     n_scored = 0
     adaptation: dict[str, dict[str, Any]] = {v: {} for v in variants if v.endswith(ADAPTED)}
@@ -152,10 +159,8 @@ def evaluate(
         for name, p in plain(x).items():
             for span, sl in spans.items():
                 out[span][name] = (p[sl], loaded[name][2])
-        for name in adapted:
-            model, size, _ = loaded[name]
-            for span, sl in spans.items():
-                p, thr, report = predict_adapted(model, metas[name], x[size][sl], settings)
+        for span, sl in spans.items():
+            for name, (p, thr, report) in adapt_all({k: v[sl] for k, v in x.items()}).items():
                 out[span][name + ADAPTED] = (p, thr)
                 adaptation[name + ADAPTED][span] = _report_row(report)
         return out
@@ -205,7 +210,7 @@ def evaluate(
                         metrics[name]["corrupted"] = per_group[name][key]
                         roc_rows += _roc_rows(name, "corrupted", y_g, p_g)
             progress.update(sum(len(by_group[k]) for k in keys))
-    proxy_rows = _score_proxy(proxy, loaded, metas, adapted, settings, plain, adaptation)
+    proxy_rows = _score_proxy(proxy, loaded, adapted, plain, adapt_all, adaptation)
     for name in variants:
         metrics[name]["proxy"] = proxy_summary(proxy_rows[name], params.proxy_prior)
     seconds = time.perf_counter() - t0
@@ -321,30 +326,59 @@ def _plain_predictor(
     return scores
 
 
-def _score_proxy(
-    proxy: dict[int, list[ProxySet]],
+def _adapted_predictor(
     loaded: dict[str, tuple[Any, int, float]],
     metas: dict[str, dict[str, Any]],
     adapted: Sequence[str],
     settings: AdaptSettings,
+) -> Callable[[dict[int, np.ndarray]], dict[str, tuple[np.ndarray, float, AdaptReport]]]:
+    """Scores, threshold and report of every adapted model, each adapted to the images alone.
+
+    The models of one input size are adapted together (tasks.adapt.predict_adapted_many):
+    one statistics pass and one prediction pass over all of them, the frozen stem once.
+    """
+    groups = {
+        size: [n for n in adapted if loaded[n][1] == size]
+        for size in sorted({loaded[n][1] for n in adapted})
+    }
+    joint = {}
+    for size, names in groups.items():
+        models = [loaded[n][0] for n in names]
+        moments = moments_pass(models, [batchnorm_layers(m) for m in models])
+        joint[size] = None if moments is None else (moments, forward(models))
+
+    def scores(x: dict[int, np.ndarray]) -> dict[str, tuple[np.ndarray, float, AdaptReport]]:
+        out = {}
+        for size, names in groups.items():
+            entries = [(loaded[n][0], metas[n]) for n in names]
+            results = predict_adapted_many(entries, x[size], settings, joint[size])
+            out.update(zip(names, results, strict=True))
+        return {name: out[name] for name in adapted}
+
+    return scores
+
+
+def _score_proxy(
+    proxy: dict[int, list[ProxySet]],
+    loaded: dict[str, tuple[Any, int, float]],
+    adapted: Sequence[str],
     plain: Callable[[dict[int, np.ndarray]], dict[str, np.ndarray]],
+    adapt_all: Callable[[dict[int, np.ndarray]], dict[str, tuple[np.ndarray, float, AdaptReport]]],
     adaptation: dict[str, dict[str, Any]],
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Metrics of every variant on every proxy set (adapted ones adapted to each set alone)."""
     out: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in loaded}
+    out.update({name + ADAPTED: {} for name in adapted})
     names = [s.name for s in next(iter(proxy.values()))]  # the same sets at every size
     for i, set_name in enumerate(names):
         targets = {size: sets[i] for size, sets in proxy.items()}
-        for name, p in plain({size: t.images for size, t in targets.items()}).items():
+        images = {size: t.images for size, t in targets.items()}
+        for name, p in plain(images).items():
             size, threshold = loaded[name][1], loaded[name][2]
             out[name][set_name] = binary_metrics(targets[size].labels, p, threshold)
-    for name in adapted:
-        model, size, _ = loaded[name]
-        out[name + ADAPTED] = {}
-        for target in proxy[size]:
-            p, thr, report = predict_adapted(model, metas[name], target.images, settings)
-            out[name + ADAPTED][target.name] = binary_metrics(target.labels, p, thr)
-            adaptation[name + ADAPTED][f"proxy:{target.name}"] = _report_row(report)
+        for name, (p, thr, report) in adapt_all(images).items():
+            out[name + ADAPTED][set_name] = binary_metrics(targets[loaded[name][1]].labels, p, thr)
+            adaptation[name + ADAPTED][f"proxy:{set_name}"] = _report_row(report)
     return out
 
 

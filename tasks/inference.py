@@ -217,12 +217,13 @@ def shared_layers(models: Sequence[keras.Model]) -> dict[int, Any]:
     return out
 
 
-class Forward:
-    """One compiled inference pass of several models on a batch: a tuple of their outputs.
+class _Joint:
+    """A compiled pass of several models on one batch, computing shared layers once.
 
     Layers equal across the models (a frozen trunk that fine-tuning left alone) run once
     per batch when their inputs are the same. That holds while the weights stay equal:
-    every call checks them, and after a change the models run apart.
+    every use checks them, and after a change the models run apart. Subclasses say what
+    each model computes (`_outputs`).
     """
 
     def __init__(self, models: Sequence[keras.Model], share: bool = True) -> None:
@@ -246,12 +247,16 @@ class Forward:
                     self._pairs.append((bn_of[id(op)], bn_of[id(links[id(op)])]))
         if not self._pairs:
             self._shared = None
-            self._apart = self._trace({}, {})
 
     @property
     def shared(self) -> int:
         """How many layers of the later models reuse an earlier model's output."""
         return len(self._pairs)
+
+    def _outputs(
+        self, model: Any, x: Any, memo: Callable[[Any, Any], Any] | None, sink: dict[int, Any]
+    ) -> list[Any]:
+        raise NotImplementedError
 
     def _trace(self, links: dict[int, Any], reused: dict[int, Any]) -> Any:
         """The compiled pass; `reused` collects the layers whose computation was shared."""
@@ -262,6 +267,7 @@ class Forward:
         @tf.function(input_signature=[tf.TensorSpec([None, *self._shape], tf.float32)])
         def run(x: Any) -> tuple[Any, ...]:
             done: dict[tuple[int, tuple[int, ...]], Any] = {}  # (layer, input ids) -> output
+            sink: dict[int, Any] = {}  # id(BatchNorm) -> its batch moments (moments pass)
 
             def memo(op: Any, fn: Callable[..., Any]) -> Callable[..., Any]:
                 owner = links.get(id(op), op)
@@ -270,13 +276,17 @@ class Forward:
                     key = (id(owner), tuple(id(t) for t in tf.nest.flatten((args, kwargs))))
                     if key in done:
                         reused[id(op)] = op
+                        if id(owner) in sink:  # a shared BatchNorm: the same moments
+                            sink[id(op)] = sink[id(owner)]
                     else:
                         done[key] = fn(*args, **kwargs)
                     return done[key]
 
                 return call
 
-            return tuple(_run_folded(r(), x, memo if links else None) for r in refs)
+            return tuple(
+                out for r in refs for out in self._outputs(r(), x, memo if links else None, sink)
+            )
 
         return run
 
@@ -295,8 +305,17 @@ class Forward:
         return self._apart
 
     def __call__(self, x: Any) -> tuple[Any, ...]:
-        """Every model's output for one float32 batch."""
+        """The outputs of every model for one float32 batch, model after model."""
         return self._pass()(x)
+
+
+class Forward(_Joint):
+    """One compiled inference pass of several models on a batch: a tuple of their outputs."""
+
+    def _outputs(
+        self, model: Any, x: Any, memo: Callable[[Any, Any], Any] | None, sink: dict[int, Any]
+    ) -> list[Any]:
+        return [_run_folded(model, x, memo)]
 
     def scores(self, x: np.ndarray, batch_size: int) -> list[np.ndarray]:
         """Each model's outputs for images (N, H, W, C), batch by batch, flattened to (N,)."""
@@ -309,6 +328,73 @@ class Forward:
             for k, part in enumerate(parts):
                 part.append(np.asarray(out[k]).reshape(-1))
         return [np.concatenate(p) for p in parts]
+
+
+def _run_moments(
+    model: Any, x: Any, sink: dict[int, Any], memo: Callable[[Any, Any], Any] | None
+) -> Any:
+    """The model on a batch with every BatchNorm on batch statistics (moments to sink)."""
+
+    def op_fn(op: Any) -> Callable[..., Any]:
+        if isinstance(op, keras.layers.BatchNormalization):
+            fn = _fused_moments(op, sink)
+        elif _is_graph(op):
+            return lambda *a, **_: _run_moments(op, a[0], sink, None)
+        else:
+            fn = _keras_call(op)
+        return memo(op, fn) if memo is not None else fn
+
+    return model._run_through_graph(x, operation_fn=op_fn)
+
+
+class Moments(_Joint):
+    """One compiled pass of several models returning each one's BatchNorm batch moments.
+
+    Every BatchNorm normalizes with its batch's statistics (TF's fused kernel); every
+    other layer runs in inference mode. Per model, in `batchnorm_layers` order: the means,
+    then the variances. Layers equal across the models run once (the same moments).
+    """
+
+    def __init__(
+        self,
+        models: Sequence[keras.Model],
+        bns: Sequence[Sequence[keras.layers.BatchNormalization]],
+        share: bool = True,
+    ) -> None:
+        self._keys = [[id(bn) for bn in layer_list] for layer_list in bns]
+        self._index = {id(m): i for i, m in enumerate(models)}
+        super().__init__(models, share)
+
+    def _outputs(
+        self, model: Any, x: Any, memo: Callable[[Any, Any], Any] | None, sink: dict[int, Any]
+    ) -> list[Any]:
+        _run_moments(model, x, sink, memo)
+        keys = self._keys[self._index[id(model)]]
+        return [sink[k][0] for k in keys] + [sink[k][1] for k in keys]
+
+    def batch(self) -> Callable[[np.ndarray], list[list[np.ndarray]]]:
+        """A function of one float32 batch: per model, its means then its variances."""
+        run = self._pass()  # the weights cannot change within one statistics pass
+        sizes = [2 * len(k) for k in self._keys]
+
+        def moments_of(x: np.ndarray) -> list[list[np.ndarray]]:
+            flat = [np.asarray(t) for t in run(x)]
+            out, start = [], 0
+            for n in sizes:
+                out.append(flat[start : start + n])
+                start += n
+            return out
+
+        return moments_of
+
+
+def moments_pass(
+    models: Sequence[keras.Model], bns: Sequence[Sequence[keras.layers.BatchNormalization]]
+) -> Moments | None:
+    """The joint moments pass of the models, or None where one cannot be walked (Keras then)."""
+    if not all(_is_graph(m) for m in models) or not all(_plain_bn(b) for lst in bns for b in lst):
+        return None
+    return Moments(models, bns)
 
 
 def forward(models: Sequence[keras.Model], share: bool = True) -> Forward:
@@ -335,35 +421,3 @@ def _fused_moments(bn: keras.layers.BatchNormalization, sink: dict[int, Any]) ->
         return tf.cast(y, dtype)
 
     return call
-
-
-def moments(model: keras.Model, bns: Sequence[keras.layers.BatchNormalization]) -> Any:
-    """A compiled pass returning [mean of each of `bns`] + [variance of each] for a batch.
-
-    Every BatchNorm normalizes with its batch's statistics; every other layer runs in
-    inference mode. None for a model this cannot walk (the caller falls back to Keras).
-    """
-    import tensorflow as tf
-
-    if not _is_graph(model) or not all(_plain_bn(bn) for bn in bns):
-        return None
-    ref = weakref.ref(model)
-    keys = [id(bn) for bn in bns]
-
-    def walk(m: Any, x: Any, sink: dict[int, Any]) -> Any:
-        def op_fn(op: Any) -> Callable[..., Any]:
-            if isinstance(op, keras.layers.BatchNormalization):
-                return _fused_moments(op, sink)
-            if _is_graph(op):
-                return lambda *a, **_: walk(op, a[0], sink)
-            return _keras_call(op)
-
-        return m._run_through_graph(x, operation_fn=op_fn)
-
-    @tf.function(input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)])
-    def run(x: Any) -> list[Any]:
-        sink: dict[int, Any] = {}
-        walk(ref(), x, sink)
-        return [sink[k][0] for k in keys] + [sink[k][1] for k in keys]
-
-    return run

@@ -7,8 +7,17 @@ import numpy as np
 import pytest
 from keras import layers
 
-from tasks.adapt import _keras_moments_step, batchnorm_layers, bn_statistics, bn_training_mode
-from tasks.inference import fold_pairs, forward, moments, shared_layers
+from tasks.adapt import (
+    AdaptSettings,
+    _keras_moments_step,
+    batchnorm_layers,
+    bn_statistics,
+    bn_statistics_many,
+    bn_training_mode,
+    predict_adapted,
+    predict_adapted_many,
+)
+from tasks.inference import fold_pairs, forward, moments_pass, shared_layers
 from tasks.models import seed_cnn, xray_net
 from tasks.training import predict
 
@@ -133,7 +142,9 @@ def test_fused_moments_match_keras_training_mode_and_leave_the_model_alone() -> 
     bns = batchnorm_layers(model)
     x = _images(32).astype("float32")
     before = [v.numpy().copy() for v in model.variables]
-    fused = [t.numpy() for t in moments(model, bns)(x)]
+    joint = moments_pass([model], [bns])
+    assert joint is not None
+    fused = joint.batch()(x)[0]
     assert all(np.array_equal(a, v.numpy()) for a, v in zip(before, model.variables, strict=True))
     with bn_training_mode(model, momentum=0.0):
         reference = [t.numpy() for t in _keras_moments_step(model, bns)(x)]
@@ -150,3 +161,32 @@ def test_statistics_pass_is_deterministic_without_folds() -> None:
     for (m1, v1), (m2, v2) in zip(first, second, strict=True):
         assert np.array_equal(m1, m2) and np.array_equal(v1, v2)
     assert len(first) == len(batchnorm_layers(model))
+
+
+def test_models_adapted_together_match_one_at_a_time() -> None:
+    """The joint statistics and prediction passes give the very numbers of separate ones."""
+    keras.utils.set_random_seed(0)
+    base = _trained_like(xray_net(SIZE), 3)
+    tuned = _finetuned_copy(base)
+    x = _images(48, seed=7)
+    together = bn_statistics_many([base, tuned], x, 16, seed=0)
+    for model, stats in zip((base, tuned), together, strict=True):
+        alone = bn_statistics(model, x, 16, seed=0)
+        for (m1, v1), (m2, v2) in zip(stats, alone, strict=True):
+            np.testing.assert_array_equal(m1, m2)
+            np.testing.assert_array_equal(v1, v2)
+    settings = AdaptSettings(prior=True, min_images=8, batch_size=16)
+    metas = [{"threshold": 0.5, "threshold_adabn": 0.45, "prior_reference_adabn": 0.6}] * 2
+    entries = list(zip((base, tuned), metas, strict=True))
+    models = [base, tuned]
+    joint_passes = (moments_pass(models, [batchnorm_layers(m) for m in models]), forward(models))
+    before = [[v.numpy().copy() for v in m.variables] for m in models]
+    many = predict_adapted_many(entries, x, settings, joint_passes)
+    for (model, meta), (p, thr, report) in zip(entries, many, strict=True):
+        p1, thr1, report1 = predict_adapted(model, meta, x, settings)
+        np.testing.assert_array_equal(p, p1)
+        assert thr == thr1 and report.as_dict() == report1.as_dict()
+    for model, saved in zip(models, before, strict=True):  # every model left as it was
+        assert all(
+            np.array_equal(a, v.numpy()) for a, v in zip(saved, model.variables, strict=True)
+        )
