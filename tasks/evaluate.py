@@ -147,11 +147,16 @@ def evaluate(
     n_scored = 0
     adaptation: dict[str, dict[str, Any]] = {v: {} for v in variants if v.endswith(ADAPTED)}
 
-    def score(x: dict[int, np.ndarray], spans: dict[str, slice]) -> dict[str, dict[str, Any]]:
+    def score(
+        x: dict[int, np.ndarray],
+        spans: dict[str, slice],
+        done: Callable[[int], None] = lambda n: None,
+    ) -> dict[str, dict[str, Any]]:
         """Every model's scores and threshold on each named span of one decoded batch.
 
         Plain models predict the whole batch at once; adapted ones are adapted to each
-        span's images alone (one target set each), never seeing a label.
+        span's images alone (one target set each), never seeing a label. `done(n)` is
+        called as each span's n images are scored by every variant (progress).
         """
         nonlocal n_scored
         n_scored += len(next(iter(x.values())))
@@ -163,6 +168,7 @@ def evaluate(
             for name, (p, thr, report) in adapt_all({k: v[sl] for k, v in x.items()}).items():
                 out[span][name + ADAPTED] = (p, thr)
                 adaptation[name + ADAPTED][span] = _report_row(report)
+            done(len(next(iter(x.values()))[sl]))
         return out
 
     metrics: dict[str, dict[str, Any]] = {name: {} for name in variants}
@@ -201,7 +207,7 @@ def evaluate(
             for key in keys:
                 spans[f"{key[0]}/{key[1]}"] = slice(start, start + len(by_group[key]))
                 start += len(by_group[key])
-            scored_spans = score(x, spans)
+            scored_spans = score(x, spans, progress.update)  # a line as each severity is done
             for key in keys:
                 y_g = labels_of(by_group[key], positive)
                 for name, (p_g, threshold) in scored_spans[f"{key[0]}/{key[1]}"].items():
@@ -209,7 +215,6 @@ def evaluate(
                     if key == ref:
                         metrics[name]["corrupted"] = per_group[name][key]
                         roc_rows += _roc_rows(name, "corrupted", y_g, p_g)
-            progress.update(sum(len(by_group[k]) for k in keys))
     proxy_rows = _score_proxy(proxy, loaded, adapted, plain, adapt_all, adaptation)
     for name in variants:
         metrics[name]["proxy"] = proxy_summary(proxy_rows[name], params.proxy_prior)

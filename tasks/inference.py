@@ -8,14 +8,16 @@ operations swapped:
   with kernel * gamma / sqrt(var + eps) and a bias, one fused kernel instead of three
   passes over the activations. Several models run in one call on the same batch, and
   layers equal in all of them (the trunk that fine-tuning froze) run once.
-- `moments(model)`: every BatchNorm normalizes with its batch's statistics through TF's
-  fused kernel and returns them (AdaBN's statistics pass, tasks/adapt.py); every other
-  layer runs in inference mode (dropout off).
+- `moments_pass(models, bns)`: every BatchNorm normalizes with its batch's statistics
+  through TF's fused kernel and returns them (AdaBN's statistics pass, tasks/adapt.py);
+  every other layer runs in inference mode (dropout off). Several models at once too.
 
 Both read the models' variables on every call (nothing is copied), so they stay right
 after adaptation changes a model's statistics. They differ from Keras' own call only by
 float rounding (about 1e-7 in a probability). A model that is not a functional graph runs
-through Keras unchanged.
+through Keras unchanged. The walk uses Keras' functional internals (`_run_through_graph`,
+the nodes of the graph): the version is pinned by uv.lock, and tests/test_inference.py
+compares every pass with Keras' own call, so an upgrade that changes them fails there.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ def _foldable(conv: Any, bn: keras.layers.BatchNormalization) -> bool:
     return (
         isinstance(conv, CONVS)
         and len(conv._inbound_nodes) == 1
+        and getattr(conv, "groups", 1) == 1
         and _plain_bn(bn)
         and conv.activation is keras.activations.linear
         and conv.data_format == "channels_last"
