@@ -13,19 +13,24 @@ from conftest import ROOT
 from test_models import write_tiny_split
 
 
-def test_input_pipeline_benchmark_writes_every_ratio(tmp_path: Path) -> None:
-    raw, splits = write_tiny_split(tmp_path / "data", n=16, size=48)
+def run_benchmark(name: str, args: list[str], cwd: Path) -> dict:
+    """Run `python -m benchmarks.NAME ARGS` in cwd with this checkout on the path; its report."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
-    args = ["--split", str(splits / "train.csv"), "--raw", str(raw), "--size", "32"]
     subprocess.run(
-        [sys.executable, "-m", "benchmarks.input_pipeline", *args, "--epochs", "1"],
-        cwd=tmp_path,
+        [sys.executable, "-m", f"benchmarks.{name}", *args],
+        cwd=cwd,
         env=env,
         check=True,
         capture_output=True,
         text=True,
     )
-    report = json.loads((tmp_path / "reports/benchmarks/input_pipeline.json").read_text())
+    return json.loads((cwd / f"reports/benchmarks/{name}.json").read_text())
+
+
+def test_input_pipeline_benchmark_writes_every_ratio(tmp_path: Path) -> None:
+    raw, splits = write_tiny_split(tmp_path / "data", n=16, size=48)
+    args = ["--split", str(splits / "train.csv"), "--raw", str(raw), "--size", "32"]
+    report = run_benchmark("input_pipeline", [*args, "--epochs", "1"], tmp_path)
     assert report["images"] == 16
     assert set(report["ours"]) == {"acquisition", "acquisition_bilinear", "seed_set", "none"}
     for ratio in report["speedup"].values():
@@ -51,17 +56,8 @@ def test_adaptation_benchmark_scores_every_variant_on_the_proxy(tmp_path: Path) 
     keras.utils.set_random_seed(0)
     meta = {"image_size": 32, "threshold": 0.5, "classes": ["NORMAL", "PNEUMONIA"]}
     save_model(build_model("xray_net", 32), tmp_path / "models/base.keras", meta)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
     args = ["--workdir", str(tmp_path), "--models", "base", "--variants", "none,adabn+prior"]
-    subprocess.run(
-        [sys.executable, "-m", "benchmarks.adaptation", *args],
-        cwd=tmp_path,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    report = json.loads((tmp_path / "reports/benchmarks/adaptation.json").read_text())
+    report = run_benchmark("adaptation", args, tmp_path)
     variants = report["models"]["base"]
     assert set(variants) == {"none", "adabn+prior"}
     for v in variants.values():
@@ -70,22 +66,52 @@ def test_adaptation_benchmark_scores_every_variant_on_the_proxy(tmp_path: Path) 
     assert variants["adabn+prior"]["sets"]["val/clean"]["prior_estimate"] is not None
 
 
+def test_finetune_options_benchmark_scores_each_option_on_val_only(tmp_path: Path) -> None:
+    import keras
+
+    from tasks.models import build_model, save_model
+
+    write_tiny_split(tmp_path / "data", n=24, size=40)
+    (tmp_path / "params.yaml").write_text(
+        "train:\n  threads: 1\n"
+        "finetune:\n  trainable_layers: 3\n  epochs: 1\n  batch_size: 8\n"
+        "corrupt:\n  families: [seed, jpeg, zoom_blur]\n  severities: [1, 3]\n"
+        "  held_out: [zoom_blur]\n"
+        "evaluate:\n  proxy_shifts: [equalize, collimation]\n"
+    )
+    keras.utils.set_random_seed(0)
+    meta = {
+        "arch": "xray_net",
+        "image_size": 32,
+        "classes": ["NORMAL", "PNEUMONIA"],
+        "positive_class": "PNEUMONIA",
+        "threshold": 0.5,
+    }
+    save_model(build_model("xray_net", 32), tmp_path / "models/base.keras", meta)
+    args = ["--option", "default:", "--option", "aug:augment_strength=1.0", "--wise", "0.5"]
+    report = run_benchmark("finetune_options", args, tmp_path)
+    assert set(report["models"]) == {"base", "default", "aug", "wise_0.5"}
+    assert report["models"]["aug"]["overrides"] == {"augment_strength": 1.0}
+    sets = set(report["models"]["base"]["sets"])
+    assert sets == {"clean", "finetune_families", *(f"held_out/zoom_blur/{s}" for s in (1, 3, 5))}
+    assert "called_positive" in report["models"]["default"]["sets"]["held_out/zoom_blur/5"]
+    for row in report["table"].values():
+        assert set(row) == {
+            "clean",
+            "finetune_families",
+            "held_out_mean",
+            "proxy_mean_accuracy",
+            "proxy_mean_auc",
+        }
+
+
 REAL_ARCHIVE = ROOT.parent / "shared" / "datasets" / "chest_xray_224_train.zip"
 
 
 @pytest.mark.skipif(not REAL_ARCHIVE.exists(), reason="the real archive is not here")
 def test_corrupt_benchmark_runs_the_baseline_beside_the_current_code(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     args = ["--archive", str(REAL_ARCHIVE), "--images", "2", "--severities", "1"]
-    subprocess.run(
-        [sys.executable, "-m", "benchmarks.corrupt", *args, "--workers", "1", "2"],
-        cwd=tmp_path,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    report = json.loads((tmp_path / "reports/benchmarks/corrupt.json").read_text())
+    report = run_benchmark("corrupt", [*args, "--workers", "1", "2"], tmp_path)
     runs = {(r["code"], r["workers"]): r for r in report["runs"]}
     assert set(runs) == {(c, w) for c in ("baseline", "current") for w in (1, 2)}
     assert all(r["images"] == 2 * 17 for r in runs.values())
