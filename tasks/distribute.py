@@ -28,6 +28,8 @@ from typing import Any
 
 import keras
 
+from tasks.cli_support import UserError
+
 log = logging.getLogger("xray.distribute")
 
 TF_CONFIG = "TF_CONFIG"
@@ -77,7 +79,7 @@ def split_cpu(replicas: int) -> None:
     except RuntimeError:  # devices already initialized in this process
         have = len(tf.config.list_logical_devices("CPU"))
         if have != replicas:
-            raise RuntimeError(
+            raise UserError(
                 f"train.cpu_replicas: TensorFlow already started in this process with {have} "
                 f"CPU device(s), cannot make {replicas}; run the stage in a fresh process"
             ) from None
@@ -107,7 +109,7 @@ def make_strategy(name: str, cpu_replicas: int = 0, key: str = "train.strategy")
         try:
             strategy = tf.distribute.MultiWorkerMirroredStrategy()
         except RuntimeError as e:  # collective ops must be configured at program start
-            raise RuntimeError(
+            raise UserError(
                 f"{key}: multi_worker must start before TensorFlow runs anything in "
                 f"this process ({str(e).splitlines()[0]})"
             ) from None

@@ -356,3 +356,15 @@ def test_finetune_under_mirrored_matches_default(data: Path, default_run: dict[s
         runs[strategy] = {**finish(proc), "auc": val_auc(out / "ft.keras", data)}
     assert runs["default"]["replicas"] == 1 and runs["mirrored"]["replicas"] == 2
     assert abs(runs["mirrored"]["auc"] - runs["default"]["auc"]) <= AUC_TOLERANCE, runs
+
+
+def test_cpu_replicas_after_tensorflow_started_is_a_one_line_user_error() -> None:
+    import tensorflow as tf
+
+    from tasks.cli_support import UserError, is_user_error
+    from tasks.distribute import split_cpu
+
+    have = len(tf.config.list_logical_devices("CPU"))  # initializes TensorFlow here
+    with pytest.raises(UserError, match=r"^train\.cpu_replicas: TensorFlow already started") as e:
+        split_cpu(have + 1)
+    assert is_user_error(e.value) and "\n" not in str(e.value)
