@@ -106,6 +106,29 @@ def _deterministic(seed: int) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
+def one_class_warning(
+    model: Any, meta: dict[str, Any], images: np.ndarray, batch_size: int
+) -> str | None:
+    """A warning when the unadapted model calls (almost) every image one class, else None.
+
+    AdaBN on a one-class set normalizes away the very difference the model looks for; the
+    adapted estimate cannot see it (it was 0.88 on 40 NORMAL images), the source model can.
+    A mixed batch from a very different site can look one-class too: a warning, not a refusal.
+    """
+    from tasks.adapt import ONE_CLASS
+    from tasks.training import predict
+
+    rate = float(np.mean(predict(model, images, batch_size) >= float(meta["threshold"])))
+    if ONE_CLASS < rate < 1.0 - ONE_CLASS:
+        return None
+    positive = meta.get("positive_class") or meta["classes"][-1]
+    return (
+        f"warning: unadapted, the model calls {rate:.0%} of the {len(images)} images {positive}: "
+        "if they are all one class, adapting removes the difference the model looks for; "
+        "adapt on a representative mix (README: when adaptation helps)"
+    )
+
+
 def adapt_file(
     model_path: Path,
     paths: Sequence[Path],
@@ -158,10 +181,13 @@ def adapt_file(
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=err)
         return EXIT_NO_MODEL
+    warning = one_class_warning(model, meta, images, settings.batch_size)
     new_meta, report = adapt(model, meta, images, settings)
     if not report.adapted:  # adapt() refused on its own (kept in step with the checks above)
         print(f"error: {model_path}: not adapted ({report.skipped})", file=err)
         return EXIT_REFUSED
+    if warning:
+        print(warning, file=err)
     save_model(model, out_path, new_meta)
     source = float(meta["threshold"])
     if as_json:
@@ -202,6 +228,9 @@ def adapted_scores(
         )
         return None, threshold, None
     _deterministic(settings.seed)
+    warning = one_class_warning(model, meta, images, settings.batch_size)
     p, threshold, report = predict_adapted(model, meta, images, settings)
     print(f"adapted: {summary(report, float(meta['threshold']))}", file=err)
+    if warning:
+        print(warning, file=err)
     return p, threshold, report

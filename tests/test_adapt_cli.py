@@ -136,7 +136,9 @@ def test_bad_image_skipped_with_a_warning(
     out = tmp_path / "o.keras"
     assert xray(["adapt", str(model_file), str(d), "-o", str(out), "--min-images", "8"]) == 0
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 1 and err[0].startswith(f"warning: {bad}: not a usable image")
+    assert err[0].startswith(f"warning: {bad}: not a usable image")
+    # The random-init model calls these images one class: that warning may follow.
+    assert all(line.startswith("warning: unadapted, the model calls") for line in err[1:])
     assert read_meta(out)["adaptation"]["images"] == 10
 
 
@@ -207,3 +209,21 @@ def test_a_zip_of_images_adapts_as_its_folder(
     # The same images in the same (sorted) order: the same adapted statistics.
     a, b = _weights(out_zip), _weights(out_dir)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_one_class_warning_follows_the_unadapted_call_rate(model_file: Path) -> None:
+    from conftest import MODEL_SIZE
+
+    from tasks.adapt_cli import one_class_warning
+    from tasks.training import predict
+
+    model, meta = load_model(model_file)
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (40, MODEL_SIZE, MODEL_SIZE, 1)).astype(np.uint8)
+    median = float(np.median(predict(model, images, 16)))
+    assert one_class_warning(model, {**meta, "threshold": median}, images, 16) is None
+    for threshold, rate in ((1.01, "0%"), (-0.01, "100%")):  # nothing / everything positive
+        warning = one_class_warning(model, {**meta, "threshold": threshold}, images, 16)
+        assert warning is not None
+        assert warning.startswith(f"warning: unadapted, the model calls {rate} of the 40 images ")
+        assert "PNEUMONIA" in warning and "\n" not in warning
