@@ -488,8 +488,8 @@ def adapt(
     The images are (N, H, W, 1) at the model's input size. Nothing is changed when there
     are fewer than `s.min_images` of them (the report says why).
     """
-    new_meta, report, _ = _adapt(model, meta, images, s)
-    return new_meta, report
+    report, _ = _adapt(model, meta, images, s)
+    return _adapted_meta(meta, images, s, report), report
 
 
 def predict_adapted(
@@ -500,10 +500,10 @@ def predict_adapted(
     The model is left as it was (every weight and statistic restored).
     """
     with restored(model):
-        new_meta, report, p = _adapt(model, meta, images, s)
+        report, p = _adapt(model, meta, images, s)
         if p is None:
             p = _scores(model, images, s.batch_size)
-    return p, float(new_meta["threshold"]), report
+    return p, float(report.threshold), report
 
 
 def predict_adapted_many(
@@ -540,9 +540,9 @@ def predict_adapted_many(
             set_statistics(m, st)
         scores = forward_joint.scores(images, s.batch_size)
         out = []
-        for (m, meta), st, p in zip(entries, stats, scores, strict=True):
-            new_meta, report, _ = _adapt(m, meta, images, s, statistics=st, scores=p)
-            out.append((p, float(new_meta["threshold"]), report))
+        for (m, meta), p in zip(entries, scores, strict=True):
+            report, _ = _adapt(m, meta, images, s, statistics_set=True, scores=p)
+            out.append((p, float(report.threshold), report))
     return out
 
 
@@ -551,29 +551,28 @@ def _adapt(
     meta: dict[str, Any],
     images: np.ndarray,
     s: AdaptSettings,
-    statistics: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    statistics_set: bool = False,
     scores: np.ndarray | None = None,
-) -> tuple[dict[str, Any], AdaptReport, np.ndarray | None]:
-    """adapt(), plus the adapted model's scores when they were computed on the way.
+) -> tuple[AdaptReport, np.ndarray | None]:
+    """Adapt `model` in place; what was done, and its scores when computed on the way.
 
-    `statistics` (AdaBN's, from a joint pass) and `scores` (the AdaBN model's, from a
-    joint pass; only without TENT) are used instead of computing them again.
+    The final threshold is `report.threshold`. `statistics_set`: AdaBN's statistics are
+    already in the model (a joint pass set them); `scores`: the AdaBN model's scores from a
+    joint pass (used only without TENT).
     """
     source_threshold = float(meta["threshold"])
     report = AdaptReport(method=s.method, images=len(images), threshold=source_threshold)
     if s.method == "none":
         report.skipped = "no adaptation configured"
-        return dict(meta), report, None
+        return report, None
     if len(images) < s.min_images:
         report.skipped = f"{len(images)} images, fewer than adapt.min_images={s.min_images}"
         report.warnings.append(report.skipped)
-        return dict(meta), report, None
+        return report, None
     threshold = source_threshold
     if s.bn:
-        if statistics is None:
+        if not statistics_set:
             adabn(model, images, s.batch_size, s.seed)
-        else:
-            set_statistics(model, statistics)
         threshold = float(meta.get("threshold_adabn", source_threshold))  # chosen on val, adapted
     if s.tent_steps > 0:
         report.tent = tent(
@@ -609,9 +608,21 @@ def _adapt(
                 )
     report.adapted = True
     report.threshold = threshold
-    new_meta = {
+    return report, p
+
+
+def _adapted_meta(
+    meta: dict[str, Any], images: np.ndarray, s: AdaptSettings, report: AdaptReport
+) -> dict[str, Any]:
+    """The adapted model file's metadata: threshold, and what was done on which images.
+
+    The images' hash is computed here only, for model files; unchanged when not adapted.
+    """
+    if not report.adapted:
+        return dict(meta)
+    return {
         **meta,
-        "threshold": threshold,
+        "threshold": report.threshold,
         "adaptation": {
             "method": s.method,
             "images": len(images),
@@ -625,10 +636,9 @@ def _adapt(
             },
             "tent": report.tent,
             "prior": report.prior,
-            "source_threshold": source_threshold,
+            "source_threshold": float(meta["threshold"]),
         },
     }
-    return new_meta, report, p
 
 
 @contextmanager
