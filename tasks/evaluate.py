@@ -308,6 +308,14 @@ def _report_row(report: AdaptReport) -> dict[str, Any]:
     }
 
 
+def _by_size(
+    loaded: dict[str, tuple[Any, int, float]], names: Sequence[str]
+) -> dict[int, list[str]]:
+    """The named models grouped by input size (sizes ascending, names in the given order)."""
+    sizes = sorted({loaded[n][1] for n in names})
+    return {size: [n for n in names if loaded[n][1] == size] for size in sizes}
+
+
 def _plain_predictor(
     loaded: dict[str, tuple[Any, int, float]], batch_size: int
 ) -> Callable[[dict[int, np.ndarray]], dict[str, np.ndarray]]:
@@ -315,10 +323,7 @@ def _plain_predictor(
 
     The models of one input size run in one call on each batch (tasks/inference.py).
     """
-    groups = {
-        size: [name for name, (_, s, _) in loaded.items() if s == size]
-        for size in sorted({s for _, s, _ in loaded.values()})
-    }
+    groups = _by_size(loaded, list(loaded))
     passes = {size: forward([loaded[n][0] for n in names]) for size, names in groups.items()}
 
     def scores(x: dict[int, np.ndarray]) -> dict[str, np.ndarray]:
@@ -342,10 +347,7 @@ def _adapted_predictor(
     The models of one input size are adapted together (tasks.adapt.predict_adapted_many):
     one statistics pass and one prediction pass over all of them, the frozen stem once.
     """
-    groups = {
-        size: [n for n in adapted if loaded[n][1] == size]
-        for size in sorted({loaded[n][1] for n in adapted})
-    }
+    groups = _by_size(loaded, adapted)
     joint = {}
     for size, names in groups.items():
         models = [loaded[n][0] for n in names]
