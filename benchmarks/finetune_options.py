@@ -30,11 +30,11 @@ from benchmarks._common import machine, write_report
 
 DEFAULT_OPTIONS = (
     "default:",
-    "augment_0.5:augment_strength=0.5",
+    "no_augmix:augmix_views=0",
+    "augmix_1_view:augmix_views=1",
+    "consistency_4:consistency=4",
     "augment_1.0:augment_strength=1.0",
     "lr_0.0001:learning_rate=0.0001",
-    "layers_4:trainable_layers=4",
-    "clean_0.75:clean_fraction=0.75",
 )
 DEFAULT_WISE = (0.25, 0.5, 0.75)
 HELD_OUT_SEVERITIES = (1, 3, 5)

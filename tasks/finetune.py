@@ -4,7 +4,9 @@ Follows the Keras transfer-learning guide: freeze by ``trainable``, BatchNorm al
 kept in inference mode (frozen), recompile, low learning rate. Training images are
 the train split corrupted on the fly with fresh randomness each epoch by the same
 (non-held-out) families the corrupt stage materializes for test; the materialized
-test images are never read. Selection uses corrupted validation images.
+test images are never read. With `augmix_views`, each draw is trained beside AugMix
+copies of itself under a consistency loss (tasks/augmix.py). Selection uses corrupted
+and clean validation images.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 
 from tasks.adapt import source_references
 from tasks.augment import AcquisitionAugment, augmenter
+from tasks.augmix import ConsistencyLoss, Views, chain_augmenter, mixed_views
 from tasks.corruptions import corrupt_image, rng_for
 from tasks.data import RAW_DIR, class_weights, labels_of, load_images, make_dataset, resize
 from tasks.distribute import localize, make_strategy, replicated, split_rows
@@ -127,12 +130,16 @@ def corrupted_batches(
     first_epoch: int = 0,
     rows: int | None = None,
     augment: AcquisitionAugment | None = None,
+    views: int = 0,
+    chain_augment: AcquisitionAugment | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless shuffled batches of freshly corrupted training images, from `first_epoch` on.
 
     `rows` (default: all) images of each epoch's order are used (tasks.distribute.usable_rows).
     With `augment`, each batch then goes through it, keyed by (seed, epoch, batch): the
-    same draws on a rerun or a resumed run.
+    same draws on a rerun or a resumed run. With `views`, each batch becomes
+    (N, 1 + views, H, W, 1): the draws and their AugMix copies (tasks.augmix.mixed_views,
+    keyed the same way).
     """
     n = len(images)
     with ThreadPoolExecutor(CORRUPT_THREADS) as pool:
@@ -154,6 +161,9 @@ def corrupted_batches(
                 if augment is not None:
                     key = np.array([seed, epoch * AUG_KEY_STRIDE + start], np.int64)
                     batch = np.asarray(augment(batch, training=True, key=key))
+                if views:
+                    assert chain_augment is not None
+                    batch = mixed_views(batch, chain_augment, views, (seed, epoch, start))
                 yield batch.astype("float32"), y[idx].astype("float32")
 
 
@@ -179,10 +189,17 @@ def finetune(
     table: list[dict[str, Any]] = []
 
     def build() -> keras.Model:
-        """The base model, frozen and compiled (under the strategy; outside it for the output)."""
+        """The base model, frozen and compiled (under the strategy; outside it for the output).
+
+        With AugMix, wrapped in `Views` and compiled with the consistency loss.
+        """
         model, _ = load_model(base_path)
         table[:] = freeze(model, p.trainable_layers, p.unfreeze_from)
-        compile_model(model, p.learning_rate)
+        if p.augmix_views:
+            model = Views(model, name="augmix")
+            compile_model(model, p.learning_rate, loss=ConsistencyLoss(p.consistency))
+        else:
+            compile_model(model, p.learning_rate)
         return model
 
     with strategy.scope():
@@ -225,12 +242,14 @@ def finetune(
     n_train, n_val = split_rows(
         "finetune.batch_size", p.batch_size, replicas, len(images), len(x_val)
     )
+    shape = (size, size, 1) if not p.augmix_views else (1 + p.augmix_views, size, size, 1)
     signature = (
-        tf.TensorSpec((None, size, size, 1), tf.float32),
+        tf.TensorSpec((None, *shape), tf.float32),
         tf.TensorSpec((None,), tf.float32),
     )
     shas = [r["sha256"] for r in train_rows]
     augment = augmenter(p.seed, p.augment_strength) if p.augment_strength > 0 else None
+    chain_augment = chain_augmenter(p.seed) if p.augmix_views else None
 
     def train_data(first_epoch: int) -> tf.data.Dataset:
         """Corrupted training batches whose first pass is epoch `first_epoch`."""
@@ -248,6 +267,8 @@ def finetune(
                 first_epoch=first_epoch,
                 rows=n_train,
                 augment=augment,
+                views=p.augmix_views,
+                chain_augment=chain_augment,
             ),
             output_signature=signature,
         ).prefetch(2)
@@ -271,6 +292,8 @@ def finetune(
     seconds = time.perf_counter() - t0
     summary["replicas"] = replicas
     model = localize(model, strategy, build)
+    if isinstance(model, Views):
+        model = model.inner
     threshold = choose_threshold(y_val, predict(model, x_val, p.batch_size))
     new_meta = {
         **read_meta(base_path),
@@ -280,6 +303,8 @@ def finetune(
         if p.clean_fraction > 0
         else "youden_j_midplateau_on_corrupted_val",
         "finetune_clean_fraction": p.clean_fraction,
+        "finetune_augmix_views": p.augmix_views,
+        "finetune_consistency": p.consistency if p.augmix_views else 0.0,
         "finetune_families": families,
         "finetune_severities": severities,
         "val_prior": round(val_prior, 6),

@@ -303,6 +303,10 @@ class FinetuneParams(_Section):
     # train_base's acquisition augmentation on every fine-tuning draw, at this strength
     # (0 = none): the tail keeps the pose, exposure and blur invariances the base learned.
     augment_strength: Annotated[float, Field(ge=0.0, le=3.0)] = 0.0
+    # AugMix (tasks/augmix.py): each draw trained beside this many mixed copies of itself
+    # (0 = off), with a Jensen-Shannon consistency term of this weight
+    augmix_views: Annotated[int, Field(ge=0, le=4)] = 2
+    consistency: Annotated[float, Field(ge=0.0, le=100.0)] = 12.0
     # one machine only: its Python-generator input cannot be sharded across workers
     strategy: Literal["default", "mirrored"] = "default"
 

@@ -74,12 +74,13 @@ def compile_model(
     learning_rate: float | keras.optimizers.schedules.LearningRateSchedule,
     weight_decay: float = 0.0,
     jit_compile: bool = False,
+    loss: keras.losses.Loss | None = None,
 ) -> None:
-    """Compile for binary classification with accuracy and ROC AUC."""
+    """Compile for binary classification with accuracy and ROC AUC (default loss: BCE)."""
     optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay)
     model.compile(
         optimizer=optimizer,
-        loss=keras.losses.BinaryCrossentropy(),
+        loss=loss or keras.losses.BinaryCrossentropy(),
         metrics=[keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
         jit_compile=jit_compile,
     )

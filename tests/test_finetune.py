@@ -108,6 +108,25 @@ def test_layer_table_is_written(tuned: dict[str, Path]) -> None:
     assert any(r["type"] == "BatchNormalization" and r["trainable"] == "False" for r in rows)
     _, meta = load_model(tuned["model_path"])
     assert meta["stage"] == "finetune" and 0.0 < meta["threshold"] < 1.0
+    assert (meta["finetune_augmix_views"], meta["finetune_consistency"]) == (2, 12.0)
+
+
+def test_plain_finetuning_without_augmix(tuned: dict[str, Path], tmp_path: Path) -> None:
+    """augmix_views 0: plain cross-entropy on each draw; frozen layers still untouched."""
+    params = parse_params(
+        {
+            "finetune": {"trainable_layers": 3, "epochs": 1, "batch_size": 8, "augmix_views": 0},
+            "train": {"threads": 1},
+        }
+    )
+    out = tmp_path / "plain.keras"
+    paths = {**tuned, "model_path": out, "live_dir": tmp_path / "live"}
+    finetune(params, **{**paths, "work_dir": tmp_path / "work", "layers_csv": tmp_path / "l.csv"})
+    _, meta = load_model(out)
+    assert (meta["finetune_augmix_views"], meta["finetune_consistency"]) == (0, 0.0)
+    before, after = _weights(tuned["base_path"]), _weights(out)
+    assert np.array_equal(before["stem1_conv"][0], after["stem1_conv"][0])
+    assert not np.array_equal(before["prob"][0], after["prob"][0])
 
 
 def test_unfreeze_from_a_named_layer() -> None:
@@ -181,6 +200,23 @@ def test_augmented_batches_are_keyed_by_epoch_and_batch() -> None:
     assert not np.array_equal(runs[0][0], plain[0])
     assert not np.array_equal(runs[0][0], runs[0][2])  # new draws each epoch
     assert runs[0][0].dtype == np.float32 and runs[0][0].shape == plain[0].shape
+
+
+def test_augmix_batches_stack_each_draw_and_its_copies() -> None:
+    from tasks.augmix import chain_augmenter
+    from tasks.finetune import corrupted_batches
+
+    rng = np.random.default_rng(6)
+    images = [rng.integers(0, 256, (IMAGE, IMAGE)).astype(np.uint8) for _ in range(6)]
+    args = dict(families=["seed"], severities=[3], seed=1, size=SIZE, batch_size=4)
+    shas, y = [f"s{i}" for i in range(6)], np.arange(6) % 2
+    plain, y_plain = next(corrupted_batches(images, shas, y, **args))
+    stack, y_stack = next(
+        corrupted_batches(images, shas, y, **args, views=2, chain_augment=chain_augmenter(1))
+    )
+    assert stack.shape == (4, 3, SIZE, SIZE, 1) and stack.dtype == np.float32
+    np.testing.assert_array_equal(stack[:, 0], plain)
+    np.testing.assert_array_equal(y_stack, y_plain)
 
 
 class Crash(keras.callbacks.Callback):
