@@ -131,7 +131,6 @@ def corrupted_batches(
     rows: int | None = None,
     augment: AcquisitionAugment | None = None,
     views: int = 0,
-    chain_augment: AcquisitionAugment | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless shuffled batches of freshly corrupted training images, from `first_epoch` on.
 
@@ -142,6 +141,7 @@ def corrupted_batches(
     keyed the same way).
     """
     n = len(images)
+    chains = chain_augmenter(seed) if views else None
     with ThreadPoolExecutor(CORRUPT_THREADS) as pool:
         for epoch in range(first_epoch, 1 << 30):
             order = np.random.default_rng([seed, epoch]).permutation(n)[:rows]
@@ -161,9 +161,8 @@ def corrupted_batches(
                 if augment is not None:
                     key = np.array([seed, epoch * AUG_KEY_STRIDE + start], np.int64)
                     batch = np.asarray(augment(batch, training=True, key=key))
-                if views:
-                    assert chain_augment is not None
-                    batch = mixed_views(batch, chain_augment, views, (seed, epoch, start))
+                if chains is not None:
+                    batch = mixed_views(batch, chains, views, (seed, epoch, start))
                 yield batch.astype("float32"), y[idx].astype("float32")
 
 
@@ -249,7 +248,6 @@ def finetune(
     )
     shas = [r["sha256"] for r in train_rows]
     augment = augmenter(p.seed, p.augment_strength) if p.augment_strength > 0 else None
-    chain_augment = chain_augmenter(p.seed) if p.augmix_views else None
 
     def train_data(first_epoch: int) -> tf.data.Dataset:
         """Corrupted training batches whose first pass is epoch `first_epoch`."""
@@ -268,7 +266,6 @@ def finetune(
                 rows=n_train,
                 augment=augment,
                 views=p.augmix_views,
-                chain_augment=chain_augment,
             ),
             output_signature=signature,
         ).prefetch(2)
