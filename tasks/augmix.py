@@ -9,7 +9,7 @@ to answer the same under damage it is not labelled for. On the real archive this
 held-out families where plain fine-tuning lost them (README, Results).
 
 `Views` wraps the model so one step sees (batch, 1 + views, H, W, 1); validation batches
-(batch, H, W, 1) go through unchanged. Only the wrapped model is saved.
+(batch, H, W, 1) go through unchanged. finetune saves the inner model, never the wrapper.
 """
 
 from __future__ import annotations
