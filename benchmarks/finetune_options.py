@@ -86,12 +86,7 @@ def val_sets(
     for family in params.corrupt.held_out:
         for s in HELD_OUT_SEVERITIES:
             sets[f"held_out/{family}/{s}"] = np.stack(
-                [
-                    resize(
-                        corrupt_image(im, family, s, rng_for(f"{k}|bench", family, s, SEED)), size
-                    )
-                    for im, k in zip(raw, keys, strict=True)
-                ]
+                [damaged(im, k, family, s) for im, k in zip(raw, keys, strict=True)]
             )[..., None]
     shifts = list(params.evaluate.proxy_shifts)
     proxy = {
