@@ -150,7 +150,7 @@ def main() -> None:
             raise SystemExit(f"error: {ws / need}: not found (build the workspace first)")
 
     from tasks.data import load_images
-    from tasks.finetune import corrupt_one, finetune
+    from tasks.finetune import corrupted_val, finetune
     from tasks.io import read_csv
     from tasks.models import load_model, read_meta
     from tasks.params import load_params
@@ -200,12 +200,7 @@ def main() -> None:
         if args.wise and "default" in tuned_paths:
             # The threshold as finetune chooses it: clean and corrupted val (its own draws).
             fams, sevs = list(params.corrupt.finetune_families), list(params.corrupt.severities)
-            x_corr = np.stack(
-                [
-                    corrupt_one(im, f"{r['sha256']}|val", fams, sevs, params.finetune.seed, size)
-                    for im, r in zip(raw, rows, strict=True)
-                ]
-            )[..., None]
+            x_corr = corrupted_val(raw, rows, fams, sevs, params.finetune.seed, size)
             x_thr = np.concatenate([x_corr, sets["clean"]])
             y_thr = np.concatenate([y, y])
             for share in args.wise:

@@ -116,6 +116,23 @@ def corrupt_one(
     return resize(out, size)
 
 
+def corrupted_val(
+    images: Sequence[np.ndarray],
+    rows: Sequence[dict[str, str]],
+    families: Sequence[str],
+    severities: Sequence[int],
+    seed: int,
+    size: int,
+) -> np.ndarray:
+    """(N, size, size, 1): one fixed corrupted copy of each val image, as selection sees it."""
+    return np.stack(
+        [
+            corrupt_one(img, f"{r['sha256']}|val", families, severities, seed, size)
+            for img, r in zip(images, rows, strict=True)
+        ]
+    )[..., None]
+
+
 def corrupted_batches(
     images: list[np.ndarray],
     shas: list[str],
@@ -223,12 +240,7 @@ def finetune(
     images = load_images([raw_dir / r["path"] for r in train_rows], None)
     y_train = labels_of(train_rows, positive)
     val_raw = load_images([raw_dir / r["path"] for r in val_rows], None)
-    x_val = np.stack(
-        [
-            corrupt_one(img, f"{r['sha256']}|val", families, severities, p.seed, size)
-            for img, r in zip(val_raw, val_rows, strict=True)
-        ]
-    )[..., None]
+    x_val = corrupted_val(val_raw, val_rows, families, severities, p.seed, size)
     y_val = labels_of(val_rows, positive)
     x_clean = np.stack([resize(img, size) for img in val_raw])[..., None]
     val_prior = float(np.mean(y_val))
