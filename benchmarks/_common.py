@@ -27,7 +27,7 @@ def machine() -> dict[str, Any]:
 
 def write_report(name: str, result: dict[str, Any]) -> Path:
     """Print the result as JSON and write it to reports/benchmarks/NAME.json."""
-    from tasks.io import write_json
+    from xray.core.io import write_json
 
     result = {"benchmark": name, **result, "machine_end": machine()}
     path = OUT_DIR / f"{name}.json"
@@ -37,10 +37,18 @@ def write_report(name: str, result: dict[str, Any]) -> Path:
 
 
 def materialize(commit: str, dest: Path) -> Path:
-    """The commit's tasks/ package extracted into dest (git archive); return dest."""
+    """The commit's stage and library code (tasks/, and xray/ where it has one) in dest."""
     dest.mkdir(parents=True, exist_ok=True)
+    listed = subprocess.run(
+        ["git", "ls-tree", "--name-only", commit],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    code = [p for p in ("tasks", "xray") if p in listed]
     archive = subprocess.run(
-        ["git", "archive", commit, "tasks"], cwd=REPO, check=True, capture_output=True
+        ["git", "archive", commit, *code], cwd=REPO, check=True, capture_output=True
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     return dest

@@ -4,7 +4,7 @@ Usage: python -m benchmarks.adaptation [--workdir DIR] [--models base,finetuned]
 
 For each model of a workspace that has run `split` and `train_base` (and `finetune`), and
 each adaptation variant (none, AdaBN, AdaBN + TENT, each with and without the label-shift
-threshold), scores the proxy (tasks/proxy.py: the val split under every acquisition shift,
+threshold), scores the proxy (xray/reports/proxy.py: the val split under every acquisition shift,
 at its own class balance and at `--prior`); every target set is adapted on its own images.
 Prints the means over shifts per variant and writes reports/benchmarks/adaptation.json.
 """
@@ -46,14 +46,14 @@ def main() -> None:
     out_dir = Path.cwd()
     os.chdir(args.workdir)
 
-    from tasks.adapt import AdaptSettings, predict_adapted, with_source_references
-    from tasks.data import labels_of
-    from tasks.io import read_csv
-    from tasks.metrics import binary_metrics
-    from tasks.models import load_model
-    from tasks.params import load_params
-    from tasks.proxy import proxy_sets
-    from tasks.training import configure
+    from xray.adaptation.adapt import AdaptSettings, predict_adapted, with_source_references
+    from xray.core.io import read_csv
+    from xray.core.params import load_params
+    from xray.models.architectures import load_model
+    from xray.models.dataset import labels_of
+    from xray.models.training import configure
+    from xray.reports.metrics import binary_metrics
+    from xray.reports.proxy import proxy_sets
 
     params = load_params()
     prior = params.evaluate.proxy_prior if args.prior is None else args.prior

@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image
 
 from benchmarks._common import REPO, machine, materialize, run_driver, write_report
-from tasks.corruptions import FAMILIES, SEVERITIES
-from tasks.io import png_bytes, write_csv
+from xray.core.io import png_bytes, write_csv
+from xray.perturbations.corruptions import FAMILIES, SEVERITIES
 
 ARCHIVE = Path("../shared/datasets/chest_xray_224_train.zip")
 CLASSES = ("NORMAL", "PNEUMONIA")
@@ -44,7 +44,7 @@ import json, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from tasks.corrupt import corrupt
-from tasks.params import CorruptParams
+from xray.core.params import CorruptParams
 params = CorruptParams(families=tuple(sys.argv[6].split(",")),
                        severities=tuple(int(s) for s in sys.argv[7].split(",")))
 t0 = time.perf_counter()

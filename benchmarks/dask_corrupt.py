@@ -28,11 +28,11 @@ import numpy as np
 
 from benchmarks._common import machine, write_report
 from benchmarks.corrupt import ARCHIVE, SPLIT_FIELDS, extract_sample, tree_digest
-from tasks.compute import LOOPBACK_ANY_PORT, default_workers, fingerprint
 from tasks.corrupt import WORKER_MODULES, corrupt
-from tasks.corruptions import FAMILIES, SEVERITIES
-from tasks.io import png_bytes, write_csv
-from tasks.params import ComputeParams, CorruptParams
+from xray.core.compute import LOOPBACK_ANY_PORT, default_workers, fingerprint
+from xray.core.io import png_bytes, write_csv
+from xray.core.params import ComputeParams, CorruptParams
+from xray.perturbations.corruptions import FAMILIES, SEVERITIES
 
 NAME = "dask_corrupt"
 DEFAULT_IMAGES = 48  # 24 tasks of 2 images: an even share at 1, 2 and 4 workers

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks._common import REPO, machine, materialize, run_driver, write_report
-from tasks.io import read_csv, read_zip_images, write_csv, write_zip
+from xray.core.io import read_csv, read_zip_images, write_csv, write_zip
 
 BASELINE = "972920f"
 DEFAULT_IMAGES = 120
@@ -45,7 +45,7 @@ class Keep(logging.Handler):
 logging.getLogger("xray").addHandler(Keep())
 logging.getLogger("xray").setLevel(logging.INFO)
 from tasks.evaluate import evaluate
-from tasks.params import CorruptParams, EvaluateParams, load_params
+from xray.core.params import CorruptParams, EvaluateParams, load_params
 if mode == "baseline":  # its own defaults: params.yaml has keys its schema does not know
     ev, classes, held_out = EvaluateParams(), ("NORMAL", "PNEUMONIA"), CorruptParams().held_out
 else:
@@ -58,7 +58,7 @@ kw = dict(
     live={"base": ws / "dvclive/train_base", "finetuned": ws / "dvclive/finetune"},
 )
 if mode != "baseline":
-    from tasks.training import configure
+    from xray.models.training import configure
     configure(p.adapt.seed, deterministic=True, threads=p.train.threads)
     adapt = p.adapt if mode == "adapted" else p.adapt.model_copy(update={"models": ()})
     kw.update(adapt=adapt, val_csv=ws / "data/splits/val.csv")

@@ -7,7 +7,7 @@ al. 2022) at each ``--wise`` share of the default run, with a threshold chosen t
 chooses it (clean and corrupted val). Every model is scored at its own threshold on the val
 split only: clean; under the fine-tuning families; under each held-out family
 (``corrupt.held_out``) at severities 1, 3 and 5; and under the shift proxy's site differences
-(tasks/proxy.py). For the held-out families at severity 5 it reports the share called
+(xray/reports/proxy.py). For the held-out families at severity 5 it reports the share called
 positive beside the true share, so a calibration shift shows apart from a ranking loss. Prints
 JSON and writes ``reports/benchmarks/finetune_options.json``.
 
@@ -61,10 +61,10 @@ def val_sets(
     ws: Path, rows: list[dict[str, str]], raw: list[np.ndarray], params: Any, size: int
 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
     """The val labels, the named val image sets at the model's input size, and the proxy sets."""
-    from tasks.corruptions import corrupt_image, rng_for
-    from tasks.data import labels_of, resize
     from tasks.finetune import corrupt_one
-    from tasks.proxy import proxy_sets
+    from xray.models.dataset import labels_of, resize
+    from xray.perturbations.corruptions import corrupt_image, rng_for
+    from xray.reports.proxy import proxy_sets
 
     positive = params.data.classes[-1]
     y = labels_of(rows, positive)
@@ -101,8 +101,8 @@ def score(
     model: Any, threshold: float, y: np.ndarray, sets: dict[str, np.ndarray], proxy: dict
 ) -> dict[str, Any]:
     """Accuracy per val set, the means, the proxy's, and calibration on the hardest held-out."""
-    from tasks.metrics import binary_metrics
-    from tasks.training import predict
+    from xray.models.training import predict
+    from xray.reports.metrics import binary_metrics
 
     out: dict[str, Any] = {"threshold": round(threshold, 6), "sets": {}}
     for name, x in sets.items():
@@ -149,13 +149,13 @@ def main() -> None:
         if not (ws / need).exists():
             raise SystemExit(f"error: {ws / need}: not found (build the workspace first)")
 
-    from tasks.data import load_images
     from tasks.finetune import corrupted_val, finetune
-    from tasks.io import read_csv
-    from tasks.models import load_model, read_meta
-    from tasks.params import load_params
-    from tasks.threshold import choose_threshold
-    from tasks.training import configure, predict
+    from xray.core.io import read_csv
+    from xray.core.params import load_params
+    from xray.models.architectures import load_model, read_meta
+    from xray.models.dataset import load_images
+    from xray.models.threshold import choose_threshold
+    from xray.models.training import configure, predict
 
     params = load_params(ws / "params.yaml")
     configure(params.finetune.seed, params.train.deterministic, params.train.threads)

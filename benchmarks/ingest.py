@@ -22,9 +22,9 @@ from pathlib import Path
 
 import tasks.download as stage
 from tasks.download import download, probe
-from tasks.io import write_json
-from tasks.params import DataParams, SplitParams
 from tasks.split import split
+from xray.core.io import write_json
+from xray.core.params import DataParams, SplitParams
 
 REAL_ZIP = Path(__file__).resolve().parents[2] / "shared/datasets/chest_xray_224_train.zip"
 OUT_JSON = Path("reports/benchmarks/ingest.json")
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from tasks.cli_support import setup_logging
+    from xray.core.runtime import setup_logging
 
     setup_logging()
     sys.exit(main())

@@ -1,4 +1,4 @@
-"""Input pipeline images/s: tasks.data (decode once, cache, tf.data + Keras augmentation)
+"""Input pipeline images/s: xray.models.dataset (decode once, cache, tf.data + Keras augmentation)
 versus the seed's ImageDataGenerator (decode every epoch), same files, same size, one run.
 
     python -m benchmarks.input_pipeline [--split data/splits/train.csv] [--limit 2048]
@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks._common import machine, write_report
-from tasks.augment import augmenter
-from tasks.corruptions import SEED_BLOG
-from tasks.data import RAW_DIR, labels_of, load_images, make_dataset
-from tasks.io import read_csv
+from xray.core.io import read_csv
+from xray.models.dataset import RAW_DIR, labels_of, load_images, make_dataset
+from xray.perturbations.augment import augmenter
+from xray.perturbations.corruptions import SEED_BLOG
 
 EPOCHS = 6  # steady-state epochs vary about 30% on this machine: report their median
 BATCH = 32

@@ -94,7 +94,7 @@ def main() -> None:
             ["git", "rev-parse", "--short", "HEAD"], cwd=work, capture_output=True, text=True
         ).stdout.strip()
         dvc = [sys.executable, "-m", "dvc"]
-        result["probe_seconds"] = timed([sys.executable, "-m", "flows.cli", "probe"], work)
+        result["probe_seconds"] = timed([sys.executable, "-m", "xray.cli.main", "probe"], work)
         stages = list(yaml.safe_load((work / "dvc.yaml").read_text())["stages"])
         result["stages"] = {}
         for stage in stages:

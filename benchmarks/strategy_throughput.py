@@ -27,11 +27,11 @@ TIMEOUT_S = 1800
 
 def measure(strategy_name: str, cpu_replicas: int, steps: int) -> dict[str, Any]:
     """Images/s of train steps of the default architecture under one strategy (this process)."""
-    from tasks.data import make_dataset
-    from tasks.distribute import make_strategy, replicated, shard
-    from tasks.models import build_model
-    from tasks.params import load_params
-    from tasks.training import compile_model, configure
+    from xray.core.params import load_params
+    from xray.models.architectures import build_model
+    from xray.models.dataset import make_dataset
+    from xray.models.distribute import make_strategy, replicated, shard
+    from xray.models.training import compile_model, configure
 
     p = load_params().train
     configure(p.seed, p.deterministic, p.threads)

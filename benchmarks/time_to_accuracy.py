@@ -19,13 +19,13 @@ from typing import Any
 import keras
 
 from benchmarks._common import machine, write_report
-from tasks.augment import augmenter
-from tasks.corruptions import SEED_BLOG
-from tasks.data import RAW_DIR, class_weights, load_split, make_dataset
-from tasks.io import read_csv
-from tasks.models import build_model
-from tasks.params import load_params
-from tasks.training import compile_model, configure, learning_rate
+from xray.core.io import read_csv
+from xray.core.params import load_params
+from xray.models.architectures import build_model
+from xray.models.dataset import RAW_DIR, class_weights, load_split, make_dataset
+from xray.models.training import compile_model, configure, learning_rate
+from xray.perturbations.augment import augmenter
+from xray.perturbations.corruptions import SEED_BLOG
 
 SEED_SIZE = 150
 SEED_LR = 1e-3

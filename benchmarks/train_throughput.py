@@ -14,9 +14,9 @@ import keras
 import numpy as np
 
 from benchmarks._common import machine, write_report
-from tasks.models import build_model
-from tasks.params import load_params
-from tasks.training import compile_model, precision
+from xray.core.params import load_params
+from xray.models.architectures import build_model
+from xray.models.training import compile_model, precision
 
 BATCH = 32
 WARMUP_STEPS = 2

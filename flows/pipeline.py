@@ -4,7 +4,7 @@ DVC alone decides what is stale: one `dvc status` over the selected stages (task
 `dvc-status`), widened to every stage downstream of a stale one (DVC sees their changed
 deps only once the upstream stage ran), then `dvc repro --single-item` for each of those,
 in graph order. Up-to-date stages get no task run. A failed stage's previous outputs are
-checked out again (flows/repro.py).
+checked out again (xray/runner/repro.py).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.repro import StatusError, dvc_env, error_text, restore_outputs, stale_stages
-from flows.stage_log import StageLog, git_advice
-from tasks.params import STAGES, load_params
+from xray.core.params import STAGES, load_params
+from xray.runner.repro import StatusError, dvc_env, error_text, restore_outputs, stale_stages
+from xray.runner.stage_log import StageLog, git_advice
 
 TAIL_LINES = 40
 STOP_GRACE_S = 30  # a stopped stage gets this long to exit (SIGINT, then SIGTERM) before SIGKILL
@@ -39,7 +39,7 @@ def stage_env() -> dict[str, str]:
     """The environment for stage commands: this interpreter's bin folder first on PATH."""
     env = dvc_env()
     run_id = current_flow_run_id()
-    if run_id:  # tasks/lineage.py flow_run_id; no DVC output may depend on it (dvc.lock)
+    if run_id:  # xray/reports/lineage.py flow_run_id; no DVC output may depend on it (dvc.lock)
         env["XRAY_FLOW_RUN_ID"] = run_id
     return env
 
@@ -55,7 +55,7 @@ def current_flow_run_id() -> str | None:
 def dvc_repro(stage: str, workdir: Path, log: Any) -> dict[str, Any]:
     """Run `dvc repro --single-item STAGE` in workdir, relaying its output to `log`.
 
-    Each line goes to `log` once at its own level (flows/stage_log.py); DVC's git advice is
+    Each line goes to `log` once at its own level (xray/runner/stage_log.py); DVC's git advice is
     held back and the files it names returned as `git_add`, for one line per run.
 
     An interruption of this task does not cut the stage short unless it is a deliberate stop
@@ -192,7 +192,7 @@ def run_stage(stage: str, workdir: str, probe: bool = False) -> dict[str, Any]:
 @task(cache_policy=NO_CACHE, persist_result=False, name="dvc-push", task_run_name="dvc-push")
 def push_outputs(workdir: str, remote: str | None) -> dict[str, Any]:
     """Push data and models to the DVC remote."""
-    from flows.remote import dvc_push
+    from xray.records.remote import dvc_push
 
     result = dvc_push(Path(workdir), remote)
     get_run_logger().info("dvc push to %s: %s", result["remote"], result["output"])
@@ -202,7 +202,7 @@ def push_outputs(workdir: str, remote: str | None) -> dict[str, Any]:
 @task(cache_policy=NO_CACHE, persist_result=False, name="record", task_run_name="record")
 def record_model(workdir: str, branch: str, stamps: dict[str, Any] | None = None) -> dict[str, Any]:
     """Commit dvc.lock, params, lineage and the run stamps on the record branch; tag a new model."""
-    from flows.record import record_run
+    from xray.records.record import record_run
 
     result = record_run(Path(workdir), branch, current_flow_run_id(), stamps)
     if result["recorded"]:
@@ -215,7 +215,7 @@ def record_model(workdir: str, branch: str, stamps: dict[str, Any] | None = None
 @task(cache_policy=NO_CACHE, persist_result=False, name="artifacts", task_run_name="artifacts")
 def publish(workdir: str, stamps: dict[str, Any] | None = None) -> dict[str, Any]:
     """Metrics table, lineage table and model card (with the run stamps) as Prefect artifacts."""
-    from flows.artifacts import publish_artifacts
+    from xray.records.artifacts import publish_artifacts
 
     return publish_artifacts(Path(workdir), stamps)
 
@@ -224,7 +224,7 @@ def apply_changes(root: Path, source: str | None, overrides: dict[str, Any] | No
     """Write the run's data source and param overrides into params.yaml (like dvc exp run -S)."""
     changes = dict(overrides or {}) | ({"data.source": source} if source else {})
     if changes:
-        from flows.overrides import apply_overrides
+        from xray.runner.overrides import apply_overrides
 
         print(f"params.yaml overrides changed: {apply_overrides(root, changes) or 'nothing'}")
 
@@ -237,7 +237,7 @@ def after_stages(
     The record comes last so that a run which fails anywhere (a stage, the push, or Prefect's
     API when the server is away) records nothing; a rerun then records it.
     """
-    from flows.record import run_stamps
+    from xray.records.record import run_stamps
 
     out: dict[str, Any] = {}
     stamps = run_stamps(root, current_flow_run_id())  # one set for the artifacts and the record
@@ -276,7 +276,7 @@ def pipeline(
     unknown = [s for s in selected if s not in STAGES]
     if unknown:
         raise ValueError(f"stages: unknown stage {unknown[0]!r} (known: {', '.join(STAGES)})")
-    # No Prefect retries: tasks/fetch.py retries transient network errors itself, the probe's
+    # No Prefect retries: xray/data/fetch.py retries transient network errors itself, the probe's
     # HEAD included (and a rerun resumes its partial download); every other failure is permanent.
     to_run = check_stages(str(root), selected) if only_stale else selected
     results = []

@@ -11,7 +11,7 @@ fixed timestamp and mode, so the archives are deterministic.
 Each image's randomness derives from (its source's content hash, family, severity, seed)
 only, and each image is made by exactly one job, so the output is byte-identical across
 runs, machines, worker counts and executors (`compute.executor`: local processes or a Dask
-cluster, see tasks/compute.py). Workers get the source bytes and return PNG bytes; only
+cluster, see xray/core/compute.py). Workers get the source bytes and return PNG bytes; only
 this process writes files. The folder is built aside (a hidden temporary sibling) and
 renamed when complete, so an interrupted run leaves the previous ``data/corrupted`` untouched.
 """
@@ -28,11 +28,18 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from tasks.compute import Runner, keep_freed_memory
-from tasks.corruptions import corrupt_image, rng_for
-from tasks.io import decode_gray, png_bytes_fast, read_csv, staged_dir, write_csv, zip_member_info
-from tasks.params import ComputeParams, CorruptParams, load_params
-from tasks.progress import Progress
+from xray.core.compute import Runner, keep_freed_memory
+from xray.core.io import (
+    decode_gray,
+    png_bytes_fast,
+    read_csv,
+    staged_dir,
+    write_csv,
+    zip_member_info,
+)
+from xray.core.params import ComputeParams, CorruptParams, load_params
+from xray.core.progress import Progress
+from xray.perturbations.corruptions import corrupt_image, rng_for
 
 log = logging.getLogger("xray.corrupt")
 
@@ -52,7 +59,7 @@ FIELDS = (
     "source_sha256",
 )
 IMAGES_PER_TASK = 2  # source images per task (every family x severity): a short tail
-WORKER_MODULES = ("tasks.corrupt", "tasks.corruptions", "tasks.io")
+WORKER_MODULES = ("tasks.corrupt", "xray.perturbations.corruptions", "xray.core.io")
 """The code a worker runs for this stage: a Dask worker must have the same (checked)."""
 
 # One output image: (family, severity, archive relative to the output folder, member).
@@ -234,7 +241,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from tasks.cli_support import run_stage
+    from xray.core.runtime import run_stage
 
     def _sigterm(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")

@@ -9,10 +9,10 @@ under two classes (label conflicts) are listed in ``reports/quarantine.csv`` and
 exact duplicates are listed in ``reports/duplicates.csv``. Each class needs at least
 ``data.min_images_per_class`` images. Temporary files live under ``.xray/tmp``.
 
-The work is done by tasks/archive.py (extraction), tasks/layout.py (which files are
-labelled images), tasks/images.py (reading and decoding) and tasks/patients.py (ids).
+The work is done by xray/data/archive.py (extraction), xray/data/layout.py (which files are
+labelled images), xray/data/images.py (reading and decoding) and xray/data/patients.py (ids).
 
-A URL is fetched by tasks/fetch.py, the only place that retries: transient errors (connection
+A URL is fetched by xray/data/fetch.py, the only place that retries: transient errors (connection
 errors, timeouts, HTTP 5xx/408/429) up to FETCH_RETRIES times with backoff, permanent ones
 fail at once. Its partial file is kept under ``.xray/downloads/<key>/`` so a rerun resumes.
 
@@ -34,12 +34,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks import images, layout, patients
-from tasks.archive import safe_extract
-from tasks.compute import Runner
-from tasks.hashing import bytes_sha256, file_sha256
-from tasks.intake import IngestError
-from tasks.io import (
+from xray.core.compute import Runner
+from xray.core.hashing import bytes_sha256, file_sha256
+from xray.core.io import (
     MANIFEST_FIELDS,
     png_bytes,
     staged_dir,
@@ -47,8 +44,11 @@ from tasks.io import (
     write_csv,
     write_json,
 )
-from tasks.params import PARAMS_FILE, ComputeParams, DataParams, load_params, parse_params
-from tasks.progress import Progress
+from xray.core.params import PARAMS_FILE, ComputeParams, DataParams, load_params, parse_params
+from xray.core.progress import Progress
+from xray.data import images, layout, patients
+from xray.data.archive import safe_extract
+from xray.data.intake import IngestError
 
 log = logging.getLogger("xray.download")
 
@@ -72,7 +72,7 @@ CHUNK = 64
 CHUNK_BYTES = 8 << 20
 """Bytes of source files per worker task, at most (unless one file is larger): below the
 10 MB at which Dask warns about large task arguments."""
-WORKER_MODULES = ("tasks.download", "tasks.images", "tasks.intake", "tasks.io")
+WORKER_MODULES = ("tasks.download", "xray.data.images", "xray.data.intake", "xray.core.io")
 """The code a worker runs for this stage: a Dask worker must have the same (checked)."""
 INGEST_PNG_LEVEL = 1
 """zlib level of the ingested PNGs: ~2.5x faster to encode than 6, ~15% larger files."""
@@ -125,7 +125,7 @@ def check_source(params: DataParams, base: Path = Path(".")) -> None:
 def tree_sha256(folder: Path) -> tuple[str, int]:
     """Content hash of a folder (relative paths + file sha256s, hidden/junk skipped); file count.
 
-    Walked by the intake policy (tasks/layout.py): links are followed inside the folder
+    Walked by the intake policy (xray/data/layout.py): links are followed inside the folder
     only, and entries that are not regular files (FIFOs, sockets, devices, links out)
     are hashed by name and kind, never opened.
     """
@@ -156,7 +156,7 @@ def identify(params: DataParams, base: Path = Path(".")) -> dict[str, object]:
     if is_url(source):
         if params.sha256:  # pinned: the content is whatever has this digest
             return {"source": source, "kind": "url", "sha256": params.sha256.lower()}
-        from tasks.fetch import FetchError, probe
+        from xray.data.fetch import FetchError, probe
 
         try:
             info = probe(source, retries=FETCH_RETRIES, backoff=FETCH_BACKOFF_S)
@@ -288,7 +288,7 @@ def source_root(
     source = params.source
     recorded = recorded or {}
     if source == "synthetic":
-        from tasks.synthetic import generate
+        from xray.data.synthetic import generate
 
         root = work / "synthetic"
         n = generate(root, params.synthetic, params.classes)
@@ -296,7 +296,7 @@ def source_root(
         return root, {"kind": "synthetic", **params.synthetic.model_dump(mode="json")}
     check_source(params)
     if is_url(source):
-        from tasks.fetch import FetchError, fetch
+        from xray.data.fetch import FetchError, fetch
 
         try:
             validators = None  # fetch probes them itself when needed
@@ -634,7 +634,7 @@ def _sigterm(signum: int, frame: object) -> None:
 if __name__ == "__main__":
     import signal
 
-    from tasks.cli_support import run_stage
+    from xray.core.runtime import run_stage
 
     signal.signal(signal.SIGTERM, _sigterm)
     run_stage(main)

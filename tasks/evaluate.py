@@ -6,8 +6,9 @@ corruption suite's means), ``reports/robustness.json`` (every family and severit
 families per severity and overall, drops from clean, MedMNIST-C-style balanced-error scores
 normalized by the base model, held-out families marked and averaged apart), plot data for
 ``dvc plots`` and figures under ``reports/figures/``. Each group of images is decoded once
-and scored by every model. The arithmetic of the robustness summary is in tasks/robustness.py,
-the figures in tasks/figures.py; this module reads, scores and writes.
+and scored by every model. The arithmetic of the robustness summary is in
+xray/reports/robustness.py,
+the figures in xray/reports/figures.py; this module reads, scores and writes.
 """
 
 from __future__ import annotations
@@ -22,16 +23,22 @@ from typing import Any
 
 import numpy as np
 
-from tasks.adapt import (
+from xray.adaptation.adapt import (
     AdaptReport,
     AdaptSettings,
     batchnorm_layers,
     predict_adapted_many,
     with_source_references,
 )
-from tasks.corruptions import HELD_OUT
-from tasks.data import RAW_DIR, labels_of, load_images, load_members, resize
-from tasks.figures import (
+from xray.core.io import read_csv, read_gray, write_csv, write_json
+from xray.core.params import AdaptParams, EvaluateParams, load_params
+from xray.core.progress import Progress
+from xray.models.architectures import load_model
+from xray.models.dataset import RAW_DIR, labels_of, load_images, load_members, resize
+from xray.models.inference import forward, moments_pass
+from xray.models.training import configure
+from xray.perturbations.corruptions import HELD_OUT
+from xray.reports.figures import (
     GRID_SEVERITIES,
     plot_confusions,
     plot_corruption_grid,
@@ -41,16 +48,10 @@ from tasks.figures import (
     plot_proxy,
     plot_samples,
 )
-from tasks.inference import forward, moments_pass
-from tasks.io import read_csv, read_gray, write_csv, write_json
-from tasks.metrics import binary_metrics
-from tasks.model_card import PREDICTIONS, write_model_card, write_predictions
-from tasks.models import load_model
-from tasks.params import AdaptParams, EvaluateParams, load_params
-from tasks.progress import Progress
-from tasks.proxy import ProxySet, check_shifts, proxy_sets
-from tasks.robustness import BASELINE, proxy_summary, suite_metrics, summarize
-from tasks.training import configure
+from xray.reports.metrics import binary_metrics
+from xray.reports.model_card import PREDICTIONS, write_model_card, write_predictions
+from xray.reports.proxy import ProxySet, check_shifts, proxy_sets
+from xray.reports.robustness import BASELINE, proxy_summary, suite_metrics, summarize
 
 log = logging.getLogger("xray.evaluate")
 
@@ -321,7 +322,7 @@ def _plain_predictor(
 ) -> Callable[[dict[int, np.ndarray]], dict[str, np.ndarray]]:
     """Scores of every plain model for images at each input size: one compiled pass per size.
 
-    The models of one input size run in one call on each batch (tasks/inference.py).
+    The models of one input size run in one call on each batch (xray/models/inference.py).
     """
     groups = _by_size(loaded, list(loaded))
     passes = {size: forward([loaded[n][0] for n in names]) for size, names in groups.items()}
@@ -344,7 +345,7 @@ def _adapted_predictor(
 ) -> Callable[[dict[int, np.ndarray]], dict[str, tuple[np.ndarray, float, AdaptReport]]]:
     """Scores, threshold and report of every adapted model, each adapted to the images alone.
 
-    The models of one input size are adapted together (tasks.adapt.predict_adapted_many):
+    The models of one input size are adapted together (xray.adaptation.adapt.predict_adapted_many):
     one statistics pass and one prediction pass over all of them, the frozen stem once.
     """
     groups = _by_size(loaded, adapted)
@@ -399,6 +400,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from tasks.cli_support import run_stage
+    from xray.core.runtime import run_stage
 
     run_stage(main)

@@ -5,7 +5,7 @@ kept in inference mode (frozen), recompile, low learning rate. Training images a
 the train split corrupted on the fly with fresh randomness each epoch by the same
 (non-held-out) families the corrupt stage materializes for test; the materialized
 test images are never read. With `augmix_views`, each draw is trained beside AugMix
-copies of itself under a consistency loss (tasks/augmix.py). Selection uses corrupted
+copies of itself under a consistency loss (xray/perturbations/augmix.py). Selection uses corrupted
 and clean validation images.
 """
 
@@ -22,19 +22,19 @@ from typing import Any
 import keras
 import numpy as np
 
-from tasks.adapt import source_references
-from tasks.augment import AcquisitionAugment, augmenter
-from tasks.augmix import ConsistencyLoss, Views, chain_augmenter, mixed_views
-from tasks.corruptions import corrupt_image, rng_for
-from tasks.data import RAW_DIR, class_weights, labels_of, load_images, make_dataset, resize
-from tasks.distribute import localize, make_strategy, replicated, split_rows
-from tasks.hashing import bytes_sha256
-from tasks.io import read_csv, write_csv
-from tasks.models import load_model, read_meta, save_model
-from tasks.params import Params, load_params
-from tasks.resume import finish
-from tasks.threshold import choose_threshold
-from tasks.training import compile_model, configure, fit, predict
+from xray.adaptation.adapt import source_references
+from xray.core.hashing import bytes_sha256
+from xray.core.io import read_csv, write_csv
+from xray.core.params import Params, load_params
+from xray.models.architectures import load_model, read_meta, save_model
+from xray.models.dataset import RAW_DIR, class_weights, labels_of, load_images, make_dataset, resize
+from xray.models.distribute import localize, make_strategy, replicated, split_rows
+from xray.models.resume import finish
+from xray.models.threshold import choose_threshold
+from xray.models.training import compile_model, configure, fit, predict
+from xray.perturbations.augment import AcquisitionAugment, augmenter
+from xray.perturbations.augmix import ConsistencyLoss, Views, chain_augmenter, mixed_views
+from xray.perturbations.corruptions import corrupt_image, rng_for
 
 log = logging.getLogger("xray.finetune")
 
@@ -151,11 +151,12 @@ def corrupted_batches(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless shuffled batches of freshly corrupted training images, from `first_epoch` on.
 
-    `rows` (default: all) images of each epoch's order are used (tasks.distribute.usable_rows).
+    `rows` (default: all) images of each epoch's order are used
+    (xray.models.distribute.usable_rows).
     With `augment`, each batch then goes through it, keyed by (seed, epoch, batch): the
     same draws on a rerun or a resumed run. With `views`, each batch becomes
-    (N, 1 + views, H, W, 1): the draws and their AugMix copies (tasks.augmix.mixed_views,
-    keyed the same way).
+    (N, 1 + views, H, W, 1): the draws and their AugMix copies
+    (xray.perturbations.augmix.mixed_views, keyed the same way).
     """
     n = len(images)
     chains = chain_augmenter(seed) if views else None
@@ -198,7 +199,7 @@ def finetune(
     import tensorflow as tf
 
     p = params.finetune
-    families = list(params.corrupt.finetune_families)  # never empty: tasks/params.py checks
+    families = list(params.corrupt.finetune_families)  # never empty: xray/core/params.py checks
     severities = list(params.corrupt.severities)
     configure(p.seed, params.train.deterministic, params.train.threads)
     strategy = make_strategy(p.strategy, params.train.cpu_replicas, key="finetune.strategy")
@@ -337,6 +338,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from tasks.cli_support import run_stage
+    from xray.core.runtime import run_stage
 
     run_stage(main)

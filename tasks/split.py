@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.io import MANIFEST_FIELDS, read_csv, staged_dir, write_csv, write_json
-from tasks.params import DataParams, SplitParams, load_params
+from xray.core.io import MANIFEST_FIELDS, read_csv, staged_dir, write_csv, write_json
+from xray.core.params import DataParams, SplitParams, load_params
 
 log = logging.getLogger("xray.split")
 
@@ -210,6 +210,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from tasks.cli_support import run_stage
+    from xray.core.runtime import run_stage
 
     run_stage(main)

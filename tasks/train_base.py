@@ -12,10 +12,13 @@ from typing import Any
 import keras
 import numpy as np
 
-from tasks.adapt import source_references
-from tasks.augment import augmenter
-from tasks.data import RAW_DIR, class_weights, image_cache, load_split, make_dataset
-from tasks.distribute import (
+from xray.adaptation.adapt import source_references
+from xray.core.hashing import bytes_sha256
+from xray.core.io import read_csv
+from xray.core.params import Params, TrainParams, load_params
+from xray.models.architectures import build_model, save_model
+from xray.models.dataset import RAW_DIR, class_weights, image_cache, load_split, make_dataset
+from xray.models.distribute import (
     discard,
     is_chief,
     localize,
@@ -25,13 +28,10 @@ from tasks.distribute import (
     split_rows,
     worker_dirs,
 )
-from tasks.hashing import bytes_sha256
-from tasks.io import read_csv
-from tasks.models import build_model, save_model
-from tasks.params import Params, TrainParams, load_params
-from tasks.resume import advance, finish
-from tasks.threshold import choose_threshold
-from tasks.training import compile_model, configure, fit, learning_rate, precision, predict
+from xray.models.resume import advance, finish
+from xray.models.threshold import choose_threshold
+from xray.models.training import compile_model, configure, fit, learning_rate, precision, predict
+from xray.perturbations.augment import augmenter
 
 log = logging.getLogger("xray.train_base")
 
@@ -237,6 +237,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from tasks.cli_support import run_stage
+    from xray.core.runtime import run_stage
 
     run_stage(main)

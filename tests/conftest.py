@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tasks.io import MANIFEST_FIELDS, png_bytes, write_csv
+from xray.core.io import MANIFEST_FIELDS, png_bytes, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 absl.logging.get_absl_handler().python_handler.stream = sys.__stderr__
 
 # Seconds prefect_test_harness waits for its temporary server (its 30 s default fails on a
-# busy 2-core machine, as the CLI's would: flows/cli.py EPHEMERAL_STARTUP_TIMEOUT_S).
+# busy 2-core machine, as the CLI's would: xray/cli/main.py EPHEMERAL_STARTUP_TIMEOUT_S).
 HARNESS_STARTUP_S = 120
 
 # Prefect in tests: a private home (temporary server database) and no telemetry.
@@ -291,7 +291,7 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-init xray_net saved with its metadata (no prior references: an older file)."""
     import keras
 
-    from tasks.models import build_model, save_model
+    from xray.models.architectures import build_model, save_model
 
     keras.utils.set_random_seed(5)
     path = tmp_path_factory.mktemp("model") / "m.keras"

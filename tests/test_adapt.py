@@ -1,4 +1,5 @@
-"""Adaptation to unlabeled target images: AdaBN, TENT, label-shift threshold (tasks/adapt.py)."""
+"""Adaptation to unlabeled target images: AdaBN, TENT, label-shift threshold
+(xray/adaptation/adapt.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from tasks.adapt import (
+from xray.adaptation.adapt import (
     AdaptSettings,
     adabn,
     adapt,
@@ -19,7 +20,7 @@ from tasks.adapt import (
     shifted_threshold,
     tent,
 )
-from tasks.models import xray_net
+from xray.models.architectures import xray_net
 
 SIZE = 32
 

@@ -1,4 +1,4 @@
-"""Tests for `xray adapt` and `xray predict --adapt` (tasks.adapt_cli): files, refusals, rows."""
+"""Tests for `xray adapt` and `xray predict --adapt` (xray.cli.adapt): files, refusals, rows."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from conftest import MODEL_THRESHOLD as THRESHOLD
 from PIL import Image
 
-from flows.cli import main as xray
-from tasks.models import load_model, read_meta
+from xray.cli.main import main as xray
+from xray.models.architectures import load_model, read_meta
 
 N_GOOD = 34  # above the default adapt.min_images (32)
 
@@ -196,7 +196,7 @@ def test_predict_adapt_with_too_few_images_predicts_unadapted(
 def test_a_zip_of_images_adapts_as_its_folder(
     model_file: Path, site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tasks.io import write_zip
+    from xray.core.io import write_zip
 
     files = sorted(p for p in site.rglob("*.png"))
     archive = tmp_path / "site.zip"
@@ -214,8 +214,8 @@ def test_a_zip_of_images_adapts_as_its_folder(
 def test_one_class_warning_follows_the_unadapted_call_rate(model_file: Path) -> None:
     from conftest import MODEL_SIZE
 
-    from tasks.adapt_cli import one_class_warning
-    from tasks.training import predict
+    from xray.cli.adapt import one_class_warning
+    from xray.models.training import predict
 
     model, meta = load_model(model_file)
     rng = np.random.default_rng(3)

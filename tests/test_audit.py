@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 import yaml
 
-from flows.artifacts import render_stamps
-from flows.audit import AuditError, audit, format_audit, history, models_for_data, run_record
-from flows.cli import main
-from flows.overrides import apply_overrides
-from flows.record import RUN_JSON, RecordError, record_run
-from flows.registry import registrations
-from tasks.hashing import file_md5
-from tasks.model_card import render_card, write_model_card
+from xray.cli.main import main
+from xray.core.hashing import file_md5
+from xray.records.artifacts import render_stamps
+from xray.records.audit import AuditError, audit, format_audit, history, models_for_data, run_record
+from xray.records.record import RUN_JSON, RecordError, record_run
+from xray.records.registry import registrations
+from xray.reports.model_card import render_card, write_model_card
+from xray.runner.overrides import apply_overrides
 
 PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
 DVC_YAML = Path(__file__).resolve().parent.parent / "dvc.yaml"
@@ -324,7 +324,7 @@ def test_overrides_write_params_and_reject_bad_values(project: Path) -> None:
     assert "epochs: 3" in text and "# One section per DVC stage" in text
     with pytest.raises(ValueError, match="no such key"):
         apply_overrides(project, {"train.nope": 1})
-    from tasks.params import ParamsError
+    from xray.core.params import ParamsError
 
     with pytest.raises(ParamsError):
         apply_overrides(project, {"train.epochs": -5})

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tasks.augment import AUGMENT, DRAWS, augmenter
+from xray.perturbations.augment import AUGMENT, DRAWS, augmenter
 
 GEOMETRY_ONLY = {k: 0.0 for k in AUGMENT if k not in ("rotation", "zoom", "translation")}
 
@@ -83,7 +83,7 @@ def test_raw_and_prepared_inputs_give_the_same_batch() -> None:
 
 
 def _epochs(seed: int, passes: int) -> list[np.ndarray]:
-    from tasks.data import make_dataset
+    from xray.models.dataset import make_dataset
 
     x = _images(10, 24, seed=4)
     ds = make_dataset(x, np.arange(10) % 2, 4, shuffle_seed=None, augment=augmenter(seed))

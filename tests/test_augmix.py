@@ -1,4 +1,4 @@
-"""Tests for tasks.augmix: AugMix views, the consistency loss, the Views wrapper."""
+"""Tests for xray.perturbations.augmix: AugMix views, the consistency loss, the Views wrapper."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from tasks.augmix import ConsistencyLoss, Views, chain_augmenter, mixed_views
-from tasks.models import build_model
+from xray.models.architectures import build_model
+from xray.perturbations.augmix import ConsistencyLoss, Views, chain_augmenter, mixed_views
 
 SIZE = 32
 

@@ -46,7 +46,7 @@ def test_input_pipeline_benchmark_writes_every_ratio(tmp_path: Path) -> None:
 def test_adaptation_benchmark_scores_every_variant_on_the_proxy(tmp_path: Path) -> None:
     import keras
 
-    from tasks.models import build_model, save_model
+    from xray.models.architectures import build_model, save_model
 
     write_tiny_split(tmp_path / "data", n=40, size=32)
     (tmp_path / "params.yaml").write_text(
@@ -69,7 +69,7 @@ def test_adaptation_benchmark_scores_every_variant_on_the_proxy(tmp_path: Path) 
 def test_finetune_options_benchmark_scores_each_option_on_val_only(tmp_path: Path) -> None:
     import keras
 
-    from tasks.models import build_model, save_model
+    from xray.models.architectures import build_model, save_model
 
     write_tiny_split(tmp_path / "data", n=24, size=40)
     (tmp_path / "params.yaml").write_text(
@@ -126,9 +126,9 @@ def test_evaluate_benchmark_carves_both_layouts_with_the_same_images(tmp_path: P
 
     from benchmarks.evaluate import carve
     from tasks.corrupt import corrupt
-    from tasks.data import load_members
-    from tasks.io import read_csv, read_gray, write_csv
-    from tasks.params import CorruptParams
+    from xray.core.io import read_csv, read_gray, write_csv
+    from xray.core.params import CorruptParams
+    from xray.models.dataset import load_members
 
     ws = tmp_path / "ws"
     raw, csv = make_split(ws / "data")

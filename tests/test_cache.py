@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from test_models import write_tiny_split
 
-from tasks.augment import augmenter
-from tasks.data import cache_array, cache_in_files, image_cache, load_split, make_dataset
+from xray.models.dataset import cache_array, cache_in_files, image_cache, load_split, make_dataset
+from xray.perturbations.augment import augmenter
 
 
 def test_auto_goes_to_files_only_above_the_memory_budget() -> None:
@@ -73,7 +73,7 @@ def test_cache_array_is_a_uint8_npy_file(tmp_path: Path) -> None:
 TRAIN = """
 import sys
 from pathlib import Path
-from tasks.params import parse_params
+from xray.core.params import parse_params
 from tasks.train_base import train_base
 raw, splits, out, cache = (Path(a) for a in sys.argv[1:5])
 params = parse_params({

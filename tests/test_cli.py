@@ -11,8 +11,8 @@ import pytest
 import yaml
 from conftest import ROOT
 
-from flows import cli
-from flows.cli_base import EXIT_USAGE
+from xray.cli import main as cli
+from xray.cli.base import EXIT_USAGE
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:
@@ -150,7 +150,7 @@ def test_verbose_sets_debug_for_the_stages(monkeypatch: pytest.MonkeyPatch) -> N
     import os
 
     import flows.pipeline
-    from tasks import cli_support
+    from xray.core import runtime as cli_support
 
     monkeypatch.setenv("XRAY_LOG_LEVEL", "INFO")
     monkeypatch.setattr(cli_support, "_QUIET", {})  # leave this process's filters alone

@@ -13,13 +13,13 @@ from conftest import dvc
 from test_corrupt import leftovers, make_split, sigterm_corrupt_midway, tree
 from test_download import BROKEN, BROKEN_REASONS, Outs, _folder
 
-import tasks.compute as compute
-from tasks.compute import ComputeError, Runner, check_workers, fingerprint
+import xray.core.compute as compute
 from tasks.corrupt import corrupt
-from tasks.corruptions import FAMILIES
 from tasks.download import probe
-from tasks.io import read_csv
-from tasks.params import ComputeParams, CorruptParams, DataParams, ParamsError, parse_params
+from xray.core.compute import ComputeError, Runner, check_workers, fingerprint
+from xray.core.io import read_csv
+from xray.core.params import ComputeParams, CorruptParams, DataParams, ParamsError, parse_params
+from xray.perturbations.corruptions import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[1]
 DASK_WORKERS = 2
@@ -148,7 +148,7 @@ def test_workers_without_the_project_are_refused() -> None:
     try:
         with (
             pytest.raises(ComputeError) as err,
-            Runner(on_dask(cluster.scheduler_address), ("tasks.io",)),
+            Runner(on_dask(cluster.scheduler_address), ("xray.core.io",)),
         ):
             pass
     finally:
@@ -162,11 +162,11 @@ def test_workers_without_the_project_are_refused() -> None:
 def test_workers_with_other_code_are_refused(dask_address: str) -> None:
     from distributed import Client
 
-    modules = ("tasks.io", "tasks.corruptions")
+    modules = ("xray.core.io", "xray.perturbations.corruptions")
     ours = fingerprint(modules)
     with Client(dask_address) as client:
         check_workers(client, modules, ours)  # the same code: accepted
-        stale = {**ours, "tasks.corruptions": "0" * 64}
+        stale = {**ours, "xray.perturbations.corruptions": "0" * 64}
         with pytest.raises(ComputeError, match=r"differs from this process \(tasks\.corruptions "):
             check_workers(client, modules, stale)
 
@@ -250,7 +250,7 @@ def test_compute_is_no_stage_dependency() -> None:
             key = param if isinstance(param, str) else next(iter(param))
             assert not str(key).startswith("compute"), f"{name} depends on {key}"
     for name in ("download", "corrupt"):
-        assert "tasks/compute.py" in stages[name]["deps"]
+        assert "xray/core/compute.py" in stages[name]["deps"]
 
 
 # --------------------------------------------------------------------------- stage process

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from tasks.corrupt import FIELDS, MANIFEST, corrupt
-from tasks.corruptions import FAMILIES, HELD_OUT, corrupt_image, rng_for
-from tasks.io import ZIP_DATE, decode_gray, png_bytes, png_bytes_fast, read_csv, write_csv
-from tasks.params import CorruptParams, ParamsError, parse_params
+from xray.core.io import ZIP_DATE, decode_gray, png_bytes, png_bytes_fast, read_csv, write_csv
+from xray.core.params import CorruptParams, ParamsError, parse_params
+from xray.perturbations.corruptions import FAMILIES, HELD_OUT, corrupt_image, rng_for
 
 N_IMAGES = 12
 SIZE = 64
@@ -281,8 +281,8 @@ def test_fast_png_round_trips_exactly(shape: tuple[int, int]) -> None:
 
 
 def test_zip_readers_fail_with_one_line_naming_the_archive(tmp_path: Path) -> None:
-    from tasks.data import load_members
-    from tasks.io import read_zip_images, write_zip
+    from xray.core.io import read_zip_images, write_zip
+    from xray.models.dataset import load_members
 
     good = tmp_path / "set.zip"
     write_zip(good, [("NORMAL/a.png", png_bytes_fast(np.zeros((4, 4), np.uint8)))])
@@ -302,7 +302,7 @@ def test_zip_readers_fail_with_one_line_naming_the_archive(tmp_path: Path) -> No
 
 
 def test_keep_freed_memory_is_idempotent() -> None:
-    from tasks.compute import keep_freed_memory
+    from xray.core.compute import keep_freed_memory
 
     first = keep_freed_memory()
     assert isinstance(first, bool) and keep_freed_memory() is first

@@ -1,4 +1,5 @@
-"""Tests for tasks.corruptions: contract, determinism, severity order, the Keras-blog table."""
+"""Tests for xray.perturbations.corruptions: contract, determinism, severity order, the
+Keras-blog table."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from tasks.corruptions import (
+from xray.perturbations.corruptions import (
     FAMILIES,
     HELD_OUT,
     SEED_BLOG,
@@ -357,7 +358,12 @@ def test_golden_digests(xray: np.ndarray, family: str) -> None:
 
 
 def test_zoom_blur_is_the_full_grid_bilinear_average() -> None:
-    from tasks.corruptions import ZOOM_BLUR_PARAMS, _from_levels, _sample_bilinear, zoom_blur
+    from xray.perturbations.corruptions import (
+        ZOOM_BLUR_PARAMS,
+        _from_levels,
+        _sample_bilinear,
+        zoom_blur,
+    )
 
     image = np.random.default_rng(3).integers(0, 256, (37, 52)).astype(np.uint8)
     for severity in (1, 5):
@@ -375,7 +381,7 @@ def test_zoom_blur_is_the_full_grid_bilinear_average() -> None:
 
 
 def test_elastic_fields_are_smooth_with_unit_std() -> None:
-    from tasks.corruptions import _smooth_fields
+    from xray.perturbations.corruptions import _smooth_fields
 
     fields = np.stack(
         [_smooth_fields(np.random.default_rng(s), 2, (224, 224), 12.0) for s in range(20)]

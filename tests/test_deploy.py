@@ -204,7 +204,7 @@ def test_scheduled_runs_on_a_real_server(tmp_path: Path, server: dict[str, str])
     )
     git(root, "commit", "-qam", "DVC remote: a local folder (the default)")
     serve_log = tmp_path / "serve.log"
-    cmd = [sys.executable, "-m", "flows.cli", "serve", "--workdir", str(root)]
+    cmd = [sys.executable, "-m", "xray.cli.main", "serve", "--workdir", str(root)]
     cmd += ["--interval", str(INTERVAL_S), "--remote", str(remote), "--branch", "records"]
     with serve_log.open("w") as log:
         proc = subprocess.Popen(cmd, cwd=root, env=server, stdout=log, stderr=log)
@@ -249,7 +249,7 @@ def test_scheduled_runs_on_a_real_server(tmp_path: Path, server: dict[str, str])
             serve_log,
         )
         assert git(root, "rev-parse", "records") != tip
-        from flows.audit import history, models_for_data
+        from xray.records.audit import history, models_for_data
 
         versions = history(root)
         tags = [["finetuned@v0.1.0", "xray-model-v1"], ["finetuned@v0.2.0", "xray-model-v2"]]
@@ -273,7 +273,7 @@ def test_scheduled_runs_on_a_real_server(tmp_path: Path, server: dict[str, str])
 
 def test_dvc_push_to_a_local_folder_remote(tmp_path: Path) -> None:
     """A folder given as `remote` becomes a local remote and receives the cache."""
-    from flows.remote import RemoteError, derived_remote_name, dvc_push
+    from xray.records.remote import RemoteError, derived_remote_name, dvc_push
 
     root = tmp_path / "repo"
     root.mkdir()
@@ -351,7 +351,7 @@ def test_second_run_waits_for_the_first_on_a_process_worker(
     api = server["PREFECT_API_URL"]
     root = make_project(tmp_path / "project")
     env = server | {"XRAY_WORKDIR": str(root), "PREFECT_WORKER_QUERY_SECONDS": "2"}
-    deploy = [sys.executable, "-m", "flows.cli", "deploy", "--workdir", str(root)]
+    deploy = [sys.executable, "-m", "xray.cli.main", "deploy", "--workdir", str(root)]
     out = subprocess.run(deploy, cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     dep_id = out.stdout.strip().rsplit(" ", 1)[-1]

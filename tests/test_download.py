@@ -18,8 +18,8 @@ from PIL import Image
 
 import tasks.download as dl
 from tasks.download import DownloadError, download, probe
-from tasks.io import read_csv
-from tasks.params import DataParams
+from xray.core.io import read_csv
+from xray.core.params import DataParams
 
 REAL_ZIP = Path(__file__).resolve().parents[2] / "shared/datasets/chest_xray_224_train.zip"
 REAL_IMAGES = 5216
@@ -493,7 +493,7 @@ def test_missing_local_path(tmp_path: Path) -> None:
 
 def test_xray_probe_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`xray probe` writes data/source.json once, then reports it unchanged."""
-    from flows.cli import main
+    from xray.cli.main import main
 
     src = _folder(tmp_path / "export", good=1)
     (tmp_path / "params.yaml").write_text(f"data:\n  source: {src}\n")
@@ -587,7 +587,7 @@ def _repro(proj: Path, stage: str, *, ok: bool = True) -> str:
 
 def _probe(proj: Path) -> bool:
     """Probe the project copy's data.source; True when data/source.json changed."""
-    from tasks.params import load_params
+    from xray.core.params import load_params
 
     return probe(load_params(proj / "params.yaml").data, proj / "data" / "source.json")[0]
 

@@ -22,7 +22,7 @@ def test_cache_links_every_output() -> None:
 def test_figures_replace_a_linked_file_without_touching_the_cache(tmp_path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from tasks.figures import save_figure
+    from xray.reports.figures import save_figure
 
     cache, out = tmp_path / "cache_entry", tmp_path / "figures" / "plot.png"
     out.parent.mkdir()

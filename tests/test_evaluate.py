@@ -14,9 +14,9 @@ from test_corrupt import make_split
 
 import tasks.evaluate as ev
 from tasks.corrupt import corrupt
-from tasks.data import resize
-from tasks.io import decode_gray, read_csv, write_csv
-from tasks.params import AdaptParams, CorruptParams, EvaluateParams
+from xray.core.io import decode_gray, read_csv, write_csv
+from xray.core.params import AdaptParams, CorruptParams, EvaluateParams
+from xray.models.dataset import resize
 
 FAMILIES = ("seed", "jpeg", "elastic")
 HELD = ("elastic",)
@@ -91,7 +91,7 @@ def _tiny_model(
     """p = sigmoid(weight * (mean pixel / 255 - 0.4)), saved as the pipeline saves models."""
     import keras
 
-    from tasks.models import save_model
+    from xray.models.architectures import save_model
 
     inputs = keras.Input((size, size, 1))
     x = keras.layers.Rescaling(1.0 / 255)(inputs)

@@ -13,8 +13,8 @@ import yaml
 from conftest import HARNESS_STARTUP_S, ROOT, dvc, git
 from test_server_restart import InterruptingLog
 
-from flows.repro import repro, stage_graph, with_downstream
-from tasks.params import STAGES
+from xray.core.params import STAGES
+from xray.runner.repro import repro, stage_graph, with_downstream
 
 STAGE_SCRIPT = """import os, sys, time
 print("begin", flush=True)

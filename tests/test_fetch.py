@@ -1,4 +1,4 @@
-"""Tests for tasks.fetch against a loopback HTTP server."""
+"""Tests for xray.data.fetch against a loopback HTTP server."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from conftest import free_port, loopback_server
 
-import tasks.fetch as fetch_mod
-from tasks.fetch import MAX_REDIRECTS, FetchError, fetch, probe
+import xray.data.fetch as fetch_mod
+from xray.data.fetch import MAX_REDIRECTS, FetchError, fetch, probe
 
 BLOB = np.random.default_rng(7).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
 BLOB_SHA = hashlib.sha256(BLOB).hexdigest()
@@ -421,7 +421,7 @@ def test_cut_then_rerun_resumes_from_the_cache(
 KILLED_FETCH = """
 import sys
 from pathlib import Path
-from tasks.fetch import fetch
+from xray.data.fetch import fetch
 fetch(sys.argv[1], Path(sys.argv[2]), cache_dir=Path(sys.argv[3]), backoff=0.01, progress=False)
 """
 

@@ -10,9 +10,9 @@ import pytest
 from conftest import write_generated_split
 
 from tasks.finetune import finetune, freeze
-from tasks.io import read_csv
-from tasks.models import build_model, load_model, save_model
-from tasks.params import parse_params
+from xray.core.io import read_csv
+from xray.core.params import parse_params
+from xray.models.architectures import build_model, load_model, save_model
 
 SIZE = 32
 IMAGE = 48
@@ -150,8 +150,8 @@ def test_unknown_unfreeze_from_is_a_one_line_error() -> None:
 
 
 def test_clean_fraction_leaves_some_draws_clean() -> None:
-    from tasks.data import resize
     from tasks.finetune import corrupt_one
+    from xray.models.dataset import resize
 
     image = np.random.default_rng(3).integers(0, 256, (IMAGE, IMAGE)).astype(np.uint8)
     clean = resize(image, SIZE)
@@ -181,8 +181,8 @@ def test_corrupted_batches_start_at_the_given_epoch() -> None:
 
 def test_augmented_batches_are_keyed_by_epoch_and_batch() -> None:
     """With augmentation: draws differ from the plain batches, repeat on a rerun and a resume."""
-    from tasks.augment import augmenter
     from tasks.finetune import corrupted_batches
+    from xray.perturbations.augment import augmenter
 
     rng = np.random.default_rng(5)
     images = [rng.integers(0, 256, (IMAGE, IMAGE)).astype(np.uint8) for _ in range(6)]

@@ -1,4 +1,5 @@
-"""Compiled inference and BatchNorm-moment passes (tasks/inference.py) against Keras' own call."""
+"""Compiled inference and BatchNorm-moment passes (xray/models/inference.py) against Keras'
+own call."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 from keras import layers
 
-from tasks.adapt import (
+from xray.adaptation.adapt import (
     AdaptSettings,
     _keras_moments_step,
     batchnorm_layers,
@@ -17,9 +18,9 @@ from tasks.adapt import (
     predict_adapted,
     predict_adapted_many,
 )
-from tasks.inference import fold_pairs, forward, moments_pass, shared_layers
-from tasks.models import seed_cnn, xray_net
-from tasks.training import predict
+from xray.models.architectures import seed_cnn, xray_net
+from xray.models.inference import fold_pairs, forward, moments_pass, shared_layers
+from xray.models.training import predict
 
 SIZE = 32
 TOL = 2e-6  # float rounding of a probability

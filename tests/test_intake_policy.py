@@ -24,12 +24,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import tasks.io as tio
+import xray.core.io as tio
 from tasks.download import DownloadError, download, probe
-from tasks.images import BadImage, load_image, read_file
-from tasks.io import read_csv, sweep_work, write_csv
-from tasks.params import DataParams, SplitParams
 from tasks.split import SplitError, split
+from xray.core.io import read_csv, sweep_work, write_csv
+from xray.core.params import DataParams, SplitParams
+from xray.data.images import BadImage, load_image, read_file
 
 HANG_GUARD_S = 20
 
@@ -149,7 +149,7 @@ def test_every_entry_kind_gets_its_answer(tmp_path: Path) -> None:
     rows = read_csv(raw / "manifest.csv")
     assert counts["images"] == 5 == len(rows)  # 2 + 2 + the link inside
     assert any(r["path"].endswith("IM-0007-0001.png") for r in rows)
-    from tasks.hashing import bytes_sha256
+    from xray.core.hashing import bytes_sha256
 
     assert bytes_sha256(outside.read_bytes()) not in {r["sha256"] for r in rows}
 
@@ -339,7 +339,7 @@ def test_work_folder_of_a_killed_run_is_swept(tmp_path: Path, private_work: Path
     """kill -9 inside work_dir leaves a folder (and an orphaned forked worker); the next run
     removes it, and not the folder of a run still alive."""
     code = (
-        "import os, sys, time; from pathlib import Path; from tasks.io import work_dir\n"
+        "import os, sys, time; from pathlib import Path; from xray.core.io import work_dir\n"
         "with work_dir(sys.argv[2], Path(sys.argv[1])) as d:\n"
         "    (d / 'part').write_bytes(b'x')\n"
         "    worker = os.fork() if sys.argv[2] == 'killed' else 1\n"

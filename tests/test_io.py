@@ -9,8 +9,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pytest
 
-from tasks.figures import save_figure
-from tasks.io import atomic_file, write_bytes_atomic, write_zip
+from xray.core.io import atomic_file, write_bytes_atomic, write_zip
+from xray.reports.figures import save_figure
 
 
 @pytest.fixture

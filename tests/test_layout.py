@@ -1,4 +1,4 @@
-"""Tests for tasks.layout: dataset layout discovery (Kaggle, Mendeley, flat, nested copies)."""
+"""Tests for xray.data.layout: dataset layout discovery (Kaggle, Mendeley, flat, nested copies)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.archive import safe_extract
-from tasks.intake import IngestError
-from tasks.layout import Found, find_images
+from xray.data.archive import safe_extract
+from xray.data.intake import IngestError
+from xray.data.layout import Found, find_images
 
 CLASSES = ("NORMAL", "PNEUMONIA")
 MB = 1 << 20

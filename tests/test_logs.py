@@ -12,10 +12,10 @@ import pytest
 import yaml
 from conftest import ROOT, copy_project
 
-from flows.stage_log import StageLog, git_advice
-from tasks import cli_support
-from tasks.cli_support import UserError, is_user_error
-from tasks.progress import EpochProgress, epoch_line
+from xray.core import runtime as cli_support
+from xray.core.progress import EpochProgress, epoch_line
+from xray.core.runtime import UserError, is_user_error
+from xray.runner.stage_log import StageLog, git_advice
 
 # Lines as `xray run` relayed them before (one stage's output, abridged).
 STAGE_OUTPUT = """\
@@ -105,7 +105,7 @@ def project_error() -> None:
 
 
 def test_user_errors_are_named_and_bugs_are_not(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tasks.params import ParamsError
+    from xray.core.params import ParamsError
 
     assert is_user_error(UserError("x"))
     assert is_user_error(ParamsError("x"))
@@ -124,7 +124,7 @@ def test_user_errors_are_named_and_bugs_are_not(monkeypatch: pytest.MonkeyPatch)
 
 def run_stage_main(body: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run `run_stage(main)` in a fresh process, main's body given."""
-    code = f"from tasks.cli_support import run_stage\ndef main():\n    {body}\nrun_stage(main)\n"
+    code = f"from xray.core.runtime import run_stage\ndef main():\n    {body}\nrun_stage(main)\n"
     return subprocess.run(
         [sys.executable, "-c", code],
         cwd=ROOT,
@@ -155,14 +155,16 @@ def test_a_stage_run_as_main_keeps_its_named_errors_one_line(tmp_path: Path) -> 
 
 
 def test_run_stage_one_line_for_user_errors_traceback_for_bugs() -> None:
-    missing = "from pathlib import Path; from tasks.io import read_csv; read_csv(Path('no.csv'))"
+    missing = (
+        "from pathlib import Path; from xray.core.io import read_csv; read_csv(Path('no.csv'))"
+    )
     user = run_stage_main(missing)
     assert user.returncode == 1
     assert user.stderr == "error: no.csv: not found (run the stage that writes it first)\n"
     bug = run_stage_main("raise RuntimeError('a bug')")
     assert bug.returncode == 1
     assert "Traceback (most recent call last)" in bug.stderr and "RuntimeError: a bug" in bug.stderr
-    raise_user = "from tasks.cli_support import UserError; raise UserError('x')"
+    raise_user = "from xray.core.runtime import UserError; raise UserError('x')"
     shown = run_stage_main(raise_user, {"XRAY_TRACEBACK": "1"})
     assert "Traceback" in shown.stderr and shown.stderr.rstrip().endswith("UserError: x")
 
@@ -179,7 +181,7 @@ OTHER = b"E0000 00:00:1 other.cc:1] a real error"
 def test_filtered_stderr_drops_only_the_start_up_lines() -> None:
     code = f"""
 import os
-from tasks.cli_support import filtered_stderr, QUIET_STDERR
+from xray.core.runtime import filtered_stderr, QUIET_STDERR
 with filtered_stderr(QUIET_STDERR):
     for line in {[ABSL, ONEDNN, OTHER]!r}:
         os.write(2, line + b"\\n")

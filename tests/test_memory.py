@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import data
+from xray.models import dataset as data
 
 GIB = 2**30
 

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from flows.artifacts import card_markdown
-from tasks import bootstrap
-from tasks.git import GitError, git, succeeds
-from tasks.hashing import file_md5, file_sha256, json_sha256
-from tasks.metrics import binary_metrics
-from tasks.model_card import (
+from xray.core.git import GitError, git, succeeds
+from xray.core.hashing import file_md5, file_sha256, json_sha256
+from xray.core.text import one_line
+from xray.records.artifacts import card_markdown
+from xray.reports import bootstrap
+from xray.reports.metrics import binary_metrics
+from xray.reports.model_card import (
     CARD,
     INTERVALS,
     PREDICTIONS,
@@ -24,7 +25,6 @@ from tasks.model_card import (
     write_model_card,
     write_predictions,
 )
-from tasks.text import one_line
 
 VARIANTS = ("base", "finetuned", "finetuned_adapted")
 SECTIONS = (

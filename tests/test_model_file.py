@@ -1,6 +1,6 @@
 """Bad model files get one line naming the file and the problem, exit 2 (issue 14, item 7).
 
-The metadata cases need no TensorFlow (tasks/model_file.py); loading cases use the tiny
+The metadata cases need no TensorFlow (xray/models/model_file.py); loading cases use the tiny
 `model_file` fixture. `xray predict` with a bad model answers before TensorFlow starts.
 """
 
@@ -18,8 +18,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tasks.model_file import EXIT_NO_MODEL, META_MEMBER, PREDICT_KEYS, ModelFileError, read_meta
-from tasks.predict import predict_paths
+from xray.cli.predict import predict_paths
+from xray.models.model_file import (
+    EXIT_NO_MODEL,
+    META_MEMBER,
+    PREDICT_KEYS,
+    ModelFileError,
+    read_meta,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD_META = {"image_size": 32, "threshold": 0.5, "classes": ["NORMAL", "PNEUMONIA"]}
@@ -107,8 +113,8 @@ def test_bad_metadata_is_one_line_naming_the_file(tmp_path: Path, case: str) -> 
 
 def test_tampered_keras_files_are_one_line(model_file: Path, tmp_path: Path) -> None:
     """A config naming os.system, a wrong input size: one line, exit 2 (predict and adapt)."""
-    from tasks.adapt import AdaptSettings
-    from tasks.adapt_cli import adapt_file
+    from xray.adaptation.adapt import AdaptSettings
+    from xray.cli.adapt import adapt_file
 
     def evil(data: bytes) -> bytes:
         config = json.loads(data)
@@ -143,7 +149,7 @@ def test_predict_refuses_a_bad_model_before_tensorflow(tmp_path: Path) -> None:
     """`xray predict`/`xray adapt` with a missing or bad model: one line, exit 2, no TensorFlow."""
     bad = _fake_keras(tmp_path / "bad.keras", b"[]")
     code = (
-        "import sys\nfrom flows.cli import main\n"
+        "import sys\nfrom xray.cli.main import main\n"
         "rc = main(sys.argv[1:])\n"
         "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules\n"
         "sys.exit(rc)\n"

@@ -1,4 +1,5 @@
-"""Tests for tasks.models and train_base resume: builds, byte-stable files, safe loading."""
+"""Tests for xray.models.architectures and train_base resume: builds, byte-stable files,
+safe loading."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 from conftest import write_generated_split
 
-from tasks.models import ARCH_NAMES, build_model, load_model, read_meta, save_model
-from tasks.params import parse_params
+from xray.core.params import parse_params
+from xray.models.architectures import ARCH_NAMES, build_model, load_model, read_meta, save_model
 
 SIZE = 32
 BACKBONE_SIZE = 32
@@ -138,7 +139,7 @@ def test_train_base_resumes_after_a_kill(tmp_path: Path) -> None:
 
 
 def test_augmentation_keeps_shape_and_range_and_is_identity_when_off() -> None:
-    from tasks.augment import augmenter
+    from xray.perturbations.augment import augmenter
 
     x = _pixels(4, 48, seed=2).astype("float32")
     out = np.asarray(augmenter(0)(x, training=True))
@@ -150,7 +151,7 @@ def test_augmentation_keeps_shape_and_range_and_is_identity_when_off() -> None:
 
 
 def test_threshold_sits_mid_plateau_of_best_youden() -> None:
-    from tasks.threshold import choose_threshold
+    from xray.models.threshold import choose_threshold
 
     y = np.array([0, 0, 0, 1, 1, 1])
     p = np.array([0.01, 0.02, 0.05, 0.95, 0.98, 0.99])  # separable: any t in (0.05, 0.95]
@@ -173,8 +174,9 @@ def test_saved_model_bytes_do_not_depend_on_the_process(tmp_path: Path) -> None:
     import sys
 
     script = (
-        "import sys, keras; from pathlib import Path; from tasks.models import build_model, "
-        "save_model; keras.utils.set_random_seed(0); "
+        "import sys, keras; from pathlib import Path; "
+        "from xray.models.architectures import build_model, save_model; "
+        "keras.utils.set_random_seed(0); "
         "save_model(build_model('xray_net', 32), Path(sys.argv[1]), {'threshold': 0.5})"
     )
     root = Path(__file__).resolve().parents[1]
@@ -191,8 +193,8 @@ def test_saved_model_bytes_do_not_depend_on_the_process(tmp_path: Path) -> None:
 
 
 def test_threshold_scores_add_seeded_augmented_copies_of_val() -> None:
-    from tasks.params import TrainParams
     from tasks.train_base import THRESHOLD_AUG_COPIES, threshold_sets
+    from xray.core.params import TrainParams
 
     x = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 1), dtype=np.uint8)
     y = np.array([0, 1, 0, 1, 0, 1])
@@ -211,7 +213,7 @@ def test_threshold_scores_add_seeded_augmented_copies_of_val() -> None:
 def test_augmentation_is_seeded_and_ranges_override_single_operations() -> None:
     import tensorflow as tf
 
-    from tasks.augment import augmenter
+    from xray.perturbations.augment import augmenter
 
     x = _pixels(4, 48, seed=3).astype("float32")
     draws = []

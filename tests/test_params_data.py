@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tasks.download import DownloadError, download, probe
-from tasks.params import DataParams, ParamsError, load_params, parse_params
+from xray.core.params import DataParams, ParamsError, load_params, parse_params
 
 
 @pytest.mark.parametrize(

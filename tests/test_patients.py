@@ -1,4 +1,4 @@
-"""Tests for tasks.patients (patient ids from file names) and tasks.hashing.file_sha256."""
+"""Tests for xray.data.patients (patient ids from file names) and xray.core.hashing.file_sha256."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.hashing import file_sha256
-from tasks.intake import IngestError
-from tasks.patients import patient_id
+from xray.core.hashing import file_sha256
+from xray.data.intake import IngestError
+from xray.data.patients import patient_id
 
 REAL_ZIP = Path(__file__).resolve().parents[2] / "shared/datasets/chest_xray_224_train.zip"
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import HARNESS_STARTUP_S, dvc
 
-from tasks.params import STAGES
+from xray.core.params import STAGES
 
 METRIC_KEYS = [
     f"{model}.{dataset}.{metric}"

@@ -1,4 +1,4 @@
-"""Tests for `xray predict` (tasks.predict): any JPEG/PNG, text and JSON output, bad files."""
+"""Tests for `xray predict` (xray.cli.predict): any JPEG/PNG, text and JSON output, bad files."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from conftest import MODEL_SIZE as SIZE
 from conftest import MODEL_THRESHOLD as THRESHOLD
 from PIL import Image
 
-from flows.cli import main as xray
-from tasks.data import resize
-from tasks.model_file import EXIT_NO_MODEL
-from tasks.predict import EXIT_OK, EXIT_SOME_FAILED, predict_paths
+from xray.cli.main import main as xray
+from xray.cli.predict import EXIT_OK, EXIT_SOME_FAILED, predict_paths
+from xray.models.dataset import resize
+from xray.models.model_file import EXIT_NO_MODEL
 
 
 @pytest.fixture()
@@ -65,7 +65,7 @@ def test_text_output_one_line_per_image(model_file: Path, images: dict[str, Path
 def test_json_matches_the_model_on_resized_pixels(
     model_file: Path, images: dict[str, Path]
 ) -> None:
-    from tasks.models import load_model
+    from xray.models.architectures import load_model
 
     code, out, _ = _run([images["gray_png"], images["rgb_jpeg"]], model_file, as_json=True)
     assert code == EXIT_OK
@@ -109,7 +109,7 @@ def test_cli_predict(
 def test_a_zip_of_images_predicts_each_member(
     tmp_path: Path, model_file: Path, images: dict[str, Path]
 ) -> None:
-    from tasks.io import write_zip
+    from xray.core.io import write_zip
 
     good = [images[k] for k in ("gray_png", "rgb_jpeg")]
     archive = tmp_path / "set.zip"

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from tasks.progress import Progress, format_duration, interval_from_env
+from xray.core.progress import Progress, format_duration, interval_from_env
 
 
 class Clock:

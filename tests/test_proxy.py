@@ -1,4 +1,4 @@
-"""The acquisition-shift proxy sets (tasks/proxy.py)."""
+"""The acquisition-shift proxy sets (xray/reports/proxy.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from test_corrupt import make_split
 
-from tasks.io import read_csv
-from tasks.proxy import prior_subset, proxy_sets
+from xray.core.io import read_csv
+from xray.reports.proxy import prior_subset, proxy_sets
 
 
 @pytest.mark.parametrize("prior", [0.3, 0.5, 0.8])
@@ -53,8 +53,9 @@ def test_proxy_sets_shift_every_image_deterministically(tmp_path: Path) -> None:
 
 
 def test_the_default_proxy_is_every_shift() -> None:
-    from tasks.params import EvaluateParams
-    from tasks.shift import SHIFTS
+    from xray.core.params import EvaluateParams
+    from xray.perturbations.shift import SHIFTS
 
-    # params.py keeps its own copy (importing tasks.shift would make it a dep of every stage)
+    # params.py keeps its own copy (importing xray.perturbations.shift would make it a dep of every
+    # stage)
     assert EvaluateParams().proxy_shifts == tuple(SHIFTS)

@@ -7,7 +7,7 @@ afresh (no DVC cache, no cached outputs, no .dvc/config.local) and checks that p
 enough to skip every stage, models byte-identical. A recorded run's `xray-records` branch,
 cloned, is such a workspace too (its GTO tags listed by `gto show`).
 
-`--remote` resolution (flows/remote.py `resolve_remote`, DVC's config API) runs on a small
+`--remote` resolution (xray/records/remote.py `resolve_remote`, DVC's config API) runs on a small
 `dvc add` repo without `dvc repro`: a default remote's folder on two runs in a row, a remote
 listed after the default, a new folder (remote `xray-<hash>`).
 """
@@ -29,7 +29,7 @@ import pytest
 import yaml
 from conftest import copy_project, dvc, git
 
-from tasks.params import STAGES
+from xray.core.params import STAGES
 
 MODELS = ("models/base.keras", "models/finetuned.keras")
 CACHED = (*MODELS, "data/raw/manifest.csv", "data/corrupted/manifest.csv")  # from the remote
@@ -258,8 +258,8 @@ def test_a_folder_of_the_default_remote_pushes_and_records_on_every_run(
     small_repo: Path, tmp_path: Path
 ) -> None:
     """`dvc remote add -d storage DIR` + `--remote DIR`: two runs in a row both push and record."""
-    from flows.record import record_run
-    from flows.remote import configured_remotes, dvc_push
+    from xray.records.record import record_run
+    from xray.records.remote import configured_remotes, dvc_push
 
     store = tmp_path / "store"
     dvc(small_repo, "remote", "add", "-d", "storage", str(store))
@@ -279,7 +279,7 @@ def test_a_remote_listed_after_the_default_and_new_folders(
     small_repo: Path, tmp_path: Path
 ) -> None:
     """A name after the default is a name; a new folder becomes `xray-<hash>`, default kept."""
-    from flows.remote import RemoteError, configured_remotes, derived_remote_name, dvc_push
+    from xray.records.remote import RemoteError, configured_remotes, derived_remote_name, dvc_push
 
     with pytest.raises(RemoteError, match="no DVC remote configured"):
         dvc_push(small_repo, None)
@@ -312,8 +312,8 @@ def test_a_clone_of_the_records_branch_pulls_and_reruns_no_stage(
     trained: Path, tmp_path: Path
 ) -> None:
     """Record a run (GTO tags too); a clone of `xray-records` + `dvc pull` is up to date."""
-    from flows.record import record_run
-    from flows.remote import dvc_push
+    from xray.records.record import record_run
+    from xray.records.remote import dvc_push
 
     root = tmp_path / "project"
     shutil.copytree(trained, root, symlinks=True)

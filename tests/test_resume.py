@@ -20,7 +20,7 @@ import pytest
 import yaml
 from conftest import dvc, run_env
 
-from tasks import resume, training
+from xray.models import resume, training
 
 SCORES = [0.5, 0.9, 0.6, 0.7, 0.8, 0.85, 0.99, 0.99, 0.99, 0.99]  # val score per epoch
 EPOCHS = len(SCORES)

@@ -20,7 +20,7 @@ from conftest import PrefectServer, dvc, git
 from conftest import wait_for as conftest_wait_for
 
 from flows.pipeline import dvc_repro
-from tasks.params import STAGES
+from xray.core.params import STAGES
 
 STAGE_SCRIPT = """import os, time
 print("begin", flush=True)
@@ -217,7 +217,7 @@ def test_a_server_restart_mid_run_loses_nothing(
     api = prefect_server.api
     root = make_project()
     serve_log = tmp_path / "serve.log"
-    cmd = [sys.executable, "-m", "flows.cli", "serve", "--workdir", str(root)]
+    cmd = [sys.executable, "-m", "xray.cli.main", "serve", "--workdir", str(root)]
     cmd += ["--remote", str(tmp_path / "dvc-remote"), "--branch", RECORDS]
     with serve_log.open("w") as log:
         serve = subprocess.Popen(cmd, cwd=root, env=prefect_server.env, stdout=log, stderr=log)

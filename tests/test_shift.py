@@ -1,4 +1,5 @@
-"""Tests for tasks.shift: contract, determinism, visible but recognizable change, speed."""
+"""Tests for xray.perturbations.shift: contract, determinism, visible but recognizable
+change, speed."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.corruptions import FAMILIES
-from tasks.shift import SHIFTS, shift_image
+from xray.perturbations.corruptions import FAMILIES
+from xray.perturbations.shift import SHIFTS, shift_image
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPECTED = (

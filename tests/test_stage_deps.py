@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import main
-from flows.stage_deps import check_stages, describe, import_closure
+from xray.cli.main import main
+from xray.runner.stage_deps import check_stages, describe, import_closure
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,7 +45,7 @@ def test_the_pipeline_lists_every_imported_module() -> None:
     }
     assert all(r.ok for r in results), describe(results)
     by_stage = {r.stage: set(r.needed) for r in results}
-    assert "tasks/params.py" in by_stage["split"]
+    assert "xray/core/params.py" in by_stage["split"]
     # Per-module granularity: evaluate's own code is not a dep of corrupt.
     assert "tasks/evaluate.py" not in by_stage["corrupt"]
 

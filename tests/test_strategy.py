@@ -1,4 +1,4 @@
-"""Tests for tf.distribute training (tasks/distribute.py): mirrored, multi-worker, errors.
+"""Tests for tf.distribute training (xray/models/distribute.py): mirrored, multi-worker, errors.
 
 Logical CPU devices and MultiWorkerMirroredStrategy must be set up before TensorFlow
 initializes, so every training run here is a fresh `python` subprocess.
@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from conftest import ROOT, run_env, write_generated_split
 
-from tasks.distribute import is_chief, tf_config, usable_rows, worker_dirs
-from tasks.params import ParamsError, parse_params
+from xray.core.params import ParamsError, parse_params
+from xray.models.distribute import is_chief, tf_config, usable_rows, worker_dirs
 
 IMAGE = 64
 PER_SPLIT = 64  # 8 steps of 8 per epoch
@@ -47,7 +47,7 @@ RUN_TIMEOUT = 900
 DRIVER = """
 import json, sys
 from pathlib import Path
-from tasks.params import parse_params
+from xray.core.params import parse_params
 from tasks.train_base import train_base
 root, out, train = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
 summary = train_base(
@@ -112,9 +112,9 @@ def val_auc(model_path: Path, root: Path) -> float:
     """ROC AUC of a saved model on the generated val split (sklearn: exact, not bucketed)."""
     from sklearn.metrics import roc_auc_score
 
-    from tasks.data import load_split
-    from tasks.models import load_model
-    from tasks.training import predict
+    from xray.models.architectures import load_model
+    from xray.models.dataset import load_split
+    from xray.models.training import predict
 
     model, meta = load_model(model_path)
     x, y, _ = load_split(root / "splits" / "val.csv", meta["image_size"], "PNEUMONIA", root / "raw")
@@ -324,7 +324,7 @@ def test_two_workers_on_loopback_train_in_step_and_only_the_chief_writes(
 FINETUNE_DRIVER = """
 import json, sys
 from pathlib import Path
-from tasks.params import parse_params
+from xray.core.params import parse_params
 from tasks.finetune import finetune
 root, base, out, strategy = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
 params = parse_params({
@@ -361,8 +361,8 @@ def test_finetune_under_mirrored_matches_default(data: Path, default_run: dict[s
 def test_cpu_replicas_after_tensorflow_started_is_a_one_line_user_error() -> None:
     import tensorflow as tf
 
-    from tasks.cli_support import UserError, is_user_error
-    from tasks.distribute import split_cpu
+    from xray.core.runtime import UserError, is_user_error
+    from xray.models.distribute import split_cpu
 
     have = len(tf.config.list_logical_devices("CPU"))  # initializes TensorFlow here
     with pytest.raises(UserError, match=r"^train\.cpu_replicas: TensorFlow already started") as e:

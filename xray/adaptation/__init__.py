@@ -1,0 +1,1 @@
+"""Adaptation to unlabeled target images: BatchNorm statistics, TENT, label shift."""

@@ -1,0 +1,1 @@
+"""The `xray` command: parser, subcommands, predict and adapt on image files."""

@@ -1,0 +1,190 @@
+"""The operations subcommands of `xray`: server, serve, deploy, audit."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from xray.cli.base import EXIT_FAILED, EXIT_OK, UsageError, add_command, add_workdir
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    """Start a Prefect server on 127.0.0.1."""
+    from flows.deploy import start_server
+
+    return start_server(args.port, args.database_url)
+
+
+def _deploy_changes(args: argparse.Namespace) -> dict:
+    """Deployment parameter changes from the command line."""
+    from flows.deploy import DeployError, parse_overrides
+
+    try:
+        overrides = parse_overrides(args.set or []) or None
+    except DeployError as e:
+        raise UsageError(str(e)) from None
+    return {
+        "source": args.source,
+        "overrides": overrides,
+        "remote": args.remote,
+        "branch": args.branch,
+    }
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the scheduled deployment from this process."""
+    import logging
+
+    from flows.deploy import DeployError, serve_pipeline
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API poll otherwise
+    try:
+        serve_pipeline(args.workdir, args.interval, _deploy_changes(args))
+    except DeployError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    """Register the scheduled deployment on a process work pool."""
+    from flows.deploy import DeployError, register
+
+    try:
+        dep_id = register(args.workdir, args.pool, args.interval, _deploy_changes(args))
+    except DeployError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"deployment xray-pipeline/nightly: {dep_id}")
+    return EXIT_OK
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Answer which data, params and code produced a model (or the reverse)."""
+    import json
+
+    from xray.records import audit
+    from xray.reports.lineage import LineageError
+
+    if not (args.model or args.history or args.data):
+        raise UsageError("give a MODEL, --history or --data HASH")
+    root = args.workdir.resolve()
+    try:
+        if args.history:
+            result: object = audit.history(root)
+            text = audit.format_history(result)  # type: ignore[arg-type]
+        elif args.data:
+            result = audit.models_for_data(root, args.data)
+            text = audit.format_history(result)  # type: ignore[arg-type]
+        else:
+            result = audit.audit(root, args.model)
+            text = audit.format_audit(result)  # type: ignore[arg-type]
+    except (audit.AuditError, LineageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(result, indent=2, sort_keys=True) if args.json else text)
+    return EXIT_OK
+
+
+SERVE_TEXT = {
+    "serve": (
+        "serve the scheduled deployment from this process",
+        "Serve the `nightly` deployment of prefect.yaml (its cron, parameters and "
+        "concurrency limit of 1) from this process until Ctrl-C; set PREFECT_API_URL to a "
+        "Prefect server first (`xray server`). The options change the deployment's "
+        "parameters for this process only.",
+        """
+xray serve --remote /srv/xray/dvc-remote
+xray serve --interval 3600 --set train.epochs=5
+""",
+    ),
+    "deploy": (
+        "register the scheduled deployment on a process work pool",
+        "Register the `nightly` deployment of prefect.yaml on a process work pool (created "
+        "if missing); a worker (`prefect worker start --pool xray-process`) runs it. The "
+        "options change the registered deployment's parameters.",
+        """
+xray deploy --remote /srv/xray/dvc-remote
+xray deploy --pool xray-process --source https://host/chest_xray.zip
+""",
+    ),
+}
+
+
+def add_ops_commands(sub: argparse._SubParsersAction) -> None:
+    """The operations subcommands: server, serve, deploy, audit."""
+    srv = add_command(
+        sub,
+        "server",
+        "start a Prefect server on 127.0.0.1 (SQLite unless --database-url)",
+        "Start a Prefect server on 127.0.0.1 that keeps its database and concurrency leases "
+        "under PREFECT_HOME, so a restart loses nothing. Other shells then need "
+        "`export PREFECT_API_URL=http://127.0.0.1:PORT/api`.",
+        """
+xray server
+xray server --port 4300 --database-url postgresql+asyncpg://user:pw@host/prefect
+""",
+    )
+    srv.add_argument("--port", type=int, default=4200, metavar="PORT", help="port to listen on")
+    srv.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="e.g. postgresql+asyncpg://user:pw@host/prefect (default: SQLite under PREFECT_HOME)",
+    )
+    srv.set_defaults(func=cmd_server)
+    for name, func in (("serve", cmd_serve), ("deploy", cmd_deploy)):
+        summary, description, examples = SERVE_TEXT[name]
+        p = add_command(sub, name, summary, description, examples)
+        add_workdir(p)
+        p.add_argument(
+            "--interval",
+            type=float,
+            metavar="SECONDS",
+            help="run every SECONDS instead of on the cron (default: prefect.yaml's cron)",
+        )
+        p.add_argument(
+            "--source", metavar="SOURCE", help="data.source override (default: params.yaml's)"
+        )
+        p.add_argument(
+            "--set",
+            action="append",
+            metavar="KEY=VALUE",
+            help="params.yaml override, the value read as YAML, e.g. train.epochs=5 (repeatable)",
+        )
+        p.add_argument(
+            "--remote",
+            metavar="REMOTE",
+            help="DVC remote name, folder or URL to push to (default: the default remote)",
+        )
+        p.add_argument(
+            "--branch",
+            metavar="BRANCH",
+            help="git branch for the run records (default: prefect.yaml's, xray-records)",
+        )
+        if name == "deploy":
+            p.add_argument(
+                "--pool",
+                metavar="POOL",
+                help="process work pool (default: prefect.yaml's, xray-process)",
+            )
+        p.set_defaults(func=func)
+    aud = add_command(
+        sub,
+        "audit",
+        "lineage of a model; model history; models per data hash",
+        "Answer which data, params and code produced a model (MODEL: a model file or its "
+        "content hash), list every recorded model version (--history), or the models "
+        "trained on data with a hash (--data). Give exactly one of the three.",
+        """
+xray audit models/finetuned.keras
+xray audit --history
+xray audit --data 3f2a9c...  # a sha256 or md5 from dvc.lock
+""",
+    )
+    add_workdir(aud)
+    mode = aud.add_mutually_exclusive_group()
+    mode.add_argument("model", nargs="?", metavar="MODEL", help="model file or content hash")
+    mode.add_argument("--history", action="store_true", help="every model version in git")
+    mode.add_argument("--data", metavar="HASH", help="models trained on data with this hash")
+    aud.add_argument("--json", action="store_true", help="machine-readable output")
+    aud.set_defaults(func=cmd_audit)

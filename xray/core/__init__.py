@@ -1,0 +1,1 @@
+"""Foundation: params schema, file helpers, hashing, progress, errors, the executor, git."""

@@ -1,0 +1,1 @@
+"""Data intake: fetch, archives, layout discovery, image decoding, patient ids, synthetic data."""

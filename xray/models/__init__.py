@@ -1,0 +1,1 @@
+"""Models: architectures, model files, the input pipeline, training, resume, distribution, inference."""

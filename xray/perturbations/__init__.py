@@ -1,0 +1,1 @@
+"""Image damage and acquisition differences: corruptions, site shifts, training augmentation."""

@@ -1,0 +1,1 @@
+"""After a run: DVC remote, git records, GTO registry, Prefect artifacts, audit."""

@@ -1,0 +1,77 @@
+"""Prefect artifacts of a run: the metrics table, the dvc.lock lineage table, the model card.
+
+The card is the one the `evaluate` stage writes (xray/reports/model_card.py, rendered again from the
+same reports, so the same bytes) plus a "Run provenance" section with the run's stamps, which
+the DVC outputs must not hold.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from xray.records.record import run_stamps
+from xray.reports.lineage import LineageError, build_record, current_record, flatten, read_lock
+from xray.reports.model_card import REPORTS, model_card
+
+METRICS_KEY = "xray-metrics"
+LINEAGE_KEY = "xray-lineage"
+CARD_KEY = "xray-model-card"
+
+
+def render_stamps(stamps: dict[str, Any]) -> str:
+    """The run stamps as a markdown section (appended to the model card artifact)."""
+    code = stamps.get("code") or {}
+    lines = ["", "## Run provenance", ""]
+    lines.append(f"- created: {stamps.get('created')}")
+    lines.append(f"- Prefect flow run: {stamps.get('flow_run_id') or 'none (not run by a flow)'}")
+    lines.append(f"- git commit: `{code.get('commit')}` (dirty: {code.get('dirty')})")
+    if code.get("dirty_files"):
+        lines.append("- dirty files: " + ", ".join(f"`{f}`" for f in code["dirty_files"]))
+    lines.append(f"- host: {stamps.get('host')}")
+    return "\n".join(lines) + "\n"
+
+
+def publish_artifacts(root: Path, stamps: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Prefect artifacts for this run: metrics table, lineage table, markdown model card.
+
+    The card is reports/model_card.md's (rendered again from the same reports) plus a "Run
+    provenance" section with this run's stamps (`stamps`, else `run_stamps` now).
+    """
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    if stamps is None:
+        stamps = run_stamps(root)
+    try:
+        record = current_record(root) or build_record(root)
+    except LineageError as e:
+        return {"artifacts": [], "reason": str(e)}
+    rows = [
+        {"model": m, "dataset": d, **{k: v for k, v in vals.items() if not isinstance(v, dict)}}
+        for m, sets in (record.get("metrics") or {}).items()
+        for d, vals in sets.items()
+    ]
+    create_table_artifact(rows, key=METRICS_KEY, description="Evaluation metrics")
+    lineage = []
+    for name, stage in read_lock(root).items():
+        lineage.append(
+            {
+                "stage": name,
+                "outs": "; ".join(f"{o['path']}={o.get('md5', '')}" for o in stage.get("outs", [])),
+                "deps": "; ".join(f"{d['path']}={d.get('md5', '')}" for d in stage.get("deps", [])),
+                "params": "; ".join(
+                    f"{k}={json.dumps(v)}"
+                    for p in (stage.get("params") or {}).values()
+                    for k, v in flatten(p or {})
+                ),
+            }
+        )
+    create_table_artifact(lineage, key=LINEAGE_KEY, description="dvc.lock lineage")
+    create_markdown_artifact(card_markdown(root, stamps), key=CARD_KEY, description="Model card")
+    return {"artifacts": [METRICS_KEY, LINEAGE_KEY, CARD_KEY]}
+
+
+def card_markdown(root: Path, stamps: dict[str, Any]) -> str:
+    """The model card of root's reports plus the run's provenance section."""
+    return model_card(root / REPORTS, root)["card"] + render_stamps(stamps)

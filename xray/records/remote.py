@@ -1,0 +1,103 @@
+"""`dvc push` of a run's data and models, to a remote found through DVC's config API.
+
+`resolve_remote` takes a configured name, or a folder/URL, reused when a remote has that URL,
+else added to .dvc/config.local as `xray-<hash>`; the default remote is never changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from xray.core.text import one_line
+
+REMOTE_NAME = "xray"  # folders/URLs not yet configured: remote `xray-<hash>`
+DVC = (sys.executable, "-m", "dvc")
+PUSH_TIMEOUT_S = 3600
+
+
+class RemoteError(RuntimeError):
+    """No usable DVC remote, or `dvc push` failed; the message is one line."""
+
+
+def configured_remotes(root: Path) -> tuple[dict[str, str], str | None]:
+    """The DVC remotes of root (name -> URL, local paths absolute) and the default's name."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(root)) as repo:
+            config = repo.config
+            remotes = {name: str(conf.get("url", "")) for name, conf in config["remote"].items()}
+            return remotes, config["core"].get("remote")
+    except DvcException as e:
+        raise RemoteError(f"{root}: cannot read the DVC config ({one_line(e)})") from None
+
+
+def remote_url(root: Path, remote: str) -> str:
+    """A folder (relative to root, `~` expanded) made absolute; a URL (`scheme://`) as given."""
+    if re.match(r"\w+://", remote):
+        return remote
+    return str((root / Path(remote).expanduser()).resolve())
+
+
+def derived_remote_name(url: str) -> str:
+    """The remote name given to a folder or URL that no configured remote names: `xray-<hash>`."""
+    return f"{REMOTE_NAME}-{hashlib.sha256(url.encode()).hexdigest()[:8]}"
+
+
+def resolve_remote(root: Path, remote: str | None) -> str:
+    """The DVC remote name to push to: `remote` as a configured name, folder or URL, else default.
+
+    A folder or URL that no configured remote has is added to .dvc/config.local as
+    `xray-<hash>` (the default remote is left as it is).
+    """
+    remotes, default = configured_remotes(root)
+    if not remote:
+        if not default:
+            raise RemoteError(
+                "dvc push: no DVC remote configured (run `dvc remote add -d NAME PATH` "
+                "or set the deployment's `remote` parameter)"
+            )
+        return default
+    if remote in remotes:
+        return remote
+    bare = "/" not in remote and not re.match(r"\w+://|~", remote)
+    if bare and not (root / remote).is_dir():
+        raise RemoteError(f"dvc push: no remote or folder named {remote!r} (see `dvc remote list`)")
+    url = remote_url(root, remote)
+    same = sorted(n for n, u in remotes.items() if u.rstrip("/") == url.rstrip("/"))
+    if same:
+        return default if default in same else same[0]
+    name = derived_remote_name(url)
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(root)) as repo, repo.config.edit("local") as conf:
+            conf["remote"][name] = {"url": url}
+    except DvcException as e:
+        raise RemoteError(f"dvc remote add {name}: {one_line(e)}") from None
+    return name
+
+
+def dvc_push(root: Path, remote: str | None) -> dict[str, Any]:
+    """Push the cache to `remote`: a remote name, URL or folder (relative to root), or default."""
+    name = resolve_remote(root, remote)
+    r = subprocess.run(
+        [*DVC, "push", "-r", name],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=PUSH_TIMEOUT_S,
+    )
+    out = (r.stdout + r.stderr).strip()
+    if r.returncode != 0:
+        last = out.splitlines()[-1] if out else f"exit {r.returncode}"
+        raise RemoteError(f"dvc push: {last}")
+    return {"remote": name, "output": out.splitlines()[-1] if out else ""}

@@ -1,0 +1,1 @@
+"""What evaluate reports: metrics, robustness, bootstrap, figures, proxy, lineage, model card."""

@@ -1,0 +1,1 @@
+"""Running the stages through DVC: status, repro, stage logs, overrides, stage deps."""
