@@ -43,7 +43,7 @@ def start_server(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     """A Prefect server as `xray server` runs it, on a free port, with a throwaway home."""
     import socket
 
-    from flows.deploy import server_command, server_env
+    from xray.cli.server import server_command, server_env
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -22,6 +22,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from xray.core.errors import InputError, WorkError
 from xray.core.params import STAGES, load_params
 from xray.runner.repro import StatusError, dvc_env, error_text, restore_outputs, stale_stages
 from xray.runner.stage_log import StageLog, git_advice
@@ -31,8 +32,8 @@ STOP_GRACE_S = 30  # a stopped stage gets this long to exit (SIGINT, then SIGTER
 INT_GRACE_S = 5  # ... of which this long on SIGINT alone
 
 
-class StageFailed(RuntimeError):
-    """A DVC stage exited non-zero; the message carries the stage's own error line."""
+class StageFailed(WorkError):
+    """A DVC stage exited non-zero; the message carries the stage's own error line: exit 1."""
 
 
 def stage_env() -> dict[str, str]:
@@ -270,12 +271,12 @@ def pipeline(
     root = Path(workdir).resolve()
     apply_changes(root, source, overrides)
     if not (root / "dvc.yaml").exists():
-        raise FileNotFoundError(f"{root}: no dvc.yaml here (run inside the project)")
+        raise InputError(f"{root}: no dvc.yaml here (run inside the project)")
     load_params(root / "params.yaml")  # validated before any stage runs
     selected = list(stages or STAGES)
     unknown = [s for s in selected if s not in STAGES]
     if unknown:
-        raise ValueError(f"stages: unknown stage {unknown[0]!r} (known: {', '.join(STAGES)})")
+        raise InputError(f"stages: unknown stage {unknown[0]!r} (known: {', '.join(STAGES)})")
     # No Prefect retries: xray/data/fetch.py retries transient network errors itself, the probe's
     # HEAD included (and a rerun resumes its partial download); every other failure is permanent.
     to_run = check_stages(str(root), selected) if only_stale else selected

@@ -1,7 +1,5 @@
-"""Stage logic of the xray-transfer pipeline: one module per DVC stage plus shared helpers."""
+"""The six DVC stage entry points (`python -m tasks.<stage>`), one thin module each.
 
-from xray.core.runtime import quiet_tensorflow
-
-# Before anything imports TensorFlow: no C++ start-up lines, no known harmless warnings
-# (XRAY_LOG_LEVEL=DEBUG keeps everything; an explicit TF_CPP_MIN_LOG_LEVEL wins).
-quiet_tensorflow()
+Importing this package does nothing: each stage's main() imports the library itself and is run
+by `run_stage` (xray/core/runtime.py), which quiets TensorFlow before anything loads it.
+"""

@@ -206,7 +206,7 @@ class PrefectServer:
 
     def start(self) -> None:
         """Start the server and wait until it answers as itself (not some other test's)."""
-        from flows.deploy import server_command, server_env
+        from xray.cli.server import server_command, server_env
 
         with self.log.open("a") as log:
             self.proc = subprocess.Popen(

@@ -12,7 +12,8 @@ import yaml
 from conftest import ROOT
 
 from xray.cli import main as cli
-from xray.cli.base import EXIT_USAGE
+from xray.cli.base import EXIT_USAGE, UsageError, parse_overrides
+from xray.core.errors import EXIT_FAILED, InputError, WorkError
 
 
 def subcommands() -> dict[str, argparse.ArgumentParser]:
@@ -150,10 +151,73 @@ def test_verbose_sets_debug_for_the_stages(monkeypatch: pytest.MonkeyPatch) -> N
     import os
 
     import flows.pipeline
-    from xray.core import runtime as cli_support
 
     monkeypatch.setenv("XRAY_LOG_LEVEL", "INFO")
-    monkeypatch.setattr(cli_support, "_QUIET", {})  # leave this process's filters alone
     monkeypatch.setattr(flows.pipeline, "pipeline", lambda **kw: None)
     assert cli.main(["--verbose", "run"]) == 0
     assert os.environ["XRAY_LOG_LEVEL"] == "DEBUG"  # inherited by the stage subprocesses
+
+
+def test_overrides_parse_and_reject() -> None:
+    """KEY=VALUE pairs parse as YAML values; a pair without `=` is one clear usage error."""
+    assert parse_overrides(["train.epochs=3", "corrupt.families=[seed, fog]"]) == {
+        "train.epochs": 3,
+        "corrupt.families": ["seed", "fog"],
+    }
+    with pytest.raises(UsageError, match=r"train\.epochs"):
+        parse_overrides(["train.epochs"])
+    with pytest.raises(UsageError, match="not valid YAML"):
+        parse_overrides(["corrupt.families=[seed"])
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "line"),
+    [
+        (WorkError("stage x failed:\n  why"), EXIT_FAILED, "error: stage x failed: why"),
+        (InputError("params.yaml: bad"), EXIT_USAGE, "error: params.yaml: bad"),
+        (UsageError("give a MODEL"), EXIT_USAGE, "xray audit: error: give a MODEL (see xray"),
+    ],
+)
+def test_the_dispatcher_maps_every_project_error_in_one_place(
+    error: Exception,
+    code: int,
+    line: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A command raises; main prints one line and returns the error's exit status."""
+
+    def fail(args: argparse.Namespace) -> int:
+        raise error
+
+    monkeypatch.delenv("XRAY_TRACEBACK", raising=False)
+    args = argparse.Namespace(command="audit", func=fail)
+    assert cli.run_command(args) == code
+    err = capsys.readouterr().err
+    assert err.startswith(line) and err.count("\n") == 1, err
+    monkeypatch.setenv("XRAY_TRACEBACK", "1")
+    with pytest.raises(type(error)):  # the traceback, on request
+        cli.run_command(args)
+
+
+def test_a_bug_in_a_command_keeps_its_traceback() -> None:
+    def bug(args: argparse.Namespace) -> int:
+        raise KeyError("a bug")
+
+    with pytest.raises(KeyError):
+        cli.run_command(argparse.Namespace(command="run", func=bug))
+
+
+def test_no_command_imports_tensorflow_before_main_quiets_it() -> None:
+    """Building the parser (every subcommand's module) loads no TensorFlow or Keras."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from xray.cli.main import build_parser; build_parser(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.stdout.strip() == "[]", proc.stderr

@@ -18,17 +18,14 @@ from conftest import HARNESS_STARTUP_S, PrefectServer, tracked_files
 from conftest import wait_for as conftest_wait_for
 
 from flows.deploy import (
-    FILE_LEASE_STORAGE,
-    LEASE_STORAGE_SETTING,
     DeployError,
     concurrency,
     deployment_config,
     flow_run_env,
     parameters,
-    parse_overrides,
     schedule_kwargs,
-    server_env,
 )
+from xray.cli.server import FILE_LEASE_STORAGE, LEASE_STORAGE_SETTING, server_env
 
 REPO = Path(__file__).resolve().parent.parent
 SHRINK = {
@@ -52,23 +49,13 @@ def test_prefect_yaml_holds_the_nightly_schedule_and_limit() -> None:
     config = deployment_config()
     assert config["entrypoint"] == "flows/pipeline.py:pipeline"
     sched = schedule_kwargs(config, None)["schedules"]
-    assert [s.cron for s in sched] == ["0 2 * * *"]
+    assert [s["schedule"].cron for s in sched] == ["0 2 * * *"]
     limit = concurrency(config)
     assert limit.limit == 1
     assert limit.collision_strategy.value == "ENQUEUE"
     params = parameters(config, Path("."), {"remote": "/x", "source": None})
     assert params["workdir"] == str(Path(".").resolve())
     assert params["remote"] == "/x" and params["record"] is True and params["push"] is True
-
-
-def test_overrides_parse_and_reject() -> None:
-    """KEY=VALUE pairs parse as YAML values; a pair without `=` is one clear error."""
-    assert parse_overrides(["train.epochs=3", "corrupt.families=[seed, fog]"]) == {
-        "train.epochs": 3,
-        "corrupt.families": ["seed", "fog"],
-    }
-    with pytest.raises(DeployError, match=r"train\.epochs"):
-        parse_overrides(["train.epochs"])
 
 
 def test_server_and_flow_runs_ride_out_a_restart(monkeypatch: pytest.MonkeyPatch) -> None:

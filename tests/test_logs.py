@@ -12,9 +12,10 @@ import pytest
 import yaml
 from conftest import ROOT, copy_project
 
+from xray.core import errors
 from xray.core import runtime as cli_support
+from xray.core.errors import InputError, is_user_error
 from xray.core.progress import EpochProgress, epoch_line
-from xray.core.runtime import UserError, is_user_error
 from xray.runner.stage_log import StageLog, git_advice
 
 # Lines as `xray run` relayed them before (one stage's output, abridged).
@@ -107,11 +108,11 @@ def project_error() -> None:
 def test_user_errors_are_named_and_bugs_are_not(monkeypatch: pytest.MonkeyPatch) -> None:
     from xray.core.params import ParamsError
 
-    assert is_user_error(UserError("x"))
+    assert is_user_error(InputError("x"))
     assert is_user_error(ParamsError("x"))
     assert not is_user_error(RuntimeError("x"))
     assert not is_user_error(OSError("x"))
-    monkeypatch.setattr(cli_support, "PROJECT_PACKAGES", ("tasks", "flows", "tests"))
+    monkeypatch.setattr(errors, "PROJECT_PACKAGES", ("tasks", "flows", "tests"))
     try:
         project_error()  # raised by (stand-in) project code: bad input
     except ValueError as e:
@@ -164,9 +165,42 @@ def test_run_stage_one_line_for_user_errors_traceback_for_bugs() -> None:
     bug = run_stage_main("raise RuntimeError('a bug')")
     assert bug.returncode == 1
     assert "Traceback (most recent call last)" in bug.stderr and "RuntimeError: a bug" in bug.stderr
-    raise_user = "from xray.core.runtime import UserError; raise UserError('x')"
+    raise_user = "from xray.core.errors import InputError; raise InputError('x')"
     shown = run_stage_main(raise_user, {"XRAY_TRACEBACK": "1"})
-    assert "Traceback" in shown.stderr and shown.stderr.rstrip().endswith("UserError: x")
+    assert "Traceback" in shown.stderr and shown.stderr.rstrip().endswith("InputError: x")
+
+
+def test_a_stage_exits_1_for_every_user_error_one_line() -> None:
+    """Bad input or failed work: the stage failed (exit 1); the line says which."""
+    for cls in ("InputError", "WorkError"):
+        body = f"from xray.core.errors import {cls}; raise {cls}('bad\\n  value')"
+        proc = run_stage_main(body)
+        assert proc.returncode == 1 and proc.stderr == "error: bad value\n", proc.stderr
+
+
+@pytest.mark.slow
+def test_tensorflow_imported_inside_a_stage_s_main_stays_quiet() -> None:
+    """run_stage quiets TensorFlow before main imports it; XRAY_LOG_LEVEL=DEBUG keeps all."""
+    body = (
+        "import warnings; import tensorflow as tf; tf.constant(1.0) + 1; "
+        "warnings.warn('`shuffle=True` was passed, but will be ignored', UserWarning)"
+    )
+    code = f"from xray.core.runtime import run_stage\ndef main():\n    {body}\nrun_stage(main)\n"
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    runs = {}
+    for level in ("INFO", "DEBUG"):
+        runs[level] = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env | {"XRAY_LOG_LEVEL": level},
+        )
+        assert runs[level].returncode == 0, runs[level].stderr
+    quiet = runs["INFO"].stderr
+    assert not [line for line in quiet.splitlines() if any(n in line for n in TF_NOISE)], quiet
+    assert "`shuffle=True` was passed" in runs["DEBUG"].stderr  # everything still available
 
 
 ABSL = b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
@@ -178,11 +212,11 @@ NODEDEF = (
 OTHER = b"E0000 00:00:1 other.cc:1] a real error"
 
 
-def test_filtered_stderr_drops_only_the_start_up_lines() -> None:
+def test_filter_stderr_drops_only_the_start_up_lines() -> None:
     code = f"""
 import os
-from xray.core.runtime import filtered_stderr, QUIET_STDERR
-with filtered_stderr(QUIET_STDERR):
+from xray.core.runtime import filter_stderr, QUIET_STDERR
+with filter_stderr(QUIET_STDERR):
     for line in {[ABSL, ONEDNN, OTHER]!r}:
         os.write(2, line + b"\\n")
 os.write(2, b"after\\n")
@@ -211,7 +245,7 @@ def test_log_level_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("XRAY_LOG_LEVEL", "warning")
     assert cli_support.log_level() == "WARNING"
     monkeypatch.setenv("XRAY_LOG_LEVEL", "chatty")
-    with pytest.raises(UserError, match="XRAY_LOG_LEVEL='chatty'"):
+    with pytest.raises(InputError, match="XRAY_LOG_LEVEL='chatty'"):
         cli_support.log_level()
 
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any, NoReturn
 
-EXIT_OK = 0  # done
-EXIT_FAILED = 1  # the work failed: a stage, images, an adaptation, a probe, a deployment
-EXIT_USAGE = 2  # usage error or bad input: options, params.yaml, a missing model, env values
+import yaml
+
+from xray.core.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, InputError
 
 EXIT_CODES = f"""\
 exit status:
@@ -25,8 +24,16 @@ WIDTH = 88  # descriptions are wrapped to this many columns
 WORKDIR_HELP = "project folder (the one with dvc.yaml and params.yaml)"
 
 
-class UsageError(Exception):
-    """A usage error found after parsing (conflicting or missing options): exit status 2."""
+class UsageError(InputError):
+    """A usage error found after parsing (conflicting or missing options): exit status 2.
+
+    Shown as `xray COMMAND: error: MESSAGE (see xray COMMAND --help)` (usage_line).
+    """
+
+
+def usage_line(prog: str, message: object) -> str:
+    """`PROG: error: MESSAGE (see PROG --help)`: how every usage error is shown."""
+    return f"{prog}: error: {message} (see {prog} --help)"
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -56,7 +63,7 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         """Print `PROG: error: MESSAGE (see PROG --help)` and exit with status 2."""
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(EXIT_USAGE, usage_line(self.prog, message) + "\n")
 
 
 def add_workdir(p: argparse.ArgumentParser) -> None:
@@ -85,7 +92,15 @@ def add_command(
     )
 
 
-def usage_exit(prog: str, message: str) -> int:
-    """Print a one-line usage error and return exit status 2."""
-    print(f"{prog}: error: {message} (see {prog} --help)", file=sys.stderr)
-    return EXIT_USAGE
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`--set KEY=VALUE` options (value parsed as YAML) into a dotted-key override mapping."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set {pair!r}: expected KEY=VALUE, e.g. train.epochs=5")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise UsageError(f"--set {pair!r}: the value is not valid YAML ({e})") from None
+    return out

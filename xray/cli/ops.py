@@ -3,29 +3,23 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from xray.cli.base import EXIT_FAILED, EXIT_OK, UsageError, add_command, add_workdir
+from xray.cli.base import EXIT_OK, UsageError, add_command, add_workdir, parse_overrides
+from xray.cli.server import DEFAULT_PORT
 
 
 def cmd_server(args: argparse.Namespace) -> int:
     """Start a Prefect server on 127.0.0.1."""
-    from flows.deploy import start_server
+    from xray.cli.server import start_server
 
     return start_server(args.port, args.database_url)
 
 
 def _deploy_changes(args: argparse.Namespace) -> dict:
     """Deployment parameter changes from the command line."""
-    from flows.deploy import DeployError, parse_overrides
-
-    try:
-        overrides = parse_overrides(args.set or []) or None
-    except DeployError as e:
-        raise UsageError(str(e)) from None
     return {
         "source": args.source,
-        "overrides": overrides,
+        "overrides": parse_overrides(args.set or []) or None,
         "remote": args.remote,
         "branch": args.branch,
     }
@@ -35,26 +29,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the scheduled deployment from this process."""
     import logging
 
-    from flows.deploy import DeployError, serve_pipeline
+    from flows.deploy import serve_pipeline
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per API poll otherwise
-    try:
-        serve_pipeline(args.workdir, args.interval, _deploy_changes(args))
-    except DeployError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_FAILED
+    serve_pipeline(args.workdir, args.interval, _deploy_changes(args))
     return EXIT_OK
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     """Register the scheduled deployment on a process work pool."""
-    from flows.deploy import DeployError, register
+    from flows.deploy import register
 
-    try:
-        dep_id = register(args.workdir, args.pool, args.interval, _deploy_changes(args))
-    except DeployError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_FAILED
+    dep_id = register(args.workdir, args.pool, args.interval, _deploy_changes(args))
     print(f"deployment xray-pipeline/nightly: {dep_id}")
     return EXIT_OK
 
@@ -64,24 +50,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
     import json
 
     from xray.records import audit
-    from xray.reports.lineage import LineageError
 
     if not (args.model or args.history or args.data):
         raise UsageError("give a MODEL, --history or --data HASH")
     root = args.workdir.resolve()
-    try:
-        if args.history:
-            result: object = audit.history(root)
-            text = audit.format_history(result)  # type: ignore[arg-type]
-        elif args.data:
-            result = audit.models_for_data(root, args.data)
-            text = audit.format_history(result)  # type: ignore[arg-type]
-        else:
-            result = audit.audit(root, args.model)
-            text = audit.format_audit(result)  # type: ignore[arg-type]
-    except (audit.AuditError, LineageError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_FAILED
+    if args.history:
+        result: object = audit.history(root)
+        text = audit.format_history(result)  # type: ignore[arg-type]
+    elif args.data:
+        result = audit.models_for_data(root, args.data)
+        text = audit.format_history(result)  # type: ignore[arg-type]
+    else:
+        result = audit.audit(root, args.model)
+        text = audit.format_audit(result)  # type: ignore[arg-type]
     print(json.dumps(result, indent=2, sort_keys=True) if args.json else text)
     return EXIT_OK
 
@@ -125,7 +106,9 @@ xray server
 xray server --port 4300 --database-url postgresql+asyncpg://user:pw@host/prefect
 """,
     )
-    srv.add_argument("--port", type=int, default=4200, metavar="PORT", help="port to listen on")
+    srv.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, metavar="PORT", help="port to listen on"
+    )
     srv.add_argument(
         "--database-url",
         metavar="URL",

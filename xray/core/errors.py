@@ -1,12 +1,27 @@
 """The project's one error type: what went wrong, in one line, with the exit status it means.
 
 Raise a subclass of `XrayError` for anything a user can act on (a bad file, key or value; a
-source that changed; work that failed for a stated reason). The entry points (a stage's
-`run_stage`, the `xray` command) print `error: <message>` and exit with `exit_code`; every
-other exception is a bug and keeps its traceback. `XRAY_TRACEBACK=1` shows one for these too.
+source that changed; work that failed for a stated reason): `InputError` (exit status 2) or
+`WorkError` (exit status 1), or set `exit_code` on the subclass. Every other exception is a
+bug and keeps its traceback.
+
+The entry points map them in one place, `report_error` (xray/core/runtime.py): `error:
+<message>` on stderr. The `xray` command then exits with `exit_status(error)`; a stage
+(`run_stage`) always exits 1, whatever stopped it (DVC and the flow read "the stage failed";
+the line says why). `XRAY_TRACEBACK=1` shows the traceback of these errors too.
+
+One fallback stays, for the project's convention from before this type: a `ValueError` or a
+missing, unreadable path (`PROJECT_INPUT_ERRORS`) raised by the project's own code (the
+innermost frame of its traceback is in tasks/, flows/ or xray/) is bad input too, exit status
+2. Without it documented one-line errors would become tracebacks: `read_csv`'s "not found (run
+the stage that writes it first)" in a stage, `xray run --set` naming a key params.yaml lacks,
+`xray deps` on a dvc.yaml it cannot parse, and the other plain `raise ValueError(...)` of the
+library. The same error raised deep inside a library (json, numpy, Keras) is a bug.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from xray.core.text import one_line
 
@@ -34,3 +49,38 @@ class WorkError(XrayError, RuntimeError):
     """Work that failed for a reason the message states (a stage, a probe, a push): exit 1."""
 
     exit_code = EXIT_FAILED
+
+
+PROJECT_INPUT_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
+"""Builtin errors that name bad input when the project's own code raised them (the fallback)."""
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_PACKAGES = ("tasks", "flows", "xray")
+
+
+def _raised_in_project(exc: BaseException) -> bool:
+    """True when the innermost frame of exc's traceback is in the project's own code."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    path = Path(tb.tb_frame.f_code.co_filename).resolve()
+    return any(path.is_relative_to(PROJECT_ROOT / pkg) for pkg in PROJECT_PACKAGES)
+
+
+def is_user_error(exc: BaseException) -> bool:
+    """Whether exc is shown as one line (an XrayError, or the fallback) rather than a traceback."""
+    if isinstance(exc, XrayError):
+        return True
+    return isinstance(exc, PROJECT_INPUT_ERRORS) and _raised_in_project(exc)
+
+
+def exit_status(exc: BaseException) -> int:
+    """The exit status a user error means: its exit_code; bad input (2) for the fallback."""
+    return exc.exit_code if isinstance(exc, XrayError) else EXIT_USAGE

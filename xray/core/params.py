@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from xray.core.errors import InputError
 from xray.perturbations.names import FAMILY_NAMES, HELD_OUT
 
 PARAMS_FILE = Path("params.yaml")
@@ -35,7 +36,7 @@ MOVED_KEYS = {"corrupt.workers": "compute.workers"}
 """Keys that moved to another section: their old place is named in the error."""
 
 
-class ParamsError(ValueError):
+class ParamsError(InputError):
     """A bad params.yaml: the message is one line naming the key."""
 
 

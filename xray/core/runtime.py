@@ -1,5 +1,11 @@
 """Entry-point glue shared by the stages and the CLI: logging, quiet TensorFlow, one-line errors.
 
+The entry points are `run_stage` (each stage's `python -m tasks.<stage>`) and the `xray`
+command's main (xray/cli/main.py). Both quiet TensorFlow before anything imports it
+(`quiet_tensorflow`: TF_CPP_MIN_LOG_LEVEL and warning filters), pass their stderr through a
+small filter process for TensorFlow's known harmless lines (`filter_stderr`), and print a
+user error (xray/core/errors.py) as one line (`report_error`).
+
 Environment:
 - XRAY_LOG_LEVEL (DEBUG, INFO, WARNING, ERROR; default INFO): the level of every log line.
   DEBUG (`xray --verbose`) also lets through TensorFlow's start-up lines and the known
@@ -10,19 +16,16 @@ Environment:
 from __future__ import annotations
 
 import contextlib
-import importlib.abc
-import importlib.machinery
 import logging
 import os
 import re
 import subprocess
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
-from types import ModuleType
 from typing import Any
+
+from xray.core.errors import EXIT_FAILED, InputError, exit_status, is_user_error
 
 LOG_LEVEL_ENV = "XRAY_LOG_LEVEL"
 TRACEBACK_ENV = "XRAY_TRACEBACK"
@@ -35,13 +38,13 @@ LOG_LINE_RE = re.compile(
 NOISY_LOGGERS = ("httpx", "httpcore")
 
 # TensorFlow's start-up lines on stderr, written by its C++ libraries while `import
-# tensorflow` loads them (twice: two libraries), before TF_CPP_MIN_LOG_LEVEL is read.
+# tensorflow` loads them (twice: two libraries); TF_CPP_MIN_LOG_LEVEL keeps them out where
+# the build reads it first, the stderr filter drops them where it does not.
 QUIET_STDERR = (
     re.compile(r"^WARNING: All log messages before absl::InitializeLog\(\) is called"),
     re.compile(r"^I0000 [\d:.]+ +\d+ port\.cc:\d+\] oneDNN custom operations are on"),
 )
-# Known harmless lines TensorFlow's C++ runtime writes while it works (a stage's stderr is
-# filtered for them by a small child process, see filter_stderr).
+# Known harmless lines TensorFlow's C++ runtime writes while it works.
 QUIET_RUNTIME = (
     # tf.data graphs built by this TF for a MapDataset op definition that lacks the attribute
     re.compile(
@@ -49,6 +52,7 @@ QUIET_RUNTIME = (
         r"use_unbounded_threadpool which is not in the op definition"
     ),
 )
+QUIET_LINES = QUIET_STDERR + QUIET_RUNTIME  # what an entry point's stderr filter drops
 # The filter: lines matching argv's regexes are dropped, all else is passed on as it comes
 # (a partial line at once, so a live progress bar still works), to EOF: when the last
 # process holding the pipe ends, however it ends, so a crash's last words are not lost.
@@ -83,77 +87,16 @@ TF_LOG_ENV = "TF_CPP_MIN_LOG_LEVEL"
 TF_QUIET_LEVEL = "2"  # TensorFlow's C++ INFO and WARNING lines (oneDNN, CPU features)
 
 
-class UserError(ValueError):
-    """Bad input the user can fix (a file, a key, a value): one line, no traceback."""
-
-
-# Project errors that mean bad input or an unusable source rather than a bug, by qualified
-# name (no import of their heavy modules here). New ones should subclass UserError instead.
-USER_ERROR_NAMES = frozenset(
-    {
-        "xray.core.params.ParamsError",
-        "tasks.download.DownloadError",
-        "xray.data.fetch.FetchError",
-        "xray.data.intake.IngestError",
-        "tasks.split.SplitError",
-        "xray.core.compute.ComputeError",
-        "xray.cli.adapt.AdaptError",
-        "xray.reports.lineage.LineageError",
-    }
-)
-# Raised by the project's own code (not deep in a library), these name bad input too.
-PROJECT_INPUT_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError,
-    FileNotFoundError,
-    NotADirectoryError,
-    IsADirectoryError,
-    PermissionError,
-)
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-PROJECT_PACKAGES = ("tasks", "flows", "xray")
-
-
-def _raised_in_project(exc: BaseException) -> bool:
-    """True when the innermost frame of exc's traceback is in the project's own code."""
-    tb = exc.__traceback__
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    path = Path(tb.tb_frame.f_code.co_filename).resolve()
-    return any(path.is_relative_to(PROJECT_ROOT / pkg) for pkg in PROJECT_PACKAGES)
-
-
-def _qualified_name(cls: type) -> str:
-    """`module.Class`, with a stage's real module name when it runs as `python -m tasks.x`."""
-    module = cls.__module__
-    if module == "__main__":
-        spec = getattr(sys.modules.get("__main__"), "__spec__", None)
-        module = spec.name if spec is not None else module
-    return f"{module}.{cls.__qualname__}"
-
-
-def is_user_error(exc: BaseException) -> bool:
-    """Whether exc is bad input (one line) rather than a bug (a traceback).
-
-    UserError and the named project errors are; a ValueError or a missing/unreadable path
-    is when the project's own code raised it (its convention for bad input); anything
-    else, a RuntimeError, an OSError, or a ValueError from inside a library, is a bug.
-    """
-    if isinstance(exc, UserError):
-        return True
-    names = {_qualified_name(c) for c in type(exc).__mro__}
-    if names & USER_ERROR_NAMES:
-        return True
-    return isinstance(exc, PROJECT_INPUT_ERRORS) and _raised_in_project(exc)
+UserError = InputError
+"""The old name of InputError (xray/models/distribute.py raises it); new code raises InputError."""
 
 
 def log_level() -> str:
-    """The level from XRAY_LOG_LEVEL (default INFO); a bad value is a UserError."""
+    """The level from XRAY_LOG_LEVEL (default INFO); a bad value is an InputError."""
     raw = os.environ.get(LOG_LEVEL_ENV, "") or "INFO"
     level = raw.strip().upper()
     if level not in LOG_LEVELS:
-        raise UserError(f"{LOG_LEVEL_ENV}={raw!r}: expected one of {', '.join(LOG_LEVELS)}")
+        raise InputError(f"{LOG_LEVEL_ENV}={raw!r}: expected one of {', '.join(LOG_LEVELS)}")
     return level
 
 
@@ -171,31 +114,6 @@ def setup_logging() -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-@contextlib.contextmanager
-def filtered_stderr(patterns: Sequence[re.Pattern[str]]) -> Iterator[None]:
-    """Hold what is written to file descriptor 2 (C++ included); replay all but `patterns`."""
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):  # no usable stderr: nothing to filter
-        yield
-        return
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(OSError, ValueError, AttributeError):
-                sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            held.seek(0)
-            for raw in held:
-                line = raw.decode("utf-8", "replace")
-                if not any(p.search(line) for p in patterns):
-                    os.write(2, raw)
-
-
 _STDERR: dict[str, Any] = {}
 
 
@@ -210,7 +128,7 @@ def stderr_is_terminal() -> bool:
 
 
 @contextlib.contextmanager
-def filter_stderr(patterns: Sequence[re.Pattern[str]] = QUIET_RUNTIME) -> Iterator[None]:
+def filter_stderr(patterns: Sequence[re.Pattern[str]] = QUIET_LINES) -> Iterator[None]:
     """Pass this process's stderr (C++ included) through FILTER_PROGRAM, dropping `patterns`.
 
     Not at XRAY_LOG_LEVEL=DEBUG, and nothing is filtered when the filter cannot start.
@@ -246,90 +164,49 @@ def filter_stderr(patterns: Sequence[re.Pattern[str]] = QUIET_RUNTIME) -> Iterat
         _STDERR.clear()
 
 
-class _QuietLoader(importlib.abc.Loader):
-    """Runs the wrapped loader with TensorFlow's start-up lines filtered from stderr."""
-
-    def __init__(self, loader: Any) -> None:
-        self.loader = loader
-
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module: ModuleType) -> None:
-        with filtered_stderr(QUIET_STDERR):
-            self.loader.exec_module(module)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.loader, name)
-
-
-class _QuietTensorFlow(importlib.abc.MetaPathFinder):
-    """Finds `tensorflow` (once) and wraps its loader in _QuietLoader."""
-
-    def find_spec(
-        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
-    ) -> importlib.machinery.ModuleSpec | None:
-        if fullname != "tensorflow" or verbose():
-            return None
-        with contextlib.suppress(ValueError):
-            sys.meta_path.remove(self)
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        if spec is not None and spec.loader is not None:
-            spec.loader = _QuietLoader(spec.loader)
-        return spec
-
-
-_QUIET: dict[str, Any] = {}
-
-
 def quiet_tensorflow() -> None:
-    """Keep TensorFlow's start-up lines and known harmless warnings out of the logs.
+    """Keep TensorFlow's start-up lines and known harmless warnings out: call before it loads.
 
-    Called when the `tasks` package is imported, before anything imports TensorFlow: sets
-    TF_CPP_MIN_LOG_LEVEL (an explicit setting wins), filters the lines TensorFlow writes
-    while it loads, and ignores QUIET_WARNINGS. Nothing is filtered at XRAY_LOG_LEVEL=DEBUG.
+    Sets TF_CPP_MIN_LOG_LEVEL (an explicit setting wins; the stages the `xray` command starts
+    inherit it) and ignores QUIET_WARNINGS. Nothing at XRAY_LOG_LEVEL=DEBUG: everything shows.
     """
-    if verbose() or _QUIET:
+    if verbose():
         return
-    if TF_LOG_ENV not in os.environ:
-        os.environ[TF_LOG_ENV] = TF_QUIET_LEVEL
-        _QUIET["tf_env"] = True
-    if "tensorflow" not in sys.modules:
-        finder = _QuietTensorFlow()
-        sys.meta_path.insert(0, finder)
-        _QUIET["finder"] = finder
+    os.environ.setdefault(TF_LOG_ENV, TF_QUIET_LEVEL)
     for message, category in QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
-    _QUIET["warnings"] = True
 
 
 def set_verbose() -> None:
-    """XRAY_LOG_LEVEL=DEBUG for this process and its children; undo quiet_tensorflow."""
+    """XRAY_LOG_LEVEL=DEBUG for this process and its children (before quiet_tensorflow)."""
     os.environ[LOG_LEVEL_ENV] = "DEBUG"
-    if _QUIET.pop("tf_env", False):
-        os.environ.pop(TF_LOG_ENV, None)
-    finder = _QUIET.pop("finder", None)
-    if finder is not None:
-        with contextlib.suppress(ValueError):
-            sys.meta_path.remove(finder)
-    if _QUIET.pop("warnings", False):
-        messages = {m for m, _ in QUIET_WARNINGS}
-        warnings.filters[:] = [
-            f for f in warnings.filters if getattr(f[1], "pattern", None) not in messages
-        ]
+
+
+def report_error(exc: BaseException, template: str = "error: {}") -> int | None:
+    """A user error printed as one line (`template` around its message); its exit status.
+
+    None for a bug, and for every error when XRAY_TRACEBACK is set: the caller re-raises it
+    and Python prints the traceback. The one place an entry point maps an error to its line.
+    """
+    if os.environ.get(TRACEBACK_ENV) or not is_user_error(exc):
+        return None
+    print(template.format(exc), file=sys.stderr)
+    return exit_status(exc)
 
 
 def run_stage(main: Callable[[], object]) -> None:
-    """Run a stage's main(); a user error becomes one line on stderr and exit status 1.
+    """Run a stage's main(): TensorFlow quiet, logging set up, stderr filtered.
 
-    Its stderr is filtered for QUIET_RUNTIME lines (not at XRAY_LOG_LEVEL=DEBUG).
+    main imports the library itself, so nothing loads TensorFlow before quiet_tensorflow.
+    A user error is one line on stderr and exit status 1 (the stage failed), a bug a
+    traceback. Nothing is filtered at XRAY_LOG_LEVEL=DEBUG.
     """
     try:
+        quiet_tensorflow()
         setup_logging()
         with filter_stderr():
             main()
     except Exception as e:
-        if os.environ.get(TRACEBACK_ENV) or not is_user_error(e):
+        if report_error(e) is None:
             raise
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)

@@ -13,6 +13,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from xray.core.errors import EXIT_USAGE, InputError
+
 META_MEMBER = "xray.json"
 KERAS_MEMBERS = ("config.json", "metadata.json")
 """Members every Keras 3 .keras file holds."""
@@ -23,13 +25,13 @@ MAX_META_BYTES = 1 << 20
 REQUIRED = ("image_size", "threshold")
 """Keys every use of a model file needs; `xray predict` also needs `classes` (PREDICT_KEYS)."""
 PREDICT_KEYS = (*REQUIRED, "classes")
-EXIT_NO_MODEL = 2
+EXIT_NO_MODEL = EXIT_USAGE
 """Exit status of `xray predict` / `xray adapt` when the model file is missing or unusable."""
 OPTIONAL_PROBABILITIES = ("threshold_adabn", "prior_reference", "prior_reference_adabn")
 
 
-class ModelFileError(ValueError):
-    """A model file that cannot be used: one line naming the file and the problem."""
+class ModelFileError(InputError):
+    """A model file that cannot be used: one line naming the file and the problem (exit 2)."""
 
 
 class ModelNotFound(ModelFileError, FileNotFoundError):
