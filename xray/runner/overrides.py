@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from xray.core.dvc_private import modify_yaml
+from xray.core.errors import InputError
 from xray.core.params import ParamsError, load_params
 
 
@@ -22,10 +23,10 @@ def apply_overrides(root: Path, overrides: dict[str, Any]) -> list[str]:
             parts = key.split(".")
             for part in parts[:-1]:
                 if not isinstance(node.get(part), dict):
-                    raise ValueError(f"overrides: {key}: no section {part!r} in params.yaml")
+                    raise InputError(f"overrides: {key}: no section {part!r} in params.yaml")
                 node = node[part]
             if parts[-1] not in node:
-                raise ValueError(f"overrides: {key}: no such key in params.yaml")
+                raise InputError(f"overrides: {key}: no such key in params.yaml")
             if node[parts[-1]] != value:
                 node[parts[-1]] = value
                 changed.append(key)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from xray.core.errors import InputError
+
 DVC_YAML = "dvc.yaml"
 CMD_MODULE_RE = re.compile(r"python(?:3)? -m ([\w.]+)")
 
@@ -88,7 +90,7 @@ def import_closure(entry: str, root: Path) -> set[str]:
         try:
             tree = ast.parse((root / path).read_text(), filename=path)
         except SyntaxError as e:
-            raise ValueError(f"{path}: cannot parse ({e.msg}, line {e.lineno})") from None
+            raise InputError(f"{path}: cannot parse ({e.msg}, line {e.lineno})") from None
         package = str(Path(path).parent).replace("/", ".").strip(".")
         for name in _imported_names(tree, package):
             found = module_file(name, root)
@@ -108,7 +110,7 @@ def check_stages(root: Path = Path(".")) -> list[StageDeps]:
     try:
         stages = (yaml.safe_load(path.read_text()) or {}).get("stages") or {}
     except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"{path}: cannot read ({e})") from None
+        raise InputError(f"{path}: cannot read ({e})") from None
     results = []
     for name, stage in stages.items():
         match = CMD_MODULE_RE.search(str(stage.get("cmd", "")))
@@ -116,7 +118,7 @@ def check_stages(root: Path = Path(".")) -> list[StageDeps]:
             continue
         entry = module_file(match.group(1), root)
         if entry is None:
-            raise ValueError(f"{path}: stage {name}: no module {match.group(1)} in the project")
+            raise InputError(f"{path}: stage {name}: no module {match.group(1)} in the project")
         needed = import_closure(entry, root)
         deps = [d.rstrip("/") for d in _dep_paths(stage.get("deps"))]
         code = [d for d in deps if _is_code_dep(d, root)]
