@@ -251,14 +251,14 @@ def test_records_history_and_reverse_lookup(
     monkeypatch.setenv("XRAY_FLOW_RUN_ID", "run-1")
     h1 = write_version(project, 7)
     first = record_run(project, "records", "run-1")
-    assert first["recorded"] and first["tag"] == "xray-model-v1"
+    assert first["recorded"] and first["tag"] == "finetuned@v0.1.0"
     head_before = git(project, "rev-parse", "HEAD")
     again = record_run(project, "records", "run-2")
     assert again == {
         "recorded": False,
         "branch": "records",
         "commit": first["commit"],
-        "tag": "xray-model-v1",
+        "tag": "finetuned@v0.1.0",
         "registry": {"base": "base@v0.1.0", "finetuned": "finetuned@v0.1.0"},
     }
     assert git(project, "rev-parse", "HEAD") == head_before  # checked-out branch untouched
@@ -266,13 +266,13 @@ def test_records_history_and_reverse_lookup(
     monkeypatch.setenv("XRAY_FLOW_RUN_ID", "run-3")
     h2 = write_version(project, 8)
     second = record_run(project, "records", "run-3")
-    assert second["recorded"] and second["tag"] == "xray-model-v2"
+    assert second["recorded"] and second["tag"] == "finetuned@v0.2.0"
     assert git(project, "rev-parse", "records~1") == first["commit"]
 
     versions = history(project)
     assert [v["model_md5"] for v in versions] == [h1["finetuned"], h2["finetuned"]]
     assert [v["data"]["data/raw"] for v in versions] == [h1["raw"], h2["raw"]]
-    tags = [["finetuned@v0.1.0", "xray-model-v1"], ["finetuned@v0.2.0", "xray-model-v2"]]
+    tags = [["finetuned@v0.1.0"], ["finetuned@v0.2.0"]]
     assert [v["tags"] for v in versions] == tags
     assert [v["registry"]["base"] for v in versions] == ["base@v0.1.0", "base@v0.2.0"]
     assert [v["model_md5"] for v in models_for_data(project, h1["raw"])] == [h1["finetuned"]]
@@ -287,7 +287,7 @@ def test_records_history_and_reverse_lookup(
     assert old["flow_run_id"] == "run-1"
     assert old["code"]["commit"] == head_before
     assert [v["flow_run_id"] for v in versions] == ["run-1", "run-3"]
-    assert old["tags"] == ["finetuned@v0.1.0", "xray-model-v1"]
+    assert old["tags"] == ["finetuned@v0.1.0"]
     assert old["data"]["identity"]["seed"] == 7
 
     assert main(["audit", "--workdir", str(project), "--history", "--json"]) == 0
@@ -295,7 +295,7 @@ def test_records_history_and_reverse_lookup(
     assert [v["tags"] for v in listed] == tags
     assert main(["audit", "--workdir", str(project), "--data", h2["raw"]]) == 0
     text = capsys.readouterr().out
-    assert "xray-model-v2" in text and "xray-model-v1" not in text
+    assert "finetuned@v0.2.0" in text and "finetuned@v0.1.0" not in text
     assert main(["audit", "--workdir", str(project), "models/finetuned.keras"]) == 0
     text = capsys.readouterr().out
     assert h2["finetuned"] in text and "stage finetune" in text
@@ -421,10 +421,10 @@ def test_a_record_stopped_before_its_tag_is_tagged_by_the_rerun(project: Path) -
     git(project, "tag", "-d", first["tag"])  # as if the run died after update-ref
     again = record_run(project, "records", "run-2")
     assert again["recorded"] is False and again["commit"] == first["commit"]
-    assert again["tag"] == "xray-model-v1"
-    assert git(project, "rev-parse", "xray-model-v1^{commit}") == first["commit"]
-    assert record_run(project, "records", "run-3")["tag"] == "xray-model-v1"  # tagged once
-    assert git(project, "tag", "--list", "xray-model-v*").split() == ["xray-model-v1"]
+    assert again["tag"] == "finetuned@v0.1.0"
+    assert git(project, "rev-parse", "finetuned@v0.1.0^{commit}") == first["commit"]
+    assert record_run(project, "records", "run-3")["tag"] == "finetuned@v0.1.0"  # tagged once
+    assert git(project, "tag", "--list", "finetuned@*").split() == ["finetuned@v0.1.0"]
 
 
 def tag_commit(root: Path, tag: str) -> str:
@@ -442,14 +442,14 @@ def test_history_shows_the_record_commit_its_tags_time_and_flow_run(
     on_main = git(project, "rev-parse", "HEAD")
     result = record_run(project, "records", "run-7")
     stamps = json.loads(git(project, "show", f"{result['commit']}:{RUN_JSON}"))
-    for tag in ("finetuned@v0.1.0", "base@v0.1.0", "xray-model-v1"):
+    for tag in ("finetuned@v0.1.0", "base@v0.1.0"):
         assert tag_commit(project, tag) == result["commit"], tag
         assert git(project, "cat-file", "-t", tag) == "tag", tag  # annotated
 
     [entry] = history(project)
     assert entry["model_md5"] == h["finetuned"] and entry["base_md5"] == h["base"]
     assert entry["commit"] == result["commit"] and entry["commits"] == [on_main, result["commit"]]
-    assert entry["tags"] == ["finetuned@v0.1.0", "xray-model-v1"]
+    assert entry["tags"] == ["finetuned@v0.1.0"]
     assert entry["registry"] == {"finetuned": "finetuned@v0.1.0", "base": "base@v0.1.0"}
     assert entry["flow_run_id"] == "run-7" and entry["created"] == stamps["created"]
     assert main(["audit", "--workdir", str(project), "--history", "--json"]) == 0
@@ -457,12 +457,12 @@ def test_history_shows_the_record_commit_its_tags_time_and_flow_run(
     assert listed["flow_run_id"] == "run-7" and listed["commit"] == result["commit"]
     assert main(["audit", "--workdir", str(project), "--history"]) == 0
     text = capsys.readouterr().out
-    assert text.startswith(f"finetuned@v0.1.0, xray-model-v1  model {h['finetuned']}")
+    assert text.startswith(f"finetuned@v0.1.0  model {h['finetuned']}")
     assert f"record {result['commit'][:12]}  created {stamps['created']}  flow run run-7" in text
     assert f"base model               {h['base']}  base@v0.1.0" in text
     assert on_main[:12] not in text
     a = audit(project, h["finetuned"][:12])
-    assert a["flow_run_id"] == "run-7" and a["tags"] == ["finetuned@v0.1.0", "xray-model-v1"]
+    assert a["flow_run_id"] == "run-7" and a["tags"] == ["finetuned@v0.1.0"]
     assert audit(project, "models/base.keras")["tags"] == ["base@v0.1.0"]
 
 
@@ -486,7 +486,7 @@ def test_gto_tags_follow_each_artifacts_hash(project: Path) -> None:
 
     write_version(project, 7)  # back to the first models: a record, no new version
     back = record_run(project, "records", "run-5")
-    assert back["recorded"] and back["tag"] == "xray-model-v1"
+    assert back["recorded"] and back["tag"] == "finetuned@v0.1.0"
     assert back["registry"] == first["registry"]
     tags = {r["tag"]: r["commit"] for r in registrations(project)}
     assert sorted(tags) == [
@@ -513,3 +513,56 @@ def test_gto_tags_follow_each_artifacts_hash(project: Path) -> None:
     ).stdout
     for version in ("v0.1.0", "v0.2.0", "v0.3.0"):
         assert f"finetuned@{version}" in listed, listed
+
+
+def test_older_xray_model_tags_are_migrated_into_gto_by_the_next_record(project: Path) -> None:
+    """A pre-GTO record (no dvc.yaml artifacts, an `xray-model-v1` tag): the next record
+    registers its model in GTO first (the md5 from the old tag), then its own; once only."""
+    from xray.records.legacy_tags import legacy_tags, migrate_legacy_tags
+
+    artifacts = (project / "dvc.yaml").read_text()
+    git(project, "rm", "-q", "dvc.yaml")
+    git(project, "commit", "-qm", "before GTO: no artifacts declared")
+    h1 = write_version(project, 7)
+    first = record_run(project, "records", "run-1")
+    assert first["registry"] == {"finetuned": "finetuned@v0.1.0"}  # declared or not
+    git(project, "tag", "-d", "finetuned@v0.1.0")  # as a record made before GTO
+    git(
+        project,
+        "tag",
+        "-a",
+        "xray-model-v1",
+        first["commit"],
+        "-m",
+        f"xray model {h1['finetuned']}",
+    )
+    assert [v["tags"] for v in history(project)] == [[]]  # audit reads GTO only
+
+    (project / "dvc.yaml").write_text(artifacts)
+    git(project, "add", "dvc.yaml")
+    git(project, "commit", "-qm", "declare the artifacts")
+    h2 = write_version(project, 8)
+    second = record_run(project, "records", "run-2")
+    assert second["registry"] == {"base": "base@v0.1.0", "finetuned": "finetuned@v0.2.0"}
+    assert tag_commit(project, "finetuned@v0.1.0") == first["commit"]
+    by_tag = {r["tag"]: r["md5"] for r in registrations(project)}
+    assert by_tag == {
+        "finetuned@v0.1.0": h1["finetuned"],
+        "finetuned@v0.2.0": h2["finetuned"],
+        "base@v0.1.0": h2["base"],
+    }
+    versions = history(project)
+    assert [v["tags"] for v in versions] == [["finetuned@v0.1.0"], ["finetuned@v0.2.0"]]
+    assert audit(project, h1["finetuned"])["tags"] == ["finetuned@v0.1.0"]
+
+    [old] = legacy_tags(project)  # left in place, migrated once
+    assert old == {
+        "tag": "xray-model-v1",
+        "n": 1,
+        "commit": first["commit"],
+        "md5": h1["finetuned"],
+    }
+    assert migrate_legacy_tags(project, "t", "t@localhost") == {
+        "xray-model-v1": {"finetuned": "finetuned@v0.1.0"}
+    }
+    assert sorted(by_tag) == sorted(r["tag"] for r in registrations(project))

@@ -264,7 +264,7 @@ def test_a_folder_of_the_default_remote_pushes_and_records_on_every_run(
     store = tmp_path / "store"
     dvc(small_repo, "remote", "add", "-d", "storage", str(store))
     git(small_repo, "commit", "-q", "-am", "DVC remote")
-    for seed, tag in ((1, "xray-model-v1"), (2, "xray-model-v2")):
+    for seed, tag in ((1, "finetuned@v0.1.0"), (2, "finetuned@v0.2.0")):
         model = new_model(small_repo, seed)
         assert dvc_push(small_repo, str(store))["remote"] == "storage"
         assert remote_object(store, model).is_file()

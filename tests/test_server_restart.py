@@ -196,12 +196,12 @@ def outs(stage: dict[str, Any]) -> dict[str, str]:
 
 
 def records(root: Path) -> tuple[list[str], list[str]]:
-    """The record commits on RECORDS (newest first) and the model tags."""
+    """The record commits on RECORDS (newest first) and the finetuned model's GTO tags."""
     branch = subprocess.run(
         ["git", "rev-parse", "--verify", "-q", RECORDS], cwd=root, capture_output=True, check=False
     )
     commits = git(root, "rev-list", f"main..{RECORDS}").split() if branch.returncode == 0 else []
-    return commits, git(root, "tag", "--list", "xray-model-v*").split()
+    return commits, git(root, "tag", "--list", "finetuned@*").split()
 
 
 @pytest.mark.slow
@@ -264,5 +264,5 @@ def test_a_server_restart_mid_run_loses_nothing(
         assert outs(after[stage]) == outs(entry), f"{stage} changed across the restart"
         assert all((root / path).exists() for path in outs(entry)), f"{stage} lost outputs"
     commits, tags = records(root)
-    assert len(commits) == 1 and tags == ["xray-model-v1"]
-    assert git(root, "rev-parse", "xray-model-v1^{commit}").strip() == commits[0]
+    assert len(commits) == 1 and tags == ["finetuned@v0.1.0"]
+    assert git(root, "rev-parse", "finetuned@v0.1.0^{commit}").strip() == commits[0]

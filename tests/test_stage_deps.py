@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from xray.cli.main import main
-from xray.runner.stage_deps import check_stages, describe, import_closure
+from xray.runner.stage_deps import check_stages, describe, describe_deps, import_closure
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,6 +67,33 @@ def test_a_folder_dep_covers_its_modules(tmp_path: Path) -> None:
     root = _project(tmp_path, ["pkg"], FILES)
     [result] = check_stages(root)
     assert result.ok
+
+
+def test_a_folder_dep_of_which_nothing_is_imported_is_reported_unused(tmp_path: Path) -> None:
+    """A code folder the stage imports nothing from is unused, like an unused file; a data
+    folder (no .py in it) is not code and never reported."""
+    files = {**FILES, "lib/__init__.py": "", "lib/x.py": "x = 1\n", "lib/sub/y.py": "y = 1\n"}
+    files["data/raw/image.txt"] = "pixels\n"
+    root = _project(tmp_path, ["pkg", "lib", "data/raw"], files)
+    [result] = check_stages(root)
+    assert result.missing == () and result.unused == ("lib",)
+    assert "never imports lib" in describe([result])
+    assert dict(result.covers) == {"pkg": ("pkg/a.py", "pkg/b.py", "pkg/c.py"), "lib": ()}
+    lines = ["a:", "  pkg (a.py, b.py, c.py)", "  lib (unused: imports nothing in it)"]
+    assert describe_deps(result) == lines
+
+
+def test_a_folder_dep_counts_as_used_when_one_module_in_it_is_imported(tmp_path: Path) -> None:
+    files = {**FILES, "lib/__init__.py": "", "lib/x.py": "x = 1\n", "lib/sub/y.py": "y = 1\n"}
+    files["pkg/c.py"] = "from lib.sub import y\n"
+    root = _project(tmp_path, ["pkg/", "lib"], files)
+    [result] = check_stages(root)
+    assert result.ok, describe([result])
+    assert dict(result.covers)["lib"] == ("lib/sub/y.py",)
+    root = _project(tmp_path, ["pkg", "lib/x.py"], files)
+    [result] = check_stages(root)
+    assert result.missing == ("lib/sub/y.py",) and result.unused == ("lib/x.py",)
+    assert "  lib/sub/y.py (missing: not a dep)" in describe_deps(result)
 
 
 def test_a_listed_module_that_is_never_imported_is_reported(tmp_path: Path) -> None:

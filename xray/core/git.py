@@ -1,10 +1,9 @@
 """The one way the project calls git: stripped stdout, or None / GitError on failure.
 
 Used by the lineage record (xray/reports/lineage.py), the run record and registry
-(xray/records/record.py,
-xray/records/registry.py) and the audit (xray/records/audit.py). No commit, no ref is changed here
-on its
-own: callers say which git command to run.
+(xray/records/record.py, xray/records/registry.py, xray/records/legacy_tags.py) and the audit
+(xray/records/audit.py). No commit, no ref is changed here on its own: callers say which git
+command to run.
 """
 
 from __future__ import annotations
@@ -12,10 +11,12 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from xray.core.errors import WorkError
+
 GIT_TIMEOUT_S = 120
 
 
-class GitError(RuntimeError):
+class GitError(WorkError):
     """A git command failed; the message is one line: the command and git's last line."""
 
 

@@ -3,8 +3,9 @@
 Records come from the workspace (reports/lineage.json, written by `evaluate`, checked against
 dvc.lock) and from git history (every commit touching dvc.lock or run.json, e.g. the record
 branch, and every commit a model tag names). Model tags are GTO's `<artifact>@v<semver>`
-(xray/records/registry.py) and the older `xray-model-vN`; a version's record commit is the one its
-tag names.
+(xray/records/registry.py, the only registry: older `xray-model-vN` tags are read once they are
+migrated into it, xray/records/legacy_tags.py); a version's record commit is the one its tag
+names.
 The run stamps (created, flow run id, git commit, host) are not in lineage.json: they come from
 the record commit's run.json (xray/records/record.py), for records made before run.json from the
 stamps their lineage.json carried, else the commit time.
@@ -17,9 +18,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from xray.core.errors import EXIT_FAILED, XrayError
 from xray.core.git import git
 from xray.core.hashing import file_md5
-from xray.records.record import RUN_JSON, TAG_PREFIX, TAG_SUBJECT
+from xray.records.record import RUN_JSON
 from xray.records.registry import RegistryError, registrations
 from xray.reports.lineage import (
     LINEAGE_JSON,
@@ -42,35 +44,19 @@ METRIC_KEYS = ("accuracy", "auc", "sensitivity", "specificity")
 SUITE_KEYS = ("mean_accuracy", "mean_auc", "heldout_mean_accuracy", "heldout_mean_auc", "mbe")
 
 
-class AuditError(ValueError):
-    """The model or data hash is unknown, or the repository cannot be read."""
+class AuditError(XrayError, ValueError):
+    """The model or data hash is unknown, or the repository cannot be read: exit status 1."""
+
+    exit_code = EXIT_FAILED
 
 
 def _model_tags(root: Path) -> list[dict[str, Any]]:
-    """Every model tag: GTO's `<artifact>@v<semver>` and the older `xray-model-vN` (finetuned).
-
-    Each is a dict: tag, artifact, commit, md5, version (GTO) or None.
-    """
-    fmt = "%(refname:short)%09%(objectname)%09%(*objectname)%09%(contents:subject)"
-    out = git(root, "for-each-ref", f"refs/tags/{TAG_PREFIX}*", f"--format={fmt}") or ""
+    """Every GTO model tag: a dict of tag, artifact, commit, md5, version."""
     keys = ("tag", "artifact", "commit", "md5", "version")
     try:
-        tags = [{k: r[k] for k in keys} for r in registrations(root)]
+        return [{k: r[k] for k in keys} for r in registrations(root)]
     except RegistryError:  # not a git repository: no tags
         return []
-    for line in out.splitlines():
-        name, obj, peeled, subject = [*line.split("\t"), "", "", ""][:4]
-        md5 = subject.removeprefix(TAG_SUBJECT).strip()
-        tags.append(
-            {
-                "tag": name,
-                "artifact": "finetuned",
-                "commit": peeled or obj,
-                "md5": md5,
-                "version": None,
-            }
-        )
-    return tags
 
 
 def _has(root: Path, commit: str, path: str) -> bool:
@@ -142,13 +128,12 @@ def history(root: Path) -> list[dict[str, Any]]:
         for t in tags:  # artifact -> its GTO tag (the first, should a hash have two)
             if t["version"] and models.get(t["artifact"]) == t["md5"]:
                 registry.setdefault(t["artifact"], t["tag"])
-        gto_first = sorted(mine, key=lambda t: (t["version"] is None, t["tag"]))
         entry.update(
             source_identity=(lineage.get("data") or {}).get("identity"),
             created=stamps["created"],
             flow_run_id=stamps["flow_run_id"],
             host=stamps["host"],
-            tags=[t["tag"] for t in gto_first],
+            tags=sorted(t["tag"] for t in mine),
             registry=registry,
             commits=[h[0] for h in held],
         )

@@ -1,17 +1,18 @@
-"""After the stages: a durable git record per model (commit on a record branch, model tags).
+"""After the stages: a durable git record per model (commit on a record branch, GTO tags).
 
 The record is a commit on a branch (default `xray-records`) holding the workspace's tracked
 code plus dvc.lock, params.yaml, the lineage reports and every `cache: false` output, built
 with a private git index so neither the checked-out branch nor the working tree is touched
 (a clone of the branch plus `dvc pull` is a workspace `dvc repro` finds up to date). Each new
-finetuned model hash gets an annotated tag `xray-model-vN` whose message names the hash, and
-each new hash of a dvc.yaml artifact a GTO tag `<artifact>@v<semver>` (xray/records/registry.py).
-A run whose recorded files equal the branch tip's records nothing.
+hash of a dvc.yaml artifact (`base`, `finetuned`) gets a GTO tag `<artifact>@v<semver>` on it
+(xray/records/registry.py, the only model registry; older `xray-model-vN` tags are migrated
+into it first, xray/records/legacy_tags.py). A run whose recorded files equal the branch tip's
+records nothing.
 
 The other steps after the stages live beside it: param overrides (xray/runner/overrides.py),
 `dvc push` (xray/records/remote.py) and the Prefect artifacts (xray/records/artifacts.py); git
-itself is
-called through xray/core/git.py.
+itself is called through xray/core/git.py, DVC's pipeline index through
+xray/core/dvc_private.py.
 
 The run's stamps (when, which git commit and dirty files, which Prefect flow run, which host)
 are not DVC outputs, so they never make dvc.lock differ between runs: they go into the
@@ -30,10 +31,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from xray.core.dvc_private import DvcError, pipeline_outs
+from xray.core.errors import WorkError
 from xray.core.git import GitError, succeeds
 from xray.core.git import git as run_git
-from xray.core.text import one_line
-from xray.records.registry import RegistryError, register_models
+from xray.records.legacy_tags import migrate_legacy_tags
+from xray.records.registry import RegistryError, artifact_hashes, register_models
 from xray.reports.lineage import (
     LINEAGE_JSON,
     METRICS_JSON,
@@ -44,8 +47,6 @@ from xray.reports.lineage import (
 )
 
 DEFAULT_BRANCH = "xray-records"
-TAG_PREFIX = "xray-model-v"
-TAG_SUBJECT = "xray model "
 RECORDED = (
     "dvc.lock",
     "params.yaml",
@@ -59,7 +60,7 @@ FINETUNED_OUT = "models/finetuned.keras"
 FALLBACK_IDENTITY = {"name": "xray pipeline", "email": "xray@localhost"}
 
 
-class RecordError(RuntimeError):
+class RecordError(WorkError):
     """Recording a run in git, or pushing to the DVC remote, failed."""
 
 
@@ -80,29 +81,6 @@ def _identity_env(root: Path) -> dict[str, str]:
         env.setdefault(f"GIT_{role}_NAME", name)
         env.setdefault(f"GIT_{role}_EMAIL", email)
     return env
-
-
-def _tags(root: Path) -> dict[str, str]:
-    """Model tags: hash -> tag name, from the tag messages."""
-    out = git(
-        root,
-        "for-each-ref",
-        f"refs/tags/{TAG_PREFIX}*",
-        "--format=%(refname:short)%09%(contents:subject)",
-    )
-    tags: dict[str, str] = {}
-    for line in out.splitlines():
-        name, _, subject = line.partition("\t")
-        if subject.startswith(TAG_SUBJECT):
-            tags[subject[len(TAG_SUBJECT) :].strip()] = name
-    return tags
-
-
-def _next_tag(root: Path) -> str:
-    """The next free `xray-model-vN`."""
-    names = git(root, "tag", "--list", f"{TAG_PREFIX}*").split()
-    numbers = [int(m.group(1)) for n in names if (m := re.fullmatch(rf"{TAG_PREFIX}(\d+)", n))]
-    return f"{TAG_PREFIX}{max(numbers, default=0) + 1}"
 
 
 def run_stamps(root: Path, run_id: str | None = None) -> dict[str, Any]:
@@ -147,7 +125,9 @@ def record_run(
     flow_run_id: str | None = None,
     stamps: dict[str, Any] | None = None,
 ) -> dict:
-    """Commit the run's lock, params and reports on `branch`; tag a new model. Idempotent.
+    """Commit the run's lock, params and reports on `branch`; register new models. Idempotent.
+
+    `tag` in the answer is the finetuned model's GTO tag, `registry` every artifact's.
 
     The commit also holds RUN_JSON, the run's stamps (`stamps`, else `run_stamps` now); they
     are left out of the comparison with the tip, so a run that changed nothing records nothing.
@@ -182,15 +162,12 @@ def record_run(
         git(root, "update-index", "--add", "--cacheinfo", f"100644,{blob},{RUN_JSON}", env=env_idx)
         tree = git(root, "write-tree", env=env_idx)
     if tip and all(_blob(root, tree, f) == _blob(root, tip, f) for f in files):
-        tag = _tags(root).get(md5)
-        if tag is None:  # the record's own run was stopped between its commit and its tag
-            tag = _tag_model(root, tip, md5, env)
-        registry = _register(root, tip, env)  # likewise for its GTO tags
+        registry = _register(root, tip, md5, env)  # tags a run stopped before them left out
         return {
             "recorded": False,
             "branch": branch,
             "commit": tip,
-            "tag": tag,
+            "tag": registry.get("finetuned"),
             "registry": registry,
         }
     parents = [tip] if tip else []
@@ -206,49 +183,42 @@ def record_run(
     if git(root, "symbolic-ref", "-q", "HEAD", check=False) == ref:
         (root / RUN_JSON).write_text(stamps_text)  # so the checkout matches the record
         git(root, "reset", "-q", env=env)  # the checked-out branch moved: refresh its index
-    tag = _tags(root).get(md5)
-    new_tag = tag is None
-    if new_tag:
-        tag = _tag_model(root, commit, md5, env)
+    registry = _register(root, commit, md5, env)
     return {
         "recorded": True,
         "branch": branch,
         "commit": commit,
-        "tag": tag,
-        "new_tag": new_tag,
-        "registry": _register(root, commit, env),
+        "tag": registry.get("finetuned"),
+        "registry": registry,
     }
 
 
-def _register(root: Path, commit: str, env: dict[str, str]) -> dict[str, str]:
-    """GTO tags (`<artifact>@v<semver>`) for the models at commit that have none yet."""
+def _register(root: Path, commit: str, md5: str, env: dict[str, str]) -> dict[str, str]:
+    """GTO tags (`<artifact>@v<semver>`) for the models at commit that have none yet.
+
+    The dvc.yaml artifacts in the commit's dvc.lock, and `finetuned` (hash md5) always, even
+    where dvc.yaml declares no such artifact. Older `xray-model-vN` tags are migrated first
+    (once: the migration is idempotent), so their models keep the lower versions.
+    """
+    name, email = env["GIT_COMMITTER_NAME"], env["GIT_COMMITTER_EMAIL"]
     try:
-        return register_models(root, commit, env["GIT_COMMITTER_NAME"], env["GIT_COMMITTER_EMAIL"])
+        migrate_legacy_tags(root, name, email)
+        hashes = {"finetuned": md5, **artifact_hashes(root, commit)}
+        return register_models(root, commit, name, email, hashes)
     except RegistryError as e:
         raise RecordError(str(e)) from None
 
 
 def uncached_outputs(root: Path) -> list[str]:
     """The pipeline's `cache: false` outputs (in git, not the DVC remote), from DVC's index."""
-    from dvc.exceptions import DvcException
-    from dvc.repo import Repo
-
     if not (root / "dvc.yaml").is_file() or not (root / ".dvc").is_dir():
         return []
     base = root.resolve()
     try:
-        with Repo(str(base)) as repo:
-            paths = [Path(o.fs_path) for o in repo.index.outs if not o.use_cache]
-    except DvcException as e:
-        raise RecordError(f"{root}/dvc.yaml: cannot read the pipeline ({one_line(e)})") from None
+        paths = [path for path, cached in pipeline_outs(base) if not cached]
+    except DvcError as e:
+        raise RecordError(f"{root}/dvc.yaml: cannot read the pipeline ({e})") from None
     return sorted({p.relative_to(base).as_posix() for p in paths if p.is_relative_to(base)})
-
-
-def _tag_model(root: Path, commit: str, md5: str, env: dict[str, str]) -> str:
-    """Tag commit with the next free model version for the model hash md5; return the tag."""
-    tag = _next_tag(root)
-    git(root, "tag", "-a", tag, commit, "-m", f"{TAG_SUBJECT}{md5}", env=env)
-    return tag
 
 
 def _dvc_gitignores(root: Path) -> list[str]:

@@ -4,26 +4,33 @@ Each recorded model version gets, per artifact under `artifacts:` in dvc.yaml (`
 `finetuned`) whose hash is new, an annotated tag `<artifact>@v<semver>` made by GTO
 (`gto.api.register`) on the record commit: the first version is v0.1.0, later ones bump the
 minor number. The tagged commit's dvc.lock says which model file hash a version is, so
-`gto show` lists the versions and `xray audit --history` maps them back to model hashes.
+`gto show` lists the versions and `xray audit --history` maps them back to model hashes (from
+the tag's message when that commit's dvc.yaml declares no artifact, e.g. a migrated older tag).
+
+This is the project's only model registry: the older `xray-model-vN` tags are migrated into it
+by xray/records/legacy_tags.py.
 """
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from xray.core.errors import WorkError
 from xray.core.git import git
 from xray.reports.lineage import LOCK_FILE, LineageError, parse_lock
 
 DVC_YAML = "dvc.yaml"
 FIRST_VERSION = "v0.1.0"
 MESSAGE = "Registering artifact {name} version {version} (md5 {md5})"  # GTO's, plus the hash
+MESSAGE_MD5 = re.compile(r"\(md5 ([0-9a-f]{32})\)")
 
 
-class RegistryError(RuntimeError):
+class RegistryError(WorkError):
     """A GTO tag could not be read or written."""
 
 
@@ -67,13 +74,16 @@ def registrations(root: Path) -> list[dict[str, Any]]:
     from gto.constants import Action
     from gto.tag import parse_name
 
-    fmt = "%(refname:short)%09%(objectname)%09%(*objectname)%09%(creatordate:iso-strict)"
+    fmt = (
+        "%(refname:short)%09%(objectname)%09%(*objectname)%09%(creatordate:iso-strict)"
+        "%09%(contents:subject)"
+    )
     out = git(root, "for-each-ref", "refs/tags", f"--format={fmt}")
     if out is None:
         raise RegistryError(f"{root}: not a git repository")
     found, dropped = [], set()
     for line in out.splitlines():
-        tag, obj, peeled, created = [*line.split("\t"), "", "", ""][:4]
+        tag, obj, peeled, created, subject = [*line.split("\t"), "", "", "", ""][:5]
         parsed = parse_name(tag, raise_on_fail=False)
         action = parsed.get("action")
         if action == Action.DEREGISTER:
@@ -82,6 +92,8 @@ def registrations(root: Path) -> list[dict[str, Any]]:
             continue
         commit = peeled or obj
         md5 = artifact_hashes(root, commit).get(parsed["name"])
+        if md5 is None and (m := MESSAGE_MD5.search(subject)):
+            md5 = m.group(1)
         entry = {"tag": tag, "artifact": parsed["name"], "version": parsed["version"]}
         found.append({**entry, "commit": commit, "md5": md5, "created": created})
     found.sort(key=lambda r: (r["created"], r["tag"]))
@@ -97,8 +109,13 @@ def next_version(versions: list[str]) -> str:
     return max(SemVer(v) for v in versions).bump_minor().version
 
 
-def register_models(root: Path, commit: str, name: str, email: str) -> dict[str, str]:
-    """Register at commit each artifact whose md5 has no version yet; artifact -> its tag."""
+def register_models(
+    root: Path, commit: str, name: str, email: str, hashes: dict[str, str] | None = None
+) -> dict[str, str]:
+    """Register at commit each artifact whose md5 has no version yet; artifact -> its tag.
+
+    `hashes` (artifact -> md5) defaults to the dvc.yaml artifacts in the commit's dvc.lock.
+    """
     from gto import api as gto_api
     from gto.exceptions import GTOException
 
@@ -106,7 +123,9 @@ def register_models(root: Path, commit: str, name: str, email: str) -> dict[str,
     _hashes_at.cache_clear()
     known = registrations(root)
     tags: dict[str, str] = {}
-    for artifact, md5 in sorted(artifact_hashes(root, commit).items()):
+    if hashes is None:
+        hashes = artifact_hashes(root, commit)
+    for artifact, md5 in sorted(hashes.items()):
         same = [r for r in known if r["artifact"] == artifact and r["md5"] == md5]
         if same:
             tags[artifact] = min(same, key=lambda r: r["created"])["tag"]

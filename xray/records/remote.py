@@ -1,4 +1,5 @@
-"""`dvc push` of a run's data and models, to a remote found through DVC's config API.
+"""`dvc push` of a run's data and models, to a remote found through DVC's config
+(xray/core/dvc_private.py).
 
 `resolve_remote` takes a configured name, or a folder/URL, reused when a remote has that URL,
 else added to .dvc/config.local as `xray-<hash>`; the default remote is never changed.
@@ -13,29 +14,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from xray.core.text import one_line
+from xray.core.dvc_private import DvcError, add_local_remote, remote_config
+from xray.core.errors import WorkError
 
 REMOTE_NAME = "xray"  # folders/URLs not yet configured: remote `xray-<hash>`
 DVC = (sys.executable, "-m", "dvc")
 PUSH_TIMEOUT_S = 3600
 
 
-class RemoteError(RuntimeError):
+class RemoteError(WorkError):
     """No usable DVC remote, or `dvc push` failed; the message is one line."""
 
 
 def configured_remotes(root: Path) -> tuple[dict[str, str], str | None]:
     """The DVC remotes of root (name -> URL, local paths absolute) and the default's name."""
-    from dvc.exceptions import DvcException
-    from dvc.repo import Repo
-
     try:
-        with Repo(str(root)) as repo:
-            config = repo.config
-            remotes = {name: str(conf.get("url", "")) for name, conf in config["remote"].items()}
-            return remotes, config["core"].get("remote")
-    except DvcException as e:
-        raise RemoteError(f"{root}: cannot read the DVC config ({one_line(e)})") from None
+        return remote_config(root)
+    except DvcError as e:
+        raise RemoteError(f"{root}: cannot read the DVC config ({e})") from None
 
 
 def remote_url(root: Path, remote: str) -> str:
@@ -74,14 +70,10 @@ def resolve_remote(root: Path, remote: str | None) -> str:
     if same:
         return default if default in same else same[0]
     name = derived_remote_name(url)
-    from dvc.exceptions import DvcException
-    from dvc.repo import Repo
-
     try:
-        with Repo(str(root)) as repo, repo.config.edit("local") as conf:
-            conf["remote"][name] = {"url": url}
-    except DvcException as e:
-        raise RemoteError(f"dvc remote add {name}: {one_line(e)}") from None
+        add_local_remote(root, name, url)
+    except DvcError as e:
+        raise RemoteError(f"dvc remote add {name}: {e}") from None
     return name
 
 

@@ -22,13 +22,15 @@ from typing import Any
 
 import yaml
 
+from xray.core.errors import WorkError
+
 DVC = [sys.executable, "-m", "dvc"]
 RESTORE_TIMEOUT_S = 3600  # a checkout of 53k images from the cache takes minutes on a slow disk
 RUNNING_RE = re.compile(r"^Running stage '([^']+)'")
 REPRO_STOP_GRACE_S = 30  # `xray repro` waits this long after a second signal before SIGKILL
 
 
-class StatusError(RuntimeError):
+class StatusError(WorkError):
     """`dvc status` could not say which stages are stale."""
 
 

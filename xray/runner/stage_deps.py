@@ -2,10 +2,12 @@
 
 A stage's `cmd` is `python -m tasks.<stage>`; its code is that module plus every project
 module it imports, transitively (lazy imports inside functions included, since they run
-too). Each of them must be a dep in `dvc.yaml`, or an edit to it leaves the stage's
-outputs cached and wrong. A listed `.py` dep that the stage does not import is reported
-as well: it reruns the stage for nothing. Package `__init__.py` files are not counted
-(they hold no stage logic: `tasks/__init__.py` only sets an environment default).
+too). Each of them must be covered by a dep in `dvc.yaml` (the file itself, or a folder
+holding it, e.g. `xray/data`), or an edit to it leaves the stage's outputs cached and wrong.
+A listed code dep that the stage does not import is reported as well: it reruns the stage for
+nothing. A code dep is a `.py` file or a folder holding `.py` files (a data folder holds
+none); a folder counts as used when the stage imports any module in it. Package
+`__init__.py` files are not counted (they hold no stage logic).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from xray.core.errors import InputError
+
 DVC_YAML = "dvc.yaml"
 CMD_MODULE_RE = re.compile(r"python(?:3)? -m ([\w.]+)")
 
@@ -29,11 +33,25 @@ class StageDeps:
     stage: str
     needed: tuple[str, ...]  # project .py files the command imports (transitively)
     missing: tuple[str, ...]  # needed but not covered by a dep
-    unused: tuple[str, ...]  # listed .py deps that the command never imports
+    unused: tuple[str, ...]  # listed code deps (files, folders) holding nothing it imports
+    covers: tuple[tuple[str, tuple[str, ...]], ...] = ()  # each code dep -> needed files in it
 
     @property
     def ok(self) -> bool:
         return not self.missing and not self.unused
+
+
+def _covers(dep: str, file: str) -> bool:
+    """True when the dep path (a file or a folder) is file or holds it."""
+    return file == dep or file.startswith(dep + "/")
+
+
+def _is_code_dep(dep: str, root: Path) -> bool:
+    """A `.py` file, or a folder in root holding a `.py` file (at any depth)."""
+    if dep.endswith(".py"):
+        return True
+    folder = root / dep
+    return folder.is_dir() and next(folder.rglob("*.py"), None) is not None
 
 
 def module_file(module: str, root: Path) -> str | None:
@@ -72,7 +90,7 @@ def import_closure(entry: str, root: Path) -> set[str]:
         try:
             tree = ast.parse((root / path).read_text(), filename=path)
         except SyntaxError as e:
-            raise ValueError(f"{path}: cannot parse ({e.msg}, line {e.lineno})") from None
+            raise InputError(f"{path}: cannot parse ({e.msg}, line {e.lineno})") from None
         package = str(Path(path).parent).replace("/", ".").strip(".")
         for name in _imported_names(tree, package):
             found = module_file(name, root)
@@ -92,7 +110,7 @@ def check_stages(root: Path = Path(".")) -> list[StageDeps]:
     try:
         stages = (yaml.safe_load(path.read_text()) or {}).get("stages") or {}
     except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"{path}: cannot read ({e})") from None
+        raise InputError(f"{path}: cannot read ({e})") from None
     results = []
     for name, stage in stages.items():
         match = CMD_MODULE_RE.search(str(stage.get("cmd", "")))
@@ -100,23 +118,32 @@ def check_stages(root: Path = Path(".")) -> list[StageDeps]:
             continue
         entry = module_file(match.group(1), root)
         if entry is None:
-            raise ValueError(f"{path}: stage {name}: no module {match.group(1)} in the project")
+            raise InputError(f"{path}: stage {name}: no module {match.group(1)} in the project")
         needed = import_closure(entry, root)
         deps = [d.rstrip("/") for d in _dep_paths(stage.get("deps"))]
-
-        def covered(file: str, deps: list[str] = deps) -> bool:
-            return any(file == d or file.startswith(d + "/") for d in deps)
-
-        listed_code = [d for d in deps if d.endswith(".py")]
+        code = [d for d in deps if _is_code_dep(d, root)]
+        covers = tuple((d, tuple(sorted(p for p in needed if _covers(d, p)))) for d in code)
         results.append(
             StageDeps(
                 stage=name,
                 needed=tuple(sorted(needed)),
-                missing=tuple(sorted(p for p in needed if not covered(p))),
-                unused=tuple(sorted(d for d in listed_code if d not in needed)),
+                missing=tuple(sorted(p for p in needed if not any(_covers(d, p) for d in deps))),
+                unused=tuple(sorted(d for d, files in covers if not files)),
+                covers=covers,
             )
         )
     return results
+
+
+def describe_deps(result: StageDeps) -> list[str]:
+    """For `xray deps -v`: each code dep of a stage and the modules it covers, one per line."""
+    lines = [f"{result.stage}:"]
+    for dep, files in result.covers:
+        shown = [f[len(dep) + 1 :] for f in files] if files and files != (dep,) else []
+        inside = f" ({', '.join(shown)})" if shown else ""
+        lines.append(f"  {dep}{inside}" if files else f"  {dep} (unused: imports nothing in it)")
+    lines += [f"  {f} (missing: not a dep)" for f in result.missing]
+    return lines
 
 
 def describe(results: list[StageDeps]) -> str:

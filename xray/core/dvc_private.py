@@ -1,0 +1,84 @@
+"""Every use of DVC's private Python API, in one place (tests/test_dvc_private.py guards each).
+
+DVC's public Python API is `dvc.api` (open, read, get_url, params_show, metrics_show,
+DVCFileSystem, ...) plus the `dvc` command; neither edits a YAML file in place keeping its
+comments, lists which pipeline outputs are `cache: false`, or reads/writes the remote config.
+For those the project calls DVC internals, pinned by uv.lock. What is used, why, and the
+public path to take if an upgrade breaks it:
+
+- `dvc.utils.serialize.modify_yaml(path)` (`modify_yaml`, for xray/runner/overrides.py):
+  params.yaml edited in place like `dvc exp run -S` does, comments and key order kept.
+  Fallback: the same ruamel.yaml round trip by hand (`YAML()` with `typ="rt"`, then dump), or
+  run the overrides through `dvc exp run -S key=value`.
+- `dvc.repo.Repo(root).index.outs`, each `Output.fs_path` and `Output.use_cache`
+  (`pipeline_outs`, for xray/records/record.py): the `cache: false` outputs a record commits.
+  Fallback: read `outs:` from dvc.yaml (a documented format; this project's has no templating).
+- `Repo(root).config["remote"]` / `["core"]["remote"]` (`remote_config`, for
+  xray/records/remote.py): the remotes with local paths made absolute, and the default.
+  Fallback: `dvc remote list` and `dvc remote default` (tab-separated name, URL).
+- `Repo(root).config.edit("local")` (`add_local_remote`, for xray/records/remote.py): a remote
+  added to .dvc/config.local. Fallback: `dvc remote add --local NAME URL`.
+
+`dvc.exceptions.DvcException` (DVC's documented base error) becomes `DvcError`, one line.
+Everything else in the project reaches DVC through the `dvc` command (xray/runner/repro.py,
+`dvc push` in xray/records/remote.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from xray.core.errors import WorkError
+from xray.core.text import one_line
+
+
+class DvcError(WorkError):
+    """DVC could not read or change the project's pipeline or config; the message is one line."""
+
+
+@contextmanager
+def modify_yaml(path: Path) -> Iterator[Any]:
+    """Edit the YAML file at path in place: yields its round-trip data, written back on exit.
+
+    Comments, key order and formatting of untouched keys are kept (DVC's own `-S` editor).
+    """
+    from dvc.utils.serialize import modify_yaml as dvc_modify_yaml
+
+    with dvc_modify_yaml(str(path)) as data:
+        yield data
+
+
+@contextmanager
+def _repo(root: Path) -> Iterator[Any]:
+    """DVC's Repo object of root; a DvcException on entry or inside becomes DvcError."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    try:
+        with Repo(str(root)) as repo:
+            yield repo
+    except DvcException as e:
+        raise DvcError(one_line(e)) from None
+
+
+def pipeline_outs(root: Path) -> list[tuple[Path, bool]]:
+    """Every output of root's pipeline (dvc.yaml and .dvc files): (absolute path, use_cache)."""
+    with _repo(root) as repo:
+        return [(Path(o.fs_path), bool(o.use_cache)) for o in repo.index.outs]
+
+
+def remote_config(root: Path) -> tuple[dict[str, str], str | None]:
+    """The DVC remotes of root (name -> URL, local paths absolute) and the default's name."""
+    with _repo(root) as repo:
+        config = repo.config
+        remotes = {name: str(conf.get("url", "")) for name, conf in config["remote"].items()}
+        return remotes, config["core"].get("remote")
+
+
+def add_local_remote(root: Path, name: str, url: str) -> None:
+    """Add remote `name` with `url` to root's .dvc/config.local (the default is not changed)."""
+    with _repo(root) as repo, repo.config.edit("local") as conf:
+        conf["remote"][name] = {"url": url}
