@@ -52,12 +52,12 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 def cmd_deps(args: argparse.Namespace) -> int:
     """Check that every DVC stage lists each project module its command imports."""
-    from xray.runner.stage_deps import check_stages, describe
+    from xray.runner.stage_deps import check_stages, describe, describe_deps
 
     results = check_stages(args.workdir)
     if args.verbose:
         for r in results:
-            print(f"{r.stage}: {' '.join(r.needed)}")
+            print("\n".join(describe_deps(r)))
     line = describe(results)
     if not all(r.ok for r in results):
         raise WorkError(line)
