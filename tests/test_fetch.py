@@ -19,7 +19,8 @@ import pytest
 from conftest import free_port, loopback_server
 
 import xray.data.fetch as fetch_mod
-from xray.data.fetch import MAX_REDIRECTS, FetchError, fetch, probe
+from xray.data.fetch import FetchError, fetch, probe
+from xray.data.http_retry import MAX_REDIRECTS
 
 BLOB = np.random.default_rng(7).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
 BLOB_SHA = hashlib.sha256(BLOB).hexdigest()

@@ -184,7 +184,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 def cmd_probe(args: argparse.Namespace) -> int:
     """Record data.source's identity in data/source.json when it changed (before `dvc repro`)."""
-    from tasks.download import DownloadError, probe_project
+    from xray.data.source import DownloadError, probe_project
 
     try:
         print(probe_project(args.workdir, args.source))

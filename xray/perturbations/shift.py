@@ -31,7 +31,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from xray.perturbations.corruptions import (
+from xray.perturbations.numeric import (
     _MAX_LEVEL,
     _convolve_separable,
     _from_levels,
