@@ -556,7 +556,7 @@ def _project(tmp_path: Path) -> Path:
     repo = Path(__file__).resolve().parents[1]
     proj = tmp_path / "proj"
     proj.mkdir()
-    for name in ("dvc.yaml", "tasks"):
+    for name in ("dvc.yaml", "tasks", "xray"):
         src = repo / name
         if src.is_dir():
             shutil.copytree(src, proj / name, ignore=shutil.ignore_patterns("__pycache__"))

@@ -110,7 +110,8 @@ def identify(params: DataParams, base: Path = Path(".")) -> dict[str, object]:
     if is_url(source):
         if params.sha256:  # pinned: the content is whatever has this digest
             return {"source": source, "kind": "url", "sha256": params.sha256.lower()}
-        from xray.data.fetch import FetchError, probe
+        from xray.data.fetch import probe
+        from xray.data.http_retry import FetchError
 
         try:
             info = probe(source, retries=FETCH_RETRIES, backoff=FETCH_BACKOFF_S)
@@ -271,7 +272,8 @@ def _fetch_url(
     params: DataParams, work: Path, recorded: dict[str, object], record: Path | None
 ) -> tuple[Path, dict[str, object]]:
     """Download the URL source into `work` (resumable in DOWNLOAD_CACHE): archive, identity."""
-    from xray.data.fetch import FetchError, fetch
+    from xray.data.fetch import fetch
+    from xray.data.http_retry import FetchError
 
     source = params.source
     try:

@@ -24,6 +24,12 @@ _MAX_LEVEL = 255.0  # gray levels of a uint8 image; images are mapped to [0, 1] 
 
 def _check(image: np.ndarray, severity: int) -> None:
     """Raise ValueError unless image is a 2-D uint8 array and severity is an int in 1..5."""
+    _check_image(image)
+    _check_severity(severity)
+
+
+def _check_image(image: np.ndarray) -> None:
+    """Raise ValueError unless image is a 2-D uint8 array."""
     if not isinstance(image, np.ndarray) or image.ndim != 2 or image.dtype != np.uint8:
         desc = (
             f"shape {image.shape}, dtype {image.dtype}"
@@ -31,7 +37,6 @@ def _check(image: np.ndarray, severity: int) -> None:
             else type(image).__name__
         )
         raise ValueError(f"image must be a 2-D uint8 array (got {desc})")
-    _check_severity(severity)
 
 
 def _check_severity(severity: int) -> None:
