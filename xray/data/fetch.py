@@ -168,6 +168,41 @@ def _attempt(client: httpx.Client, url: str, part: Path, st: _State, progress: _
         raise _Transient(f"body ended at {st.offset} of {st.total} bytes")
 
 
+def _cached_slot(
+    url: str,
+    cache_dir: Path,
+    st: _State,
+    sha256: str | None,
+    validators: Mapping[str, object] | None,
+) -> _Slot:
+    """The locked cache folder of url, keyed by the pinned sha256 or else the validators;
+    st continues from the partial file an earlier run left there."""
+    if sha256 is not None:
+        identity: dict[str, object] = {"sha256": sha256.lower()}
+    else:
+        assert validators is not None  # probed by fetch when not given
+        identity = {k: validators.get(k) for k in VALIDATORS}
+    try:
+        slot = _open_slot(cache_dir, url, identity)
+    except OSError as e:
+        raise _fail(url, f"local file error: {e}") from e
+    slot.resume(st, pinned=sha256 is not None)
+    return slot
+
+
+def _verify_and_move(
+    url: str, part: Path, dest: Path, st: _State, sha256: str | None, meter: _Progress
+) -> None:
+    """Check the finished partial file's size and sha256, then move it to dest."""
+    size = part.stat().st_size
+    if st.total is not None and size != st.total:
+        raise _fail(url, f"size mismatch: got {size} bytes, expected {st.total}")
+    if sha256 is not None and (got := file_sha256(part)) != sha256.lower():
+        raise _fail(url, f"sha256 mismatch: got {got}, expected {sha256.lower()}")
+    meter.update(size, st.total, final=True)
+    _move_into_place(part, dest)
+
+
 def fetch(
     url: str,
     dest: Path,
@@ -192,19 +227,11 @@ def fetch(
         part = dest.with_suffix(dest.suffix + ".part")
         part.unlink(missing_ok=True)  # never resume a .part of unknown origin
     else:
-        if sha256 is not None:
-            identity: dict[str, object] = {"sha256": sha256.lower()}
-        else:
-            if validators is None:
-                validators = probe(
-                    url, timeout=timeout, retries=retries, backoff=backoff, progress=progress
-                )
-            identity = {k: validators.get(k) for k in VALIDATORS}
-        try:
-            slot = _open_slot(Path(cache_dir), url, identity)
-        except OSError as e:
-            raise _fail(url, f"local file error: {e}") from e
-        slot.resume(st, pinned=sha256 is not None)
+        if validators is None and sha256 is None:
+            validators = probe(
+                url, timeout=timeout, retries=retries, backoff=backoff, progress=progress
+            )
+        slot = _cached_slot(url, Path(cache_dir), st, sha256, validators)
         part = slot.part
     meter = _Progress(dest.name, progress)
     if progress and st.offset:
@@ -227,13 +254,7 @@ def fetch(
                     label=f"fetch {dest.name}" if progress else "",
                     on_retry=restart,
                 )
-        size = part.stat().st_size
-        if st.total is not None and size != st.total:
-            raise _fail(url, f"size mismatch: got {size} bytes, expected {st.total}")
-        if sha256 is not None and (got := file_sha256(part)) != sha256.lower():
-            raise _fail(url, f"sha256 mismatch: got {got}, expected {sha256.lower()}")
-        meter.update(size, st.total, final=True)
-        _move_into_place(part, dest)
+        _verify_and_move(url, part, dest, st, sha256, meter)
         if slot is not None:
             slot.discard()
     except FetchError as e:
