@@ -43,7 +43,10 @@ DRIVER = """
 import json, sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from tasks.corrupt import corrupt
+if (Path(sys.argv[1]) / "xray" / "perturbations" / "materialize.py").exists():
+    from xray.perturbations.materialize import corrupt
+else:  # a commit from before the library layout
+    from tasks.corrupt import corrupt
 from xray.core.params import CorruptParams
 params = CorruptParams(families=tuple(sys.argv[6].split(",")),
                        severities=tuple(int(s) for s in sys.argv[7].split(",")))

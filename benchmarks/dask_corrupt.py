@@ -1,11 +1,12 @@
 """Benchmark: corruption materialization images/s, local executor vs 1, 2 and 4 Dask workers.
 
-Runs ``tasks.corrupt.corrupt`` over the whole suite on the same source images: with the
-local executor in-process (1 worker, the no-parallelism baseline) and on a process pool of
-all cores, then on a dask.distributed LocalCluster of 1, 2 and 4 single-threaded worker
-processes on 127.0.0.1, reached by address as a remote scheduler would be. Each cluster is
-started and its workers import the stage's code before the clock starts (that time is
-reported apart), so the rates compare materialization, bytes shipped both ways included.
+Runs ``xray.perturbations.materialize.corrupt`` over the whole suite on the same source
+images: with the local executor in-process (1 worker, the no-parallelism baseline) and on a
+process pool of all cores, then on a dask.distributed LocalCluster of 1, 2 and 4
+single-threaded worker processes on 127.0.0.1, reached by address as a remote scheduler would
+be. Each cluster is started and its workers import the stage's code before the clock starts
+(that time is reported apart), so the rates compare materialization, bytes shipped both ways
+included.
 Scaling efficiency = (images/s at n Dask workers / images/s at 1 Dask worker) / n. Sources:
 a class-stratified sample of the real archive when present, else generated images. All
 outputs must be byte-identical. Prints JSON, writes reports/benchmarks/dask_corrupt.json.
@@ -28,11 +29,11 @@ import numpy as np
 
 from benchmarks._common import machine, write_report
 from benchmarks.corrupt import ARCHIVE, SPLIT_FIELDS, extract_sample, tree_digest
-from tasks.corrupt import WORKER_MODULES, corrupt
 from xray.core.compute import LOOPBACK_ANY_PORT, default_workers, fingerprint
 from xray.core.io import png_bytes, write_csv
 from xray.core.params import ComputeParams, CorruptParams
 from xray.perturbations.corruptions import FAMILIES, SEVERITIES
+from xray.perturbations.materialize import WORKER_MODULES, corrupt
 
 NAME = "dask_corrupt"
 DEFAULT_IMAGES = 48  # 24 tasks of 2 images: an even share at 1, 2 and 4 workers

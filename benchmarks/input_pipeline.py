@@ -17,7 +17,7 @@ from benchmarks._common import machine, write_report
 from xray.core.io import read_csv
 from xray.models.dataset import RAW_DIR, labels_of, load_images, make_dataset
 from xray.perturbations.augment import augmenter
-from xray.perturbations.corruptions import SEED_BLOG
+from xray.perturbations.keras_seed import SEED_BLOG
 
 EPOCHS = 6  # steady-state epochs vary about 30% on this machine: report their median
 BATCH = 32

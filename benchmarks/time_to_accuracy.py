@@ -25,7 +25,7 @@ from xray.models.architectures import build_model
 from xray.models.dataset import RAW_DIR, class_weights, load_split, make_dataset
 from xray.models.training import compile_model, configure, learning_rate
 from xray.perturbations.augment import augmenter
-from xray.perturbations.corruptions import SEED_BLOG
+from xray.perturbations.keras_seed import SEED_BLOG
 
 SEED_SIZE = 150
 SEED_LR = 1e-3

@@ -152,7 +152,7 @@ def _stop_stage(stage: str, proc: subprocess.Popen[str], exc: BaseException, log
 
 def probe_source(workdir: Path, log: Any) -> None:
     """Record data.source's identity (unchanged -> DVC finds `download` up to date)."""
-    from tasks.download import DownloadError, probe_project
+    from xray.data.source import DownloadError, probe_project
 
     try:
         log.info(probe_project(workdir))

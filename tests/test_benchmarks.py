@@ -125,10 +125,10 @@ def test_evaluate_benchmark_carves_both_layouts_with_the_same_images(tmp_path: P
     from test_corrupt import make_split
 
     from benchmarks.evaluate import carve
-    from tasks.corrupt import corrupt
     from xray.core.io import read_csv, read_gray, write_csv
     from xray.core.params import CorruptParams
     from xray.models.dataset import load_members
+    from xray.perturbations.materialize import corrupt
 
     ws = tmp_path / "ws"
     raw, csv = make_split(ws / "data")

@@ -14,17 +14,17 @@ from test_corrupt import leftovers, make_split, sigterm_corrupt_midway, tree
 from test_download import BROKEN, BROKEN_REASONS, Outs, _folder
 
 import xray.core.compute as compute
-from tasks.corrupt import corrupt
-from tasks.download import probe
 from xray.core.compute import ComputeError, Runner, check_workers, fingerprint
 from xray.core.io import read_csv
 from xray.core.params import ComputeParams, CorruptParams, DataParams, ParamsError, parse_params
+from xray.data.source import probe
 from xray.perturbations.corruptions import FAMILIES
+from xray.perturbations.materialize import corrupt
 
 ROOT = Path(__file__).resolve().parents[1]
 DASK_WORKERS = 2
 # A worker whose Python cannot import this project (as on a cluster it was not installed on).
-NO_PROJECT_PRELOAD = "import sys\nsys.modules['tasks'] = None\n"
+NO_PROJECT_PRELOAD = "import sys\nsys.modules['xray'] = None\n"
 
 
 def _cluster(**kwargs: object) -> object:
@@ -96,7 +96,7 @@ def test_ingest_on_a_stage_local_cluster_is_byte_identical(tmp_path: Path) -> No
 
 def remote_run(out: Outs, params: DataParams, on: ComputeParams) -> dict[str, int]:
     """The download stage into `out` on the given executor."""
-    from tasks.download import download
+    from xray.data.ingest import download
 
     return download(
         params,
@@ -167,7 +167,8 @@ def test_workers_with_other_code_are_refused(dask_address: str) -> None:
     with Client(dask_address) as client:
         check_workers(client, modules, ours)  # the same code: accepted
         stale = {**ours, "xray.perturbations.corruptions": "0" * 64}
-        with pytest.raises(ComputeError, match=r"differs from this process \(tasks\.corruptions "):
+        differs = r"differs from this process \(xray\.perturbations\.corruptions "
+        with pytest.raises(ComputeError, match=differs):
             check_workers(client, modules, stale)
 
 

@@ -9,16 +9,13 @@ import math
 import numpy as np
 import pytest
 
-from xray.perturbations.corruptions import (
-    FAMILIES,
-    HELD_OUT,
+from xray.perturbations import names
+from xray.perturbations.corruptions import FAMILIES, HELD_OUT, SEVERITIES, corrupt_image, rng_for
+from xray.perturbations.keras_seed import (
     SEED_BLOG,
-    SEVERITIES,
     SeedRanges,
     _keras_affine_matrix,
-    corrupt_image,
     keras_seed,
-    rng_for,
     seed_ranges,
 )
 
@@ -106,6 +103,13 @@ def test_registry() -> None:
     assert HELD_OUT == ("motion_blur", "zoom_blur", "elastic")
     assert set(HELD_OUT) <= set(FAMILIES)
     assert SEVERITIES == (1, 2, 3, 4, 5)
+
+
+def test_names_module_lists_the_registry() -> None:
+    """params validates against xray.perturbations.names: the same names, in registry order."""
+    assert tuple(FAMILIES) == names.FAMILY_NAMES
+    assert set(names.HELD_OUT) <= set(names.FAMILY_NAMES)
+    assert names.SEVERITIES == SEVERITIES
 
 
 @pytest.mark.parametrize("family", EXPECTED_FAMILIES)
@@ -358,12 +362,8 @@ def test_golden_digests(xray: np.ndarray, family: str) -> None:
 
 
 def test_zoom_blur_is_the_full_grid_bilinear_average() -> None:
-    from xray.perturbations.corruptions import (
-        ZOOM_BLUR_PARAMS,
-        _from_levels,
-        _sample_bilinear,
-        zoom_blur,
-    )
+    from xray.perturbations.held_out import ZOOM_BLUR_PARAMS, zoom_blur
+    from xray.perturbations.numeric import _from_levels, _sample_bilinear
 
     image = np.random.default_rng(3).integers(0, 256, (37, 52)).astype(np.uint8)
     for severity in (1, 5):
@@ -381,7 +381,7 @@ def test_zoom_blur_is_the_full_grid_bilinear_average() -> None:
 
 
 def test_elastic_fields_are_smooth_with_unit_std() -> None:
-    from xray.perturbations.corruptions import _smooth_fields
+    from xray.perturbations.held_out import _smooth_fields
 
     fields = np.stack(
         [_smooth_fields(np.random.default_rng(s), 2, (224, 224), 12.0) for s in range(20)]

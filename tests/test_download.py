@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import shutil
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,11 +17,14 @@ import pytest
 from conftest import loopback_server
 from PIL import Image
 
-import tasks.download as dl
-from tasks.download import DownloadError, download, probe
+import xray.data.ingest as ingest
+import xray.data.source as dl
 from xray.core.io import read_csv
 from xray.core.params import DataParams
+from xray.data.ingest import download
+from xray.data.source import DownloadError, probe
 
+ROOT = Path(__file__).resolve().parents[1]
 REAL_ZIP = Path(__file__).resolve().parents[2] / "shared/datasets/chest_xray_224_train.zip"
 REAL_IMAGES = 5216
 SIDE = 40
@@ -392,7 +396,7 @@ def test_salted_folder_runs_to_the_end(tmp_path: Path) -> None:
 
 def test_process_pool_matches_serial(tmp_path: Path) -> None:
     """The process pool (enough files to use it) writes exactly what the serial path writes."""
-    n_per_class = dl.CHUNK + 2  # 2 * CHUNK files in all, plus the broken ones
+    n_per_class = ingest.CHUNK + 2  # 2 * CHUNK files in all, plus the broken ones
     src = _folder(tmp_path / "export", good=n_per_class, bad=BROKEN)
     params = DataParams(source=str(src), max_bad_fraction=0.1)
     serial, pooled = Outs(tmp_path / "serial"), Outs(tmp_path / "pooled")
@@ -497,6 +501,7 @@ def test_xray_probe_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
     src = _folder(tmp_path / "export", good=1)
     (tmp_path / "params.yaml").write_text(f"data:\n  source: {src}\n")
+    shutil.copy(ROOT / "dvc.yaml", tmp_path)  # names the record: download's --source-record
     assert main(["probe", "--workdir", str(tmp_path)]) == 0
     first = (tmp_path / "data" / "source.json").read_text()
     assert main(["probe", "--workdir", str(tmp_path)]) == 0
@@ -551,7 +556,7 @@ def _project(tmp_path: Path) -> Path:
     repo = Path(__file__).resolve().parents[1]
     proj = tmp_path / "proj"
     proj.mkdir()
-    for name in ("dvc.yaml", "tasks"):
+    for name in ("dvc.yaml", "tasks", "xray"):
         src = repo / name
         if src.is_dir():
             shutil.copytree(src, proj / name, ignore=shutil.ignore_patterns("__pycache__"))

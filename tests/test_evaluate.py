@@ -13,10 +13,10 @@ import pytest
 from test_corrupt import make_split
 
 import tasks.evaluate as ev
-from tasks.corrupt import corrupt
 from xray.core.io import decode_gray, read_csv, write_csv
 from xray.core.params import AdaptParams, CorruptParams, EvaluateParams
 from xray.models.dataset import resize
+from xray.perturbations.materialize import corrupt
 
 FAMILIES = ("seed", "jpeg", "elastic")
 HELD = ("elastic",)

@@ -18,8 +18,10 @@ import numpy as np
 import pytest
 from conftest import free_port, loopback_server
 
+import xray.data.download_cache as download_cache
 import xray.data.fetch as fetch_mod
-from xray.data.fetch import MAX_REDIRECTS, FetchError, fetch, probe
+from xray.data.fetch import FetchError, fetch, probe
+from xray.data.http_retry import MAX_REDIRECTS
 
 BLOB = np.random.default_rng(7).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
 BLOB_SHA = hashlib.sha256(BLOB).hexdigest()
@@ -533,7 +535,7 @@ def test_move_across_file_systems(
 ) -> None:
     """When the cache and dest are on different file systems the file is copied, then renamed."""
     base, _ = server
-    real_replace = fetch_mod.os.replace
+    real_replace = download_cache.os.replace
 
     def replace(src: Path | str, dst: Path | str) -> None:
         """os.replace, failing with EXDEV for the partial file."""
@@ -541,7 +543,7 @@ def test_move_across_file_systems(
             raise OSError(errno.EXDEV, "Invalid cross-device link")
         real_replace(src, dst)
 
-    monkeypatch.setattr(fetch_mod.os, "replace", replace)
+    monkeypatch.setattr(download_cache.os, "replace", replace)
     dest, cache = tmp_path / "out" / "data.zip", tmp_path / "cache"
     fetch(f"{base}/blob.bin", dest, sha256=BLOB_SHA, cache_dir=cache, **FAST)
     assert dest.read_bytes() == BLOB

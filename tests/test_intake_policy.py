@@ -25,11 +25,12 @@ import pytest
 from PIL import Image
 
 import xray.core.io as tio
-from tasks.download import DownloadError, download, probe
-from tasks.split import SplitError, split
 from xray.core.io import read_csv, sweep_work, write_csv
 from xray.core.params import DataParams, SplitParams
 from xray.data.images import BadImage, load_image, read_file
+from xray.data.ingest import download
+from xray.data.source import DownloadError, probe
+from xray.data.splitting import SplitError, split
 
 HANG_GUARD_S = 20
 
@@ -72,7 +73,7 @@ def private_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Work folders and the download cache inside this test's tmp folder."""
     work = tmp_path / "work"
     monkeypatch.setattr(tio, "WORK_ROOT", work)
-    import tasks.download as dl
+    import xray.data.source as dl
 
     monkeypatch.setattr(dl, "DOWNLOAD_CACHE", tmp_path / "downloads")
     return work
@@ -182,7 +183,9 @@ def test_class_folder_link_outside_the_source_is_refused(tmp_path: Path) -> None
     msg = str(ei.value)
     assert "PNEUMONIA is a link to a folder outside the source" in msg and "\n" not in msg
     with pytest.raises(DownloadError, match="PNEUMONIA is a link to a folder outside"):
-        download(params, out_dir=tmp_path / "raw", record=None, workers=1)
+        download(
+            params, tmp_path / "raw", tmp_path / "q.csv", tmp_path / "d.csv", record=None, workers=1
+        )
     assert not (tmp_path / "raw").exists()
 
 
@@ -398,7 +401,14 @@ def test_archive_without_class_folders_is_named_by_its_name(tmp_path: Path) -> N
     with zipfile.ZipFile(arc, "w") as zf:
         zf.writestr("cats/a.jpeg", _jpeg(1))
     with pytest.raises(DownloadError) as ei:
-        download(DataParams(source=str(arc)), out_dir=tmp_path / "raw", record=None, workers=1)
+        download(
+            DataParams(source=str(arc)),
+            tmp_path / "raw",
+            tmp_path / "q.csv",
+            tmp_path / "d.csv",
+            record=None,
+            workers=1,
+        )
     msg = str(ei.value)
     assert msg.startswith(f"{arc}: no class folders named like"), msg
     assert "tmp" not in msg.replace(str(tmp_path), "")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -141,8 +142,9 @@ def test_a_stage_run_as_main_keeps_its_named_errors_one_line(tmp_path: Path) -> 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"]["source"] = str(tmp_path / "absent.zip")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    cmd = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["download"]["cmd"]
     proc = subprocess.run(
-        [sys.executable, "-m", "tasks.download"],
+        [sys.executable, *shlex.split(cmd)[1:]],  # the paths as dvc.yaml passes them
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tasks.download import DownloadError, download, probe
 from xray.core.params import DataParams, ParamsError, load_params, parse_params
+from xray.data.ingest import download
+from xray.data.source import DownloadError, probe
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.split import SPLITS, SplitError, check_disjoint, split
 from xray.core.io import MANIFEST_FIELDS, read_csv, write_csv
 from xray.core.params import SplitParams
+from xray.data.splitting import SPLITS, SplitError, check_disjoint, split
 
 POSITIVE = "PNEUMONIA"
 RATIO_TOLERANCE = 0.05

@@ -30,6 +30,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from xray.core.errors import WorkError
 from xray.core.params import ComputeParams
 
 log = logging.getLogger("xray.compute")
@@ -48,7 +49,7 @@ LOOPBACK_ANY_PORT = "127.0.0.1:0"
 INSTALL_HINT = "install this project at the same commit on every worker"
 
 
-class ComputeError(RuntimeError):
+class ComputeError(WorkError):
     """The executor cannot be used: the message is one line naming the compute key."""
 
 

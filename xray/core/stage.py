@@ -52,3 +52,19 @@ def dvc_yaml_paths(stage: str, root: Path = Path(".")) -> dict[str, Path]:
         if flag.startswith("--") and not value.startswith("--"):
             found[flag[2:].replace("-", "_")] = root / value
     return found
+
+
+def _sigterm(signum: int, frame: object) -> None:
+    """SIGTERM (dvc/Prefect cancel) unwinds like Ctrl-C: work and staged folders are removed."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def unwind_on_sigterm() -> None:
+    """Make SIGTERM raise KeyboardInterrupt in this process, for a stage that stages its output.
+
+    A terminated run (dvc or Prefect cancelling it) then unwinds through `staged_dir` and
+    `work_dir` and leaves the previous output untouched. Called by the stage's `__main__`.
+    """
+    import signal
+
+    signal.signal(signal.SIGTERM, _sigterm)

@@ -11,8 +11,8 @@ import zipfile
 from pathlib import Path
 from typing import IO
 
-from xray.data.intake import IngestError, is_junk_member
 from xray.core.text import one_line
+from xray.data.intake import IngestError, is_junk_member
 
 log = logging.getLogger(__name__)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from xray.core.errors import InputError
+
 JUNK_DIRS = frozenset({"__macosx"})
 """Folder names (lower case) skipped everywhere: macOS resource-fork junk."""
 
 
-class IngestError(Exception):
+class IngestError(InputError):
     """Bad archive, layout or parameter; the message is one line naming the culprit."""
 
 

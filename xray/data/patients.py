@@ -6,8 +6,8 @@ import re
 from functools import lru_cache
 from pathlib import PurePosixPath
 
-from xray.data.intake import IngestError
 from xray.core.text import one_line
+from xray.data.intake import IngestError
 
 PATIENT_PATTERN_KEY = "patient_pattern"
 """Name used for the custom patient regex in error messages (the params key)."""

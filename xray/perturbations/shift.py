@@ -31,25 +31,15 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from xray.perturbations.corruptions import (
+from xray.perturbations.numeric import (
     _MAX_LEVEL,
+    _check_image,
     _convolve_separable,
     _from_levels,
     _gaussian_kernel,
 )
 
 Shift = Callable[[np.ndarray, np.random.Generator], np.ndarray]
-
-
-def _check_image(image: np.ndarray) -> None:
-    """Raise ValueError unless image is a 2-D uint8 array."""
-    if not isinstance(image, np.ndarray) or image.ndim != 2 or image.dtype != np.uint8:
-        desc = (
-            f"shape {image.shape}, dtype {image.dtype}"
-            if isinstance(image, np.ndarray)
-            else type(image).__name__
-        )
-        raise ValueError(f"image must be a 2-D uint8 array (got {desc})")
 
 
 def _lut(curve: Callable[[float], float]) -> NDArray[np.uint8]:
