@@ -1,6 +1,6 @@
 """Benchmark: ingest throughput (images/s) of the `download` stage on the real archive.
 
-Runs `xray.data.ingest.download` on a local zip source (default: the shared Kermany
+Runs `xray.data.intake.ingest.download` on a local zip source (default: the shared Kermany
 training archive) into a temporary folder, once per worker count, and then the
 `split` stage with default params on the result. Prints JSON and writes it to
 reports/benchmarks/ingest.json.
@@ -20,11 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import xray.data.ingest as stage
+import xray.data.intake.ingest as stage
 from xray.core.io import write_json
 from xray.core.params import DataParams, SplitParams
-from xray.data.ingest import download
-from xray.data.source import probe
+from xray.data.intake.ingest import download
+from xray.data.intake.source import probe
 from xray.data.splitting import split
 
 REAL_ZIP = Path(__file__).resolve().parents[2] / "shared/datasets/chest_xray_224_train.zip"

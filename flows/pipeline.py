@@ -152,7 +152,7 @@ def _stop_stage(stage: str, proc: subprocess.Popen[str], exc: BaseException, log
 
 def probe_source(workdir: Path, log: Any) -> None:
     """Record data.source's identity (unchanged -> DVC finds `download` up to date)."""
-    from xray.data.source import DownloadError, probe_project
+    from xray.data.intake.source import DownloadError, probe_project
 
     try:
         log.info(probe_project(workdir))
@@ -277,8 +277,9 @@ def pipeline(
     unknown = [s for s in selected if s not in STAGES]
     if unknown:
         raise InputError(f"stages: unknown stage {unknown[0]!r} (known: {', '.join(STAGES)})")
-    # No Prefect retries: xray/data/fetch.py retries transient network errors itself, the probe's
-    # HEAD included (and a rerun resumes its partial download); every other failure is permanent.
+    # No Prefect retries: xray/data/intake/fetch.py retries transient network errors itself,
+    # the probe's HEAD included (and a rerun resumes its partial download); every other
+    # failure is permanent.
     to_run = check_stages(str(root), selected) if only_stale else selected
     results = []
     for stage in selected:

@@ -2,8 +2,8 @@
 
 dvc.yaml's cmd names the files: the source record `xray probe` writes (``--source-record``),
 the raw image folder (``--raw``) and the quarantine and duplicates reports. The work is
-done by xray/data/ingest.py (ingesting, screening, writing data/raw) over
-xray/data/source.py (the source's identity and getting it).
+done by xray/data/intake/ingest.py (ingesting, screening, writing data/raw) over
+xray/data/intake/source.py (the source's identity and getting it).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ def main() -> None:
     """Run the stage from params.yaml, with the paths dvc.yaml's cmd passes."""
     from xray.core.params import load_params
     from xray.core.stage import stage_paths
-    from xray.data.ingest import download
+    from xray.data.intake.ingest import download
 
     params = load_params()
     paths = stage_paths("download", PATHS)

@@ -1,4 +1,4 @@
-"""The import rules of docs/architecture.md: the layers are folders, imports point down, no cycles."""
+"""The import rules of docs/architecture.md: layers are folders, imports point down, no cycles."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def test_imports_point_down_the_layers() -> None:
 
 def test_package_inits_hold_no_code() -> None:
     """Importing a package has no side effect: its __init__.py is a docstring at most."""
-    for name, path in modules().items():
+    for path in modules().values():
         if path.name == "__init__.py":
             body = ast.parse(path.read_text()).body
             assert all(

@@ -1,4 +1,4 @@
-"""Tests for xray.data.archive: safe extraction of zip and tar sources (unsafe members, bombs)."""
+"""Tests for xray.data.intake.archive: safe extraction of zip and tar sources (bad members)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from xray.data.archive import _Extractor, safe_extract
-from xray.data.intake import IngestError
+from xray.data.intake.archive import _Extractor, safe_extract
+from xray.data.intake.entries import IngestError
 
 MB = 1 << 20
 

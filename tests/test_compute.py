@@ -17,7 +17,7 @@ import xray.core.compute as compute
 from xray.core.compute import ComputeError, Runner, check_workers, fingerprint
 from xray.core.io import read_csv
 from xray.core.params import ComputeParams, CorruptParams, DataParams, ParamsError, parse_params
-from xray.data.source import probe
+from xray.data.intake.source import probe
 from xray.perturbations.corruptions import FAMILIES
 from xray.perturbations.materialize import corrupt
 
@@ -96,7 +96,7 @@ def test_ingest_on_a_stage_local_cluster_is_byte_identical(tmp_path: Path) -> No
 
 def remote_run(out: Outs, params: DataParams, on: ComputeParams) -> dict[str, int]:
     """The download stage into `out` on the given executor."""
-    from xray.data.ingest import download
+    from xray.data.intake.ingest import download
 
     return download(
         params,

@@ -17,12 +17,12 @@ import pytest
 from conftest import loopback_server
 from PIL import Image
 
-import xray.data.ingest as ingest
-import xray.data.source as dl
+import xray.data.intake.ingest as ingest
+import xray.data.intake.source as dl
 from xray.core.io import read_csv
 from xray.core.params import DataParams
-from xray.data.ingest import download
-from xray.data.source import DownloadError, probe
+from xray.data.intake.ingest import download
+from xray.data.intake.source import DownloadError, probe
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_ZIP = Path(__file__).resolve().parents[2] / "shared/datasets/chest_xray_224_train.zip"

@@ -1,4 +1,4 @@
-"""Tests for xray.data.fetch against a loopback HTTP server."""
+"""Tests for xray.data.intake.fetch against a loopback HTTP server."""
 
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from conftest import free_port, loopback_server
 
-import xray.data.download_cache as download_cache
-import xray.data.fetch as fetch_mod
-from xray.data.fetch import FetchError, fetch, probe
-from xray.data.http_retry import MAX_REDIRECTS
+import xray.data.intake.download_cache as download_cache
+import xray.data.intake.fetch as fetch_mod
+from xray.data.intake.fetch import FetchError, fetch, probe
+from xray.data.intake.http_retry import MAX_REDIRECTS
 
 BLOB = np.random.default_rng(7).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
 BLOB_SHA = hashlib.sha256(BLOB).hexdigest()
@@ -423,7 +423,7 @@ def test_cut_then_rerun_resumes_from_the_cache(
 KILLED_FETCH = """
 import sys
 from pathlib import Path
-from xray.data.fetch import fetch
+from xray.data.intake.fetch import fetch
 fetch(sys.argv[1], Path(sys.argv[2]), cache_dir=Path(sys.argv[3]), backoff=0.01, progress=False)
 """
 

@@ -1,4 +1,4 @@
-"""Tests for xray.data.images: decoding any image once to 8-bit grayscale, and its limits."""
+"""Tests for xray.data.intake.images: decoding any image once to 8-bit grayscale, and its limits."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from xray.data.images import BadImage, load_image
+from xray.data.intake.images import BadImage, load_image
 
 # --------------------------------------------------------------------------- load_image
 

@@ -27,9 +27,9 @@ from PIL import Image
 import xray.core.io as tio
 from xray.core.io import read_csv, sweep_work, write_csv
 from xray.core.params import DataParams, SplitParams
-from xray.data.images import BadImage, load_image, read_file
-from xray.data.ingest import download
-from xray.data.source import DownloadError, probe
+from xray.data.intake.images import BadImage, load_image, read_file
+from xray.data.intake.ingest import download
+from xray.data.intake.source import DownloadError, probe
 from xray.data.splitting import SplitError, split
 
 HANG_GUARD_S = 20
@@ -73,7 +73,7 @@ def private_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Work folders and the download cache inside this test's tmp folder."""
     work = tmp_path / "work"
     monkeypatch.setattr(tio, "WORK_ROOT", work)
-    import xray.data.source as dl
+    import xray.data.intake.source as dl
 
     monkeypatch.setattr(dl, "DOWNLOAD_CACHE", tmp_path / "downloads")
     return work

@@ -1,4 +1,4 @@
-"""Tests for xray.data.layout: dataset layout discovery (Kaggle, Mendeley, flat, nested copies)."""
+"""Tests for xray.data.intake.layout: layout discovery (Kaggle, Mendeley, flat, nested copies)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from xray.data.archive import safe_extract
-from xray.data.intake import IngestError
-from xray.data.layout import Found, find_images
+from xray.data.intake.archive import safe_extract
+from xray.data.intake.entries import IngestError
+from xray.data.intake.layout import Found, find_images
 
 CLASSES = ("NORMAL", "PNEUMONIA")
 MB = 1 << 20

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from xray.core.params import DataParams, ParamsError, load_params, parse_params
-from xray.data.ingest import download
-from xray.data.source import DownloadError, probe
+from xray.data.intake.ingest import download
+from xray.data.intake.source import DownloadError, probe
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Tests for xray.data.patients (patient ids from file names) and xray.core.hashing.file_sha256."""
+"""Tests for xray.data.intake.patients (patient ids) and xray.core.hashing.file_sha256."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from xray.core.hashing import file_sha256
-from xray.data.intake import IngestError
-from xray.data.patients import patient_id
+from xray.data.intake.entries import IngestError
+from xray.data.intake.patients import patient_id
 
 REAL_ZIP = Path(__file__).resolve().parents[2] / "shared/datasets/chest_xray_224_train.zip"
 

@@ -17,7 +17,7 @@ from typing import TextIO
 import numpy as np
 
 from xray.core.params import DataParams
-from xray.data.images import IMAGE_SUFFIXES, BadImage, load_image
+from xray.data.intake.images import IMAGE_SUFFIXES, BadImage, load_image
 from xray.models.dataset import resize
 
 DEFAULTS = DataParams()  # decode exactly as ingest does: same pixel limit, same longest side

@@ -44,7 +44,7 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 def cmd_probe(args: argparse.Namespace) -> int:
     """Record data.source's identity in data/source.json when it changed (before `dvc repro`)."""
-    from xray.data.source import probe_project
+    from xray.data.intake.source import probe_project
 
     print(probe_project(args.workdir, args.source))
     return EXIT_OK

@@ -19,8 +19,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xray.data.images import file_kind
-from xray.data.intake import IngestError, is_hidden, is_utf8, shown
+from xray.data.intake.images import file_kind
+from xray.data.intake.entries import IngestError, is_hidden, is_utf8, shown
 
 log = logging.getLogger(__name__)
 

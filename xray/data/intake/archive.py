@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import IO
 
 from xray.core.text import one_line
-from xray.data.intake import IngestError, is_junk_member
+from xray.data.intake.entries import IngestError, is_junk_member
 
 log = logging.getLogger(__name__)
 

@@ -22,14 +22,14 @@ from pathlib import Path
 import httpx
 
 from xray.core.hashing import file_sha256
-from xray.data.download_cache import (
+from xray.data.intake.download_cache import (
     _discard,
     _move_into_place,
     _open_slot,
     _Slot,
     _State,
 )
-from xray.data.http_retry import (
+from xray.data.intake.http_retry import (
     FetchError,
     _check_status,
     _check_url,

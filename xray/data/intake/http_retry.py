@@ -3,7 +3,7 @@
 Transient failures are retried with bounded exponential backoff: connection errors, timeouts,
 a body cut short, HTTP 5xx, 408 and 429 (a Retry-After up to MAX_RETRY_AFTER_S is honoured).
 Anything else fails at once with one line naming the URL: other 4xx, a non-http(s) URL or
-redirect target, too many redirects. Used by xray/data/fetch.py (probe and download).
+redirect target, too many redirects. Used by xray/data/intake/fetch.py (probe and download).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import PurePosixPath
 
 from xray.core.text import one_line
-from xray.data.intake import IngestError
+from xray.data.intake.entries import IngestError
 
 PATIENT_PATTERN_KEY = "patient_pattern"
 """Name used for the custom patient regex in error messages (the params key)."""

@@ -8,9 +8,9 @@ the quarantine report and kept out; exact duplicates are listed in the duplicate
 class needs at least ``data.min_images_per_class`` images. Temporary files live under
 ``.xray/tmp``. The paths come from the caller (the stage passes dvc.yaml's).
 
-The work is done by xray/data/source.py (getting the source), xray/data/archive.py
-(extraction), xray/data/layout.py (which files are labelled images), xray/data/images.py
-(reading and decoding) and xray/data/patients.py (ids). Images are decoded on the
+The work is done by xray/data/intake/source.py (getting the source), xray/data/intake/archive.py
+(extraction), xray/data/intake/layout.py (which files are labelled images), xray/data/intake/images.py
+(reading and decoding) and xray/data/intake/patients.py (ids). Images are decoded on the
 `compute` executor (xray/core/compute.py): workers get bytes and return PNG bytes.
 """
 
@@ -28,9 +28,9 @@ from xray.core.hashing import bytes_sha256
 from xray.core.io import MANIFEST_FIELDS, png_bytes, staged_dir, work_dir, write_csv, write_json
 from xray.core.params import ComputeParams, DataParams
 from xray.core.progress import Progress
-from xray.data import images, layout, patients
-from xray.data.intake import IngestError
-from xray.data.source import DownloadError, check_record, check_source, source_root
+from xray.data.intake import images, layout, patients
+from xray.data.intake.entries import IngestError
+from xray.data.intake.source import DownloadError, check_record, check_source, source_root
 
 log = logging.getLogger("xray.download")
 
@@ -40,9 +40,9 @@ CHUNK_BYTES = 8 << 20
 """Bytes of source files per worker task, at most (unless one file is larger): below the
 10 MB at which Dask warns about large task arguments."""
 WORKER_MODULES = (
-    "xray.data.ingest",
-    "xray.data.images",
-    "xray.data.intake",
+    "xray.data.intake.ingest",
+    "xray.data.intake.images",
+    "xray.data.intake.entries",
     "xray.core.io",
     "xray.core.hashing",
 )

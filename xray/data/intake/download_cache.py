@@ -3,7 +3,7 @@
 With a cache folder the partial file lives in ``<cache>/<key>/`` (key: the URL and its
 validators or pinned sha256), so a retry, or a rerun after a crash or kill -9, resumes with a
 Range request (If-Range). One process at a time holds a folder (an flock); partials of the same
-URL under other keys are stale and removed. Used by xray/data/fetch.py.
+URL under other keys are stale and removed. Used by xray/data/intake/fetch.py.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xray.core.hashing import json_sha256
-from xray.data.http_retry import _fail
+from xray.data.intake.http_retry import _fail
 
 
 @dataclass

@@ -9,10 +9,10 @@ an unchanged source leaves the whole pipeline cached and a changed one reruns it
 probes before the stage; after editing ``data.source`` by hand run ``xray probe`` (the stage
 refuses a record of another source).
 
-A URL is fetched by xray/data/fetch.py, the only place that retries: transient errors
+A URL is fetched by xray/data/intake/fetch.py, the only place that retries: transient errors
 (connection errors, timeouts, HTTP 5xx/408/429) up to FETCH_RETRIES times with backoff,
 permanent ones fail at once. Its partial file is kept under ``.xray/downloads/<key>/`` so a
-rerun resumes. Archives are extracted by xray/data/archive.py.
+rerun resumes. Archives are extracted by xray/data/intake/archive.py.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from xray.core.hashing import file_sha256
 from xray.core.io import write_json
 from xray.core.params import PARAMS_FILE, DataParams, load_params, parse_params
 from xray.core.stage import dvc_yaml_paths
-from xray.data import layout
-from xray.data.archive import safe_extract
-from xray.data.intake import IngestError
+from xray.data.intake import layout
+from xray.data.intake.archive import safe_extract
+from xray.data.intake.entries import IngestError
 
 log = logging.getLogger("xray.download")
 
@@ -79,7 +79,7 @@ def check_source(params: DataParams, base: Path = Path(".")) -> None:
 def tree_sha256(folder: Path) -> tuple[str, int]:
     """Content hash of a folder (relative paths + file sha256s, hidden/junk skipped); file count.
 
-    Walked by the intake policy (xray/data/layout.py): links are followed inside the folder
+    Walked by the intake policy (xray/data/intake/layout.py): links are followed inside the folder
     only, and entries that are not regular files (FIFOs, sockets, devices, links out)
     are hashed by name and kind, never opened.
     """
@@ -110,8 +110,8 @@ def identify(params: DataParams, base: Path = Path(".")) -> dict[str, object]:
     if is_url(source):
         if params.sha256:  # pinned: the content is whatever has this digest
             return {"source": source, "kind": "url", "sha256": params.sha256.lower()}
-        from xray.data.fetch import probe
-        from xray.data.http_retry import FetchError
+        from xray.data.intake.fetch import probe
+        from xray.data.intake.http_retry import FetchError
 
         try:
             info = probe(source, retries=FETCH_RETRIES, backoff=FETCH_BACKOFF_S)
@@ -248,7 +248,7 @@ def source_root(
     source = params.source
     recorded = recorded or {}
     if source == "synthetic":
-        from xray.data.synthetic import generate
+        from xray.data.intake.synthetic import generate
 
         root = work / "synthetic"
         n = generate(root, params.synthetic, params.classes)
@@ -272,8 +272,8 @@ def _fetch_url(
     params: DataParams, work: Path, recorded: dict[str, object], record: Path | None
 ) -> tuple[Path, dict[str, object]]:
     """Download the URL source into `work` (resumable in DOWNLOAD_CACHE): archive, identity."""
-    from xray.data.fetch import fetch
-    from xray.data.http_retry import FetchError
+    from xray.data.intake.fetch import fetch
+    from xray.data.intake.http_retry import FetchError
 
     source = params.source
     try:
