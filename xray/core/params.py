@@ -300,9 +300,8 @@ class FinetuneParams(_Section):
     # train_base's acquisition augmentation on every fine-tuning draw, at this strength
     # (0 = none): the tail keeps the pose, exposure and blur invariances the base learned.
     augment_strength: Annotated[float, Field(ge=0.0, le=3.0)] = 0.0
-    # AugMix (xray/perturbations/augmix.py): each draw trained beside this many mixed copies of
-    # itself
-    # (0 = off), with a Jensen-Shannon consistency term of this weight
+    # AugMix (xray/perturbations/augmix.py): each draw trained beside this many mixed copies
+    # of itself (0 = off), with a Jensen-Shannon consistency term of this weight
     augmix_views: Annotated[int, Field(ge=0, le=4)] = 2
     consistency: Annotated[float, Field(ge=0.0, le=100.0)] = 12.0
     # one machine only: its Python-generator input cannot be sharded across workers
@@ -312,9 +311,8 @@ class FinetuneParams(_Section):
 class EvaluateParams(_Section):
     batch_size: PosInt = 64
     grid_images: Annotated[int, Field(ge=1, le=64)] = 8
-    # The acquisition-shift proxy (xray/reports/proxy.py): val images under these
-    # xray.perturbations.shift names
-    # (checked by the evaluate stage before it reads anything), again at this class balance.
+    # The acquisition-shift proxy (xray/reports/proxy.py): val images under these names of
+    # xray.perturbations.shift (checked by evaluate before reading), again at this balance.
     proxy_shifts: tuple[str, ...] = (
         "equalize",
         "window_level",
@@ -330,7 +328,7 @@ class EvaluateParams(_Section):
 
 
 class AdaptParams(_Section):
-    """Unsupervised adaptation to each target set (evaluate) and `xray adapt` defaults."""
+    """What to adapt: evaluate, `xray adapt`, `xray predict --adapt` and the model file."""
 
     models: tuple[Literal["base", "finetuned"], ...] = ("base", "finetuned")
     bn: bool = True  # AdaBN
@@ -342,8 +340,14 @@ class AdaptParams(_Section):
     batch_size: PosInt = 64
     seed: int = 0
 
+    @property
+    def method(self) -> str:
+        """A short name of the adaptation, e.g. `adabn+tent+prior`, `none`."""
+        on = (("adabn", self.bn), ("tent", self.tent_steps > 0), ("prior", self.prior))
+        return "+".join(name for name, used in on if used) or "none"
+
     def settings(self) -> dict[str, Any]:
-        """The keyword arguments of xray.adaptation.adapt.AdaptSettings."""
+        """The settings without `models` (as reports/adaptation.json records them)."""
         return self.model_dump(exclude={"models"})
 
 
