@@ -9,7 +9,7 @@ batch moments, layers shared across models computed once):
 
 - `Function._nodes_by_depth`: the model's call nodes by depth; with `Node.operation`,
   `Node.is_input` and `Node.arguments.keras_tensors` (attributes of the private `Node`
-  class). Used to find each BatchNorm's producer and count each tensor's consumers.
+  class), read by `graph_calls`: each call's operation and inputs, in Keras' order.
 - `Function._run_through_graph(inputs, operation_fn=...)`: runs the graph as Keras'
   own functional call does, with each operation's function swapped (`graph_output`).
 - `Operation._inbound_nodes`: how many times a layer is called (`call_count`): a conv or
@@ -20,8 +20,8 @@ batch moments, layers shared across models computed once):
 
   Public fallback for all five: Keras' own call, `model(x, training=False)` (and Keras'
   training mode at momentum 0 for the moments, xray/adaptation/batchnorm.py). A model
-  without the graph attributes (`is_graph` false) takes it; the numbers differ only by
-  float rounding, at about a third of the speed. `takes_training` falls back to
+  without the graph attributes (`is_graph` false) takes it: the same numbers up to float
+  rounding, without the folding and sharing (slower). `takes_training` falls back to
   `isinstance(op, keras.layers.Layer)` (every Layer registers `training` in Keras 3.15).
 
 Multi-worker training (xray/models/distribute.py; keras-team/keras#20585: Keras 3.15
