@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,8 @@ def main() -> None:
     out_dir = Path.cwd()
     os.chdir(args.workdir)
 
-    from xray.adaptation.adapt import AdaptSettings, predict_adapted, with_source_references
+    from xray.adaptation.adapt import predict_adapted
+    from xray.adaptation.references import with_source_references
     from xray.core.io import read_csv
     from xray.core.params import load_params
     from xray.models.architectures import load_model
@@ -58,7 +58,7 @@ def main() -> None:
     params = load_params()
     prior = params.evaluate.proxy_prior if args.prior is None else args.prior
     configure(0, True, 0)
-    base_settings = AdaptSettings(**params.adapt.settings())
+    base_settings = params.adapt
     rows = read_csv(Path("data/splits/val.csv"))
     positive = params.data.positive_class
     y_val = labels_of(rows, positive)
@@ -88,7 +88,7 @@ def main() -> None:
         )
         per_variant: dict[str, Any] = {}
         for variant in args.variants.split(","):
-            s = replace(base_settings, **VARIANTS[variant])
+            s = base_settings.model_copy(update=VARIANTS[variant])
             t = time.perf_counter()
             rows_out = {}
             for target in sets[size]:

@@ -23,13 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from xray.adaptation.adapt import (
-    AdaptReport,
-    AdaptSettings,
-    batchnorm_layers,
-    predict_adapted_many,
-    with_source_references,
-)
+from xray.adaptation.adapt import AdaptReport, predict_adapted_many
+from xray.adaptation.batchnorm import batchnorm_layers
+from xray.adaptation.references import with_source_references
 from xray.core.io import read_csv, read_gray, write_csv, write_json
 from xray.core.params import AdaptParams, EvaluateParams, load_params
 from xray.core.progress import Progress
@@ -125,7 +121,7 @@ def evaluate(
         metas[name] = meta
     sizes = sorted({size for _, size, _ in loaded.values()})
     plain = _plain_predictor(loaded, params.batch_size)
-    settings = AdaptSettings(**adapt.settings())
+    settings = adapt
     adapted = [m for m in adapt.models if m in loaded] if settings.method != "none" else []
     variants = [*models, *(m + ADAPTED for m in adapted)]
 
@@ -341,7 +337,7 @@ def _adapted_predictor(
     loaded: dict[str, tuple[Any, int, float]],
     metas: dict[str, dict[str, Any]],
     adapted: Sequence[str],
-    settings: AdaptSettings,
+    settings: AdaptParams,
 ) -> Callable[[dict[int, np.ndarray]], dict[str, tuple[np.ndarray, float, AdaptReport]]]:
     """Scores, threshold and report of every adapted model, each adapted to the images alone.
 

@@ -22,7 +22,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from xray.adaptation.adapt import source_references
+from xray.adaptation.references import source_references
 from xray.core.hashing import bytes_sha256
 from xray.core.io import read_csv, write_csv
 from xray.core.params import Params, load_params

@@ -1,5 +1,5 @@
 """Adaptation to unlabeled target images: AdaBN, TENT, label-shift threshold
-(xray/adaptation/adapt.py)."""
+(xray/adaptation/)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,11 @@ import keras
 import numpy as np
 import pytest
 
-from xray.adaptation.adapt import (
-    AdaptSettings,
-    adabn,
-    adapt,
-    batchnorm_layers,
-    em_prior,
-    prior_correction,
-    restored,
-    shifted_threshold,
-    tent,
-)
+from xray.adaptation.adapt import adapt
+from xray.adaptation.batchnorm import adabn, batchnorm_layers, restored
+from xray.adaptation.label_shift import em_prior, prior_correction, shifted_threshold
+from xray.adaptation.tent import tent
+from xray.core.params import AdaptParams
 from xray.models.architectures import xray_net
 
 SIZE = 32
@@ -107,7 +101,7 @@ def test_tent_guard_reverts_to_the_adabn_model() -> None:
 def test_adaptation_is_deterministic_and_restorable() -> None:
     x = _images(shift=40)
     meta = {"threshold": 0.5, "prior_reference": 0.6}
-    s = AdaptSettings(
+    s = AdaptParams(
         bn=True, tent_steps=2, tent_lr=1e-3, tent_max_shift=1.0, prior=True, batch_size=16
     )
     results = []
@@ -130,7 +124,7 @@ def test_adaptation_is_deterministic_and_restorable() -> None:
 def test_too_few_images_adapts_nothing() -> None:
     model = _model()
     before = _snapshot(model)
-    new_meta, report = adapt(model, {"threshold": 0.4}, _images(n=5), AdaptSettings(min_images=32))
+    new_meta, report = adapt(model, {"threshold": 0.4}, _images(n=5), AdaptParams(min_images=32))
     assert not report.adapted
     assert "fewer than adapt.min_images=32" in report.skipped
     assert new_meta == {"threshold": 0.4}
@@ -198,5 +192,5 @@ def test_a_one_class_target_gets_a_warning() -> None:
     # A constant model output near 0.01: every image looks NORMAL.
     dense = model.get_layer("prob")
     dense.set_weights([np.zeros_like(dense.get_weights()[0]), np.array([-4.6], "float32")])
-    _, report = adapt(model, meta, _images(shift=40), AdaptSettings(prior=True, batch_size=16))
+    _, report = adapt(model, meta, _images(shift=40), AdaptParams(prior=True, batch_size=16))
     assert any("look like one class" in w for w in report.warnings)

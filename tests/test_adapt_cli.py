@@ -18,7 +18,8 @@ N_GOOD = 34  # above the default adapt.min_images (32)
 
 @pytest.fixture(autouse=True)
 def no_params_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run from a folder without params.yaml: AdaptSettings defaults (AdaBN only)."""
+    """Run from a folder without params.yaml: AdaptParams' defaults (the tests pass --no-prior
+    where they check AdaBN alone)."""
     monkeypatch.chdir(tmp_path)
 
 
@@ -56,7 +57,7 @@ def test_adapt_changes_only_batchnorm_statistics(
     model_file: Path, site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "adapted.keras"
-    assert xray(["adapt", str(model_file), str(site), "-o", str(out)]) == 0
+    assert xray(["adapt", str(model_file), str(site), "-o", str(out), "--no-prior"]) == 0
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
     assert len(lines) == 1
@@ -78,9 +79,8 @@ def test_same_call_twice_gives_identical_bytes(
 ) -> None:
     reports = []
     for name in ("a.keras", "b.keras"):
-        assert (
-            xray(["adapt", str(model_file), str(site), "-o", str(tmp_path / name), "--json"]) == 0
-        )
+        args = ["adapt", str(model_file), str(site), "-o", str(tmp_path / name), "--json"]
+        assert xray([*args, "--no-prior"]) == 0
         reports.append(json.loads(capsys.readouterr().out))
     assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
     assert reports[0]["images_sha256"] == reports[1]["images_sha256"]
@@ -156,7 +156,7 @@ def test_params_yaml_in_the_current_folder_and_flag_override(
 def test_predict_adapt_rows_say_adapted(
     model_file: Path, site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["predict", "--model", str(model_file), "--json", "--adapt"]
+    args = ["predict", "--model", str(model_file), "--json", "--adapt", "--no-prior"]
     assert xray([*args, str(site)]) == 0
     captured = capsys.readouterr()
     rows = [json.loads(line) for line in captured.out.splitlines()]
@@ -164,7 +164,7 @@ def test_predict_adapt_rows_say_adapted(
     assert captured.err.startswith("adapted: adabn on 34 images")
     # the same probabilities as the written adapted model gives
     out = tmp_path / "o.keras"
-    assert xray(["adapt", str(model_file), str(site), "-o", str(out)]) == 0
+    assert xray(["adapt", str(model_file), str(site), "-o", str(out), "--no-prior"]) == 0
     capsys.readouterr()
     assert xray(["predict", "--model", str(out), "--json", str(site)]) == 0
     plain = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -227,3 +227,28 @@ def test_one_class_warning_follows_the_unadapted_call_rate(model_file: Path) -> 
         assert warning is not None
         assert warning.startswith(f"warning: unadapted, the model calls {rate} of the 40 images ")
         assert "PNEUMONIA" in warning and "\n" not in warning
+
+
+def test_defaults_without_params_file_are_params_yaml_values(
+    model_file: Path, site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One source of truth: AdaptParams' defaults are what params.yaml ships (prior on)."""
+    from conftest import ROOT
+
+    from xray.cli.adapt import settings_from
+    from xray.core.params import AdaptParams, load_params
+
+    assert load_params(ROOT / "params.yaml").adapt == AdaptParams() == settings_from()
+    out = tmp_path / "adapted.keras"
+    assert xray(["adapt", str(model_file), str(site), "-o", str(out)]) == 0
+    line = capsys.readouterr().out
+    assert "adabn+prior on 34 images" in line and "prior not estimated" in line
+    assert read_meta(out)["adaptation"]["method"] == "adabn+prior"
+
+
+def test_bad_option_value_is_a_one_line_refusal(capsys: pytest.CaptureFixture[str]) -> None:
+    from xray.cli.adapt import AdaptError, settings_from
+
+    with pytest.raises(AdaptError, match=r"^options: adapt.tent_steps: ") as e:
+        settings_from(tent_steps=-1)
+    assert e.value.exit_code == 1 and isinstance(e.value, ValueError)

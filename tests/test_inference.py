@@ -8,18 +8,18 @@ import numpy as np
 import pytest
 from keras import layers
 
-from xray.adaptation.adapt import (
-    AdaptSettings,
+from xray.adaptation.adapt import predict_adapted, predict_adapted_many
+from xray.adaptation.batchnorm import (
     _keras_moments_step,
     batchnorm_layers,
     bn_statistics,
     bn_statistics_many,
     bn_training_mode,
-    predict_adapted,
-    predict_adapted_many,
 )
+from xray.core.params import AdaptParams
 from xray.models.architectures import seed_cnn, xray_net
-from xray.models.inference import fold_pairs, forward, moments_pass, shared_layers
+from xray.models.batchnorm_folding import fold_pairs
+from xray.models.inference import forward, moments_pass, shared_layers
 from xray.models.training import predict
 
 SIZE = 32
@@ -176,7 +176,7 @@ def test_models_adapted_together_match_one_at_a_time() -> None:
         for (m1, v1), (m2, v2) in zip(stats, alone, strict=True):
             np.testing.assert_array_equal(m1, m2)
             np.testing.assert_array_equal(v1, v2)
-    settings = AdaptSettings(prior=True, min_images=8, batch_size=16)
+    settings = AdaptParams(prior=True, min_images=8, batch_size=16)
     metas = [{"threshold": 0.5, "threshold_adabn": 0.45, "prior_reference_adabn": 0.6}] * 2
     entries = list(zip((base, tuned), metas, strict=True))
     models = [base, tuned]

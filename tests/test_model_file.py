@@ -113,8 +113,8 @@ def test_bad_metadata_is_one_line_naming_the_file(tmp_path: Path, case: str) -> 
 
 def test_tampered_keras_files_are_one_line(model_file: Path, tmp_path: Path) -> None:
     """A config naming os.system, a wrong input size: one line, exit 2 (predict and adapt)."""
-    from xray.adaptation.adapt import AdaptSettings
     from xray.cli.adapt import adapt_file
+    from xray.core.params import AdaptParams
 
     def evil(data: bytes) -> bytes:
         config = json.loads(data)
@@ -138,7 +138,7 @@ def test_tampered_keras_files_are_one_line(model_file: Path, tmp_path: Path) -> 
         line = err.getvalue()
         assert line.startswith(f"error: {path}: ") and why in line and line.count("\n") == 1
         err = io.StringIO()
-        settings = AdaptSettings(min_images=1)
+        settings = AdaptParams(min_images=1)
         code = adapt_file(path, [img], tmp_path / "out.keras", settings, err=err)
         assert code == EXIT_NO_MODEL
         assert err.getvalue().startswith(f"error: {path}: ") and err.getvalue().count("\n") == 1

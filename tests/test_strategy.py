@@ -361,10 +361,10 @@ def test_finetune_under_mirrored_matches_default(data: Path, default_run: dict[s
 def test_cpu_replicas_after_tensorflow_started_is_a_one_line_user_error() -> None:
     import tensorflow as tf
 
-    from xray.core.runtime import UserError, is_user_error
+    from xray.core.errors import InputError, is_user_error
     from xray.models.distribute import split_cpu
 
     have = len(tf.config.list_logical_devices("CPU"))  # initializes TensorFlow here
-    with pytest.raises(UserError, match=r"^train\.cpu_replicas: TensorFlow already started") as e:
+    with pytest.raises(InputError, match=r"^train\.cpu_replicas: TensorFlow already started") as e:
         split_cpu(have + 1)
     assert is_user_error(e.value) and "\n" not in str(e.value)

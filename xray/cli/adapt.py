@@ -2,10 +2,9 @@
 
 The logic behind the command line (xray/cli/main.py is a thin wrapper): read the images as
 `xray predict` does, pick the settings (params.yaml's `adapt` section when there is one in
-the current folder, else the defaults, then the command-line overrides), adapt with
-xray.adaptation.adapt and write the adapted model with `save_model` (byte-stable, metadata naming
-the
-adaptation and the images' sha256). No label is read anywhere.
+the current folder, else `AdaptParams`' defaults, then the command-line overrides), adapt
+with xray.adaptation.adapt and write the adapted model with `save_model` (byte-stable,
+metadata naming the adaptation and the images' sha256). No label is read anywhere.
 """
 
 from __future__ import annotations
@@ -13,44 +12,49 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
-from xray.adaptation.settings import AdaptSettings
 from xray.cli.inputs import read_images
-from xray.core.params import PARAMS_FILE, ParamsError, load_params
+from xray.core.errors import EXIT_FAILED, EXIT_OK, InputError
+from xray.core.params import PARAMS_FILE, AdaptParams, ParamsError, load_params, parse_params
 from xray.models.model_file import EXIT_NO_MODEL, ModelFileError, read_meta
 
 if TYPE_CHECKING:  # xray.adaptation.adapt imports Keras: only where adaptation really runs
     from xray.adaptation.adapt import AdaptReport
 
-EXIT_OK, EXIT_REFUSED = 0, 1
+EXIT_REFUSED = EXIT_FAILED
+"""And EXIT_OK; EXIT_NO_MODEL (xray.models.model_file): the model file is missing or unusable."""
 PRIOR_KEYS = ("prior_reference", "prior_reference_adabn")
 
 
-class AdaptError(ValueError):
-    """A refusal of `xray adapt` (one line, exit 1)."""
+class AdaptError(InputError):
+    """A refusal of `xray adapt` (one line, exit 1): a ValueError, through InputError."""
+
+    exit_code = EXIT_REFUSED
 
 
-def settings_from(params_file: Path | None = Path(PARAMS_FILE), **overrides: Any) -> AdaptSettings:
+def settings_from(params_file: Path | None = Path(PARAMS_FILE), **overrides: Any) -> AdaptParams:
     """params.yaml's `adapt` section (when the file exists, else defaults), then overrides.
 
-    Overrides that are None are ignored (an option not given on the command line).
+    Overrides that are None are ignored (an option not given on the command line); the
+    others are checked as params.yaml's values are (a bad one is an AdaptError).
     """
-    base = AdaptSettings()
-    if params_file is not None and Path(params_file).exists():
-        try:
-            base = AdaptSettings(**load_params(params_file).adapt.settings())
-        except ParamsError as e:
-            raise AdaptError(str(e)) from None
-    given = {k: v for k, v in overrides.items() if v is not None}
-    unknown = set(given) - set(AdaptSettings.__dataclass_fields__)
-    if unknown:
-        raise TypeError(f"unknown adapt settings: {', '.join(sorted(unknown))}")
-    return replace(base, **given)
+    base = AdaptParams()
+    try:
+        if params_file is not None and Path(params_file).exists():
+            base = load_params(params_file).adapt
+        given = {k: v for k, v in overrides.items() if v is not None}
+        unknown = set(given) - set(AdaptParams.model_fields)
+        if unknown:
+            raise TypeError(f"unknown adapt settings: {', '.join(sorted(unknown))}")
+        if not given:
+            return base
+        return parse_params({"adapt": {**base.model_dump(), **given}}, "options").adapt
+    except ParamsError as e:
+        raise AdaptError(str(e)) from None
 
 
 def has_prior_reference(meta: dict[str, Any]) -> bool:
@@ -116,7 +120,7 @@ def one_class_warning(
     adapted estimate cannot see it (it was 0.88 on 40 NORMAL images), the source model can.
     A mixed batch from a very different site can look one-class too: a warning, not a refusal.
     """
-    from xray.adaptation.adapt import ONE_CLASS
+    from xray.adaptation.label_shift import ONE_CLASS
     from xray.models.training import predict
 
     rate = float(np.mean(predict(model, images, batch_size) >= float(meta["threshold"])))
@@ -134,7 +138,7 @@ def adapt_file(
     model_path: Path,
     paths: Sequence[Path],
     out_path: Path,
-    settings: AdaptSettings,
+    settings: AdaptParams,
     *,
     prior_flag: bool | None = None,
     as_json: bool = False,
@@ -207,7 +211,7 @@ def adapt_file(
 
 
 def adapted_scores(
-    model: Any, meta: dict[str, Any], images: np.ndarray, settings: AdaptSettings, err: TextIO
+    model: Any, meta: dict[str, Any], images: np.ndarray, settings: AdaptParams, err: TextIO
 ) -> tuple[np.ndarray | None, float, AdaptReport | None]:
     """For `xray predict --adapt`: scores and threshold of the model adapted in memory.
 

@@ -9,7 +9,7 @@ from xray.cli.base import add_command
 from xray.core.params import AdaptParams
 
 PREDICT_BATCH = 32
-_AD = AdaptParams()  # the defaults of xray.adaptation.adapt.AdaptSettings (no TF import here)
+_AD = AdaptParams()  # the adaptation defaults (the help shows them; no TF import here)
 ADAPT_DESCRIPTION = """\
 Re-estimates the model's BatchNorm statistics on the images (AdaBN; optionally TENT on
 BatchNorm scale/shift and a label-shift threshold move by the EM prior estimate). No
@@ -19,6 +19,10 @@ in the current folder, else the values shown; options override both. The output 
 model file like any other: its metadata names the adaptation and the images' sha256."""
 
 
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
 def _add_adapt_options(p: argparse._ActionsContainer, batch_help: str | None = None) -> None:
     """The adaptation options shared by `xray adapt` and `xray predict --adapt`."""
     src = "params.yaml adapt.{}, else {}"
@@ -26,7 +30,7 @@ def _add_adapt_options(p: argparse._ActionsContainer, batch_help: str | None = N
         "--no-bn",
         action="store_true",
         help="skip AdaBN, the re-estimation of BatchNorm statistics "
-        f"(default: {src.format('bn', 'AdaBN on')})",
+        f"(default: {src.format('bn', 'AdaBN ' + _on(_AD.bn))})",
     )
     p.add_argument(
         "--tent-steps",
@@ -46,7 +50,7 @@ def _add_adapt_options(p: argparse._ActionsContainer, batch_help: str | None = N
         action=argparse.BooleanOptionalAction,
         default=None,
         help="move the threshold by the estimated change of class balance (EM); needs a "
-        f"model file with prior_reference (default: {src.format('prior', 'off')})",
+        f"model file with prior_reference (default: {src.format('prior', _on(_AD.prior))})",
     )
     p.add_argument(
         "--min-images",
@@ -65,7 +69,7 @@ def _add_adapt_options(p: argparse._ActionsContainer, batch_help: str | None = N
 
 
 def _adapt_settings(args: argparse.Namespace, batch_size: int | None) -> object:
-    """AdaptSettings: params.yaml's `adapt` section (if in the current folder), then options."""
+    """AdaptParams: params.yaml's `adapt` section (if in the current folder), then options."""
     from xray.cli.adapt import settings_from
 
     return settings_from(

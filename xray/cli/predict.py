@@ -12,12 +12,13 @@ import numpy as np
 
 from xray.cli.adapt import AdaptError, adapted_scores, check_prior
 from xray.cli.inputs import expand, prepare, read_images
+from xray.core.errors import EXIT_FAILED, EXIT_OK
 from xray.models.model_file import EXIT_NO_MODEL, PREDICT_KEYS, read_meta
 
 if TYPE_CHECKING:
-    from xray.adaptation.settings import AdaptSettings
+    from xray.core.params import AdaptParams
 
-EXIT_OK, EXIT_SOME_FAILED = 0, 1
+EXIT_SOME_FAILED = EXIT_FAILED
 """And EXIT_NO_MODEL (xray.models.model_file): the model file is missing or unusable."""
 
 
@@ -58,7 +59,7 @@ def predict_paths(
     batch_size: int = 32,
     out: TextIO | None = None,
     err: TextIO | None = None,
-    adapt: AdaptSettings | None = None,
+    adapt: AdaptParams | None = None,
     prior_flag: bool | None = None,
 ) -> int:
     """Predict every image; one line per image on `out`, one-line errors on `err`; exit code.
@@ -113,7 +114,7 @@ def _predict_adapted(
     model_path: Path,
     model: Any,
     meta: dict[str, Any],
-    settings: AdaptSettings,
+    settings: AdaptParams,
     prior_flag: bool | None,
     as_json: bool,
     out: TextIO,

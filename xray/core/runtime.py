@@ -87,10 +87,6 @@ TF_LOG_ENV = "TF_CPP_MIN_LOG_LEVEL"
 TF_QUIET_LEVEL = "2"  # TensorFlow's C++ INFO and WARNING lines (oneDNN, CPU features)
 
 
-UserError = InputError
-"""The old name of InputError (xray/models/distribute.py raises it); new code raises InputError."""
-
-
 def log_level() -> str:
     """The level from XRAY_LOG_LEVEL (default INFO); a bad value is an InputError."""
     raw = os.environ.get(LOG_LEVEL_ENV, "") or "INFO"

@@ -28,7 +28,8 @@ from typing import Any
 
 import keras
 
-from xray.core.runtime import UserError
+from xray.core.errors import InputError
+from xray.models.keras_private import multi_worker_fit, walk_layers
 
 log = logging.getLogger("xray.distribute")
 
@@ -79,7 +80,7 @@ def split_cpu(replicas: int) -> None:
     except RuntimeError:  # devices already initialized in this process
         have = len(tf.config.list_logical_devices("CPU"))
         if have != replicas:
-            raise UserError(
+            raise InputError(
                 f"train.cpu_replicas: TensorFlow already started in this process with {have} "
                 f"CPU device(s), cannot make {replicas}; run the stage in a fresh process"
             ) from None
@@ -109,7 +110,7 @@ def make_strategy(name: str, cpu_replicas: int = 0, key: str = "train.strategy")
         try:
             strategy = tf.distribute.MultiWorkerMirroredStrategy()
         except RuntimeError as e:  # collective ops must be configured at program start
-            raise UserError(
+            raise InputError(
                 f"{key}: multi_worker must start before TensorFlow runs anything in "
                 f"this process ({str(e).splitlines()[0]})"
             ) from None
@@ -207,63 +208,32 @@ def split_rows(
     return train, val
 
 
-def _batch_norms(layer: Any) -> Iterator[keras.layers.BatchNormalization]:
-    """Every BatchNormalization layer inside `layer`, nested models included."""
-    for sub in getattr(layer, "layers", ()):
-        if isinstance(sub, keras.layers.BatchNormalization):
-            yield sub
-        else:
-            yield from _batch_norms(sub)
-
-
-def _reduce_scalars_across_workers(original: Any) -> Any:
-    """keras' reduce_per_replica, fixed for multi-worker MEAN of scalar logs (keras#20585)."""
-    import tensorflow as tf
-    from keras.src.backend.tensorflow import trainer
-
-    def reduce_per_replica(values: Any, strategy: Any, reduction: str) -> Any:
-        if reduction in ("auto", "mean") and trainer._collective_all_reduce_multi_worker(strategy):
-            return tf.nest.map_structure(
-                lambda v: strategy.reduce("MEAN", v, axis=0 if v.shape.rank else None), values
-            )
-        return original(values, strategy, reduction)
-
-    return reduce_per_replica
-
-
 @contextlib.contextmanager
 def replicated(model: keras.Model, strategy: Any, train_ds: Any) -> Iterator[None]:
     """Make `model.fit` sound under `strategy`; undo it afterwards.
 
     Multi-replica: synchronized BatchNorm statistics. Multi-worker, besides: Keras 3.15
-    cannot run `fit` under MultiWorkerMirroredStrategy (keras-team/keras#20585): its
-    symbolic build reduces a tuple batch across workers and its step reduces scalar logs
-    with axis=0. The model is built from the dataset's element spec instead, and scalar
-    logs are reduced with axis=None, while training only.
+    cannot run `fit` under MultiWorkerMirroredStrategy (keras-team/keras#20585), which
+    xray/models/keras_private.py's `multi_worker_fit` works around while training only.
     """
-    norms = [bn for bn in _batch_norms(model) if not bn.synchronized]
+    norms = [
+        layer
+        for layer in walk_layers(model)
+        if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized
+    ]
     if strategy.num_replicas_in_sync > 1:
         for bn in norms:
             bn.synchronized = True
-    patched = None
-    if multi_worker(strategy):
-        from keras.src.backend.tensorflow import trainer
-
-        with strategy.scope():
-            model._symbolic_build(data_batch=train_ds.element_spec)
-        model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
-        patched = trainer.reduce_per_replica
-        trainer.reduce_per_replica = _reduce_scalars_across_workers(patched)
     try:
-        yield
+        with (
+            multi_worker_fit(model, strategy, train_ds)
+            if multi_worker(strategy)
+            else contextlib.nullcontext()
+        ):
+            yield
     finally:
         for bn in norms:
             bn.synchronized = False
-        if patched is not None:
-            from keras.src.backend.tensorflow import trainer
-
-            trainer.reduce_per_replica = patched
-            del model._maybe_symbolic_build
 
 
 def localize(model: keras.Model, strategy: Any, rebuild: Callable[[], keras.Model]) -> keras.Model:

@@ -4,21 +4,20 @@ Traced functions that run each model's own graph node by node, as Keras does, wi
 operations swapped:
 
 - `forward(models)`: inference mode. Each BatchNorm that directly follows a convolution
-  (its only consumer, float32, no activation in between) is folded into it: the conv runs
-  with kernel * gamma / sqrt(var + eps) and a bias, one fused kernel instead of three
-  passes over the activations. Several models run in one call on the same batch, and
-  layers equal in all of them (the trunk that fine-tuning froze) run once.
+  (its only consumer, float32, no activation in between) is folded into it
+  (xray/models/batchnorm_folding.py). Several models run in one call on the same batch,
+  and layers equal in all of them (the trunk that fine-tuning froze) run once.
 - `moments_pass(models, bns)`: every BatchNorm normalizes with its batch's statistics
-  through TF's fused kernel and returns them (AdaBN's statistics pass, xray/adaptation/adapt.py);
-  every other layer runs in inference mode (dropout off). Several models at once too.
+  through TF's fused kernel and returns them (AdaBN's statistics pass,
+  xray/adaptation/batchnorm.py); every other layer runs in inference mode (dropout off).
+  Several models at once too.
 
 Both read the models' variables on every call (nothing is copied), so they stay right
 after adaptation changes a model's statistics. They differ from Keras' own call only by
 float rounding (about 1e-7 in a probability). A model that is not a functional graph runs
-through Keras unchanged. The walk uses Keras' functional internals (`_run_through_graph`,
-the nodes of the graph): the version is pinned by uv.lock, and tests/test_inference.py
-compares every pass with Keras' own call, so an upgrade that changes them fails there.
-"""
+through Keras unchanged. The walk uses Keras' functional internals, each behind a function
+of xray/models/keras_private.py (which says why, and the fallback); tests/test_inference.py
+compares every pass with Keras' own call."""
 
 from __future__ import annotations
 
@@ -29,112 +28,15 @@ from typing import Any
 import keras
 import numpy as np
 
-CONVS = (keras.layers.Conv2D, keras.layers.SeparableConv2D, keras.layers.DepthwiseConv2D)
-
-
-def _is_graph(model: Any) -> bool:
-    """Whether the model is a functional graph whose nodes can be walked."""
-    return hasattr(model, "_run_through_graph") and hasattr(model, "_nodes_by_depth")
-
-
-def _nodes(model: Any) -> list[Any]:
-    """The model's own call nodes (not those of other models sharing its layers), inputs first."""
-    by_depth = model._nodes_by_depth
-    return [n for d in sorted(by_depth, reverse=True) for n in by_depth[d] if not n.is_input]
-
-
-def _plain_bn(bn: keras.layers.BatchNormalization) -> bool:
-    """A BatchNorm called once, over the last axis, without renormalization or syncing."""
-    return (
-        len(bn._inbound_nodes) == 1
-        and bn.axis in (-1, len(bn.input.shape) - 1)
-        and not getattr(bn, "renorm", False)
-        and not getattr(bn, "synchronized", False)
-    )
-
-
-def _foldable(conv: Any, bn: keras.layers.BatchNormalization) -> bool:
-    """A conv whose output BatchNorm can absorb: linear, channels-last, float32, one call."""
-    return (
-        isinstance(conv, CONVS)
-        and len(conv._inbound_nodes) == 1
-        and getattr(conv, "groups", 1) == 1
-        and _plain_bn(bn)
-        and conv.activation is keras.activations.linear
-        and conv.data_format == "channels_last"
-        and conv.compute_dtype == "float32"
-        and bn.compute_dtype == "float32"
-    )
-
-
-def fold_pairs(model: keras.Model) -> dict[int, keras.layers.BatchNormalization]:
-    """id(conv) -> the BatchNorm folded into it, for each conv whose only consumer is one."""
-    if not _is_graph(model):
-        return {}
-    nodes = _nodes(model)
-    uses: dict[int, int] = {id(t): 1 for t in model.outputs}  # an output is a use too
-    for node in nodes:
-        for t in node.arguments.keras_tensors:
-            uses[id(t)] = uses.get(id(t), 0) + 1
-    pairs = {}
-    for node in nodes:
-        bn = node.operation
-        if not isinstance(bn, keras.layers.BatchNormalization):
-            continue
-        inputs = node.arguments.keras_tensors
-        if len(inputs) != 1 or uses.get(id(inputs[0])) != 1:
-            continue
-        conv = inputs[0]._keras_history.operation
-        if conv is not None and _foldable(conv, bn):
-            pairs[id(conv)] = bn
-    return pairs
-
-
-def _folded_conv(conv: Any, bn: keras.layers.BatchNormalization) -> Callable[..., Any]:
-    """The conv followed by its BatchNorm in inference mode, as one conv with a bias."""
-    import tensorflow as tf
-
-    def call(x: Any, **_: Any) -> Any:
-        inv = tf.math.rsqrt(bn.moving_variance + bn.epsilon)
-        if bn.scale:
-            inv = inv * bn.gamma
-        bias = -bn.moving_mean * inv
-        if bn.center:
-            bias = bias + bn.beta
-        if conv.use_bias:
-            bias = bias + conv.bias * inv
-        strides = (1, *conv.strides, 1)
-        padding = conv.padding.upper()
-        if isinstance(conv, keras.layers.SeparableConv2D):
-            y = tf.nn.separable_conv2d(
-                x,
-                conv.depthwise_kernel,
-                conv.pointwise_kernel * inv,
-                strides,
-                padding,
-                dilations=conv.dilation_rate,
-            )
-        elif isinstance(conv, keras.layers.DepthwiseConv2D):
-            k = conv.kernel
-            y = tf.nn.depthwise_conv2d(
-                x,
-                k * tf.reshape(inv, (1, 1, k.shape[2], k.shape[3])),
-                strides,
-                padding,
-                dilations=conv.dilation_rate,
-            )
-        else:
-            y = tf.nn.conv2d(x, conv.kernel * inv, strides, padding, dilations=conv.dilation_rate)
-        return tf.nn.bias_add(y, bias)
-
-    return call
+from xray.models.batchnorm_folding import fold_pairs, folded_conv, plain_bn
+from xray.models.keras_private import graph_calls, graph_output, is_graph, takes_training
 
 
 def _keras_call(op: Any) -> Callable[..., Any]:
     """The operation as Keras' functional call runs it, in inference mode."""
 
     def call(*args: Any, **kwargs: Any) -> Any:
-        if "training" in getattr(op, "_call_context_args", {}):
+        if takes_training(op):
             kwargs["training"] = False
         return op(*args, **kwargs)
 
@@ -150,23 +52,23 @@ def _run_folded(model: Any, x: Any, memo: Callable[[Any, Any], Any] | None = Non
 
     `memo(op, fn)`, when given, wraps each operation's function (shared computations).
     """
-    if not _is_graph(model):
+    if not is_graph(model):
         return model(x, training=False)
     pairs = fold_pairs(model)
     folded_bns = {id(bn) for bn in pairs.values()}
 
     def op_fn(op: Any) -> Callable[..., Any]:
         if id(op) in pairs:
-            fn = _folded_conv(op, pairs[id(op)])
+            fn = folded_conv(op, pairs[id(op)])
         elif id(op) in folded_bns:
             return _identity
-        elif _is_graph(op):  # a nested functional model: walk it too
+        elif is_graph(op):  # a nested functional model: walk it too
             return lambda *a, **_: _run_folded(op, a[0])
         else:
             fn = _keras_call(op)
         return memo(op, fn) if memo is not None else fn
 
-    return model._run_through_graph(x, operation_fn=op_fn)
+    return graph_output(model, x, op_fn)
 
 
 def _values(op: Any) -> list[np.ndarray]:
@@ -200,12 +102,11 @@ def shared_layers(models: Sequence[keras.Model]) -> dict[int, Any]:
     out: dict[int, Any] = {}
     seen: list[tuple[Any, Any]] = []  # (layer, its folded BatchNorm or None)
     for model in models:
-        if not _is_graph(model):
+        if not is_graph(model):
             continue
         pairs = fold_pairs(model)
-        for node in _nodes(model):
-            op = node.operation
-            if _is_graph(op) or id(op) in out:
+        for op, _ in graph_calls(model):
+            if is_graph(op) or id(op) in out:
                 continue
             bn = pairs.get(id(op))
             for earlier, earlier_bn in seen:
@@ -341,13 +242,13 @@ def _run_moments(
     def op_fn(op: Any) -> Callable[..., Any]:
         if isinstance(op, keras.layers.BatchNormalization):
             fn = _fused_moments(op, sink)
-        elif _is_graph(op):
+        elif is_graph(op):
             return lambda *a, **_: _run_moments(op, a[0], sink, None)
         else:
             fn = _keras_call(op)
         return memo(op, fn) if memo is not None else fn
 
-    return model._run_through_graph(x, operation_fn=op_fn)
+    return graph_output(model, x, op_fn)
 
 
 class Moments(_Joint):
@@ -395,7 +296,7 @@ def moments_pass(
     models: Sequence[keras.Model], bns: Sequence[Sequence[keras.layers.BatchNormalization]]
 ) -> Moments | None:
     """The joint moments pass of the models, or None where one cannot be walked (Keras then)."""
-    if not all(_is_graph(m) for m in models) or not all(_plain_bn(b) for lst in bns for b in lst):
+    if not all(is_graph(m) for m in models) or not all(plain_bn(b) for lst in bns for b in lst):
         return None
     return Moments(models, bns)
 
