@@ -44,8 +44,11 @@ class Keep(logging.Handler):
         lines.append(record.getMessage())
 logging.getLogger("xray").addHandler(Keep())
 logging.getLogger("xray").setLevel(logging.INFO)
-from tasks.evaluate import evaluate
 from xray.core.params import CorruptParams, EvaluateParams, load_params
+if mode == "baseline":  # the baseline commit's stage module held the function
+    from tasks.evaluate import evaluate
+else:
+    from xray.reports.evaluation import evaluate
 if mode == "baseline":  # its own defaults: params.yaml has keys its schema does not know
     ev, classes, held_out = EvaluateParams(), ("NORMAL", "PNEUMONIA"), CorruptParams().held_out
 else:
@@ -53,7 +56,7 @@ else:
     ev, classes, held_out = p.evaluate, p.data.classes, p.corrupt.held_out
 kw = dict(
     models={"base": ws / "models/base.keras", "finetuned": ws / "models/finetuned.keras"},
-    test_csv=ws / "data/splits/test.csv", corrupted_dir=ws / "data/corrupted",
+    test_csv=ws / "data/splits/test.csv",
     reports=ws / "reports", held_out=held_out, raw_dir=ws / "data/raw",
     live={"base": ws / "dvclive/train_base", "finetuned": ws / "dvclive/finetune"},
 )
@@ -61,7 +64,11 @@ if mode != "baseline":
     from xray.models.training import configure
     configure(p.adapt.seed, deterministic=True, threads=p.train.threads)
     adapt = p.adapt if mode == "adapted" else p.adapt.model_copy(update={"models": ()})
-    kw.update(adapt=adapt, val_csv=ws / "data/splits/val.csv")
+    kw.update(adapt=adapt, val_csv=ws / "data/splits/val.csv",
+              corrupted_manifest=ws / "data/corrupted/manifest.csv",
+              source_json=ws / "data/raw/source.json")
+else:
+    kw.update(corrupted_dir=ws / "data/corrupted")
 t0 = time.perf_counter()
 metrics = evaluate(ev, classes, **kw)
 seconds = time.perf_counter() - t0

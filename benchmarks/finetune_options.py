@@ -61,8 +61,8 @@ def val_sets(
     ws: Path, rows: list[dict[str, str]], raw: list[np.ndarray], params: Any, size: int
 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
     """The val labels, the named val image sets at the model's input size, and the proxy sets."""
-    from tasks.finetune import corrupt_one
     from xray.models.dataset import labels_of, resize
+    from xray.models.finetuning import corrupt_one
     from xray.perturbations.corruptions import corrupt_image, rng_for
     from xray.reports.proxy import proxy_sets
 
@@ -149,11 +149,13 @@ def main() -> None:
         if not (ws / need).exists():
             raise SystemExit(f"error: {ws / need}: not found (build the workspace first)")
 
-    from tasks.finetune import corrupted_val, finetune
+    from xray.adaptation.references import source_references
     from xray.core.io import read_csv
     from xray.core.params import load_params
     from xray.models.architectures import load_model, read_meta
     from xray.models.dataset import load_images
+    from xray.models.finetune_training import finetune
+    from xray.models.finetuning import corrupted_val
     from xray.models.threshold import choose_threshold
     from xray.models.training import configure, predict
 
@@ -180,13 +182,15 @@ def main() -> None:
             t0 = time.perf_counter()
             summary = finetune(
                 params.model_copy(update={"finetune": ft}),
-                splits_dir=ws / "data/splits",
+                train_csv=ws / "data/splits/train.csv",
+                val_csv=ws / "data/splits/val.csv",
                 base_path=ws / "models/base.keras",
                 model_path=out / "finetuned.keras",
                 live_dir=out / "live",
                 work_dir=out / "work",
                 layers_csv=out / "layers.csv",
                 raw_dir=ws / "data/raw",
+                references=source_references,
             )
             model, meta = load_model(out / "finetuned.keras")
             row = score(model, float(meta["threshold"]), y, sets, proxy)

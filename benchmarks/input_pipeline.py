@@ -15,7 +15,7 @@ import numpy as np
 
 from benchmarks._common import machine, write_report
 from xray.core.io import read_csv
-from xray.models.dataset import RAW_DIR, labels_of, load_images, make_dataset
+from xray.models.dataset import labels_of, load_images, make_dataset
 from xray.perturbations.augment import augmenter
 from xray.perturbations.keras_seed import SEED_BLOG
 
@@ -133,7 +133,7 @@ def main() -> None:
     """Run both pipelines over the same files and report images/s and the speed-up."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--split", type=Path, default=Path("data/splits/train.csv"))
-    ap.add_argument("--raw", type=Path, default=RAW_DIR)
+    ap.add_argument("--raw", type=Path, default=Path("data/raw"))
     ap.add_argument("--size", type=int, default=150)
     ap.add_argument("--limit", type=int, default=2048)
     ap.add_argument("--epochs", type=int, default=EPOCHS)

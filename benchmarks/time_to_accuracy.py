@@ -22,7 +22,7 @@ from benchmarks._common import machine, write_report
 from xray.core.io import read_csv
 from xray.core.params import load_params
 from xray.models.architectures import build_model
-from xray.models.dataset import RAW_DIR, class_weights, load_split, make_dataset
+from xray.models.dataset import class_weights, load_split, make_dataset
 from xray.models.training import compile_model, configure, learning_rate
 from xray.perturbations.augment import augmenter
 from xray.perturbations.keras_seed import SEED_BLOG
@@ -148,7 +148,7 @@ def main() -> None:
     """Run both recipes and report the time each needed to reach the target."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--splits", type=Path, default=Path("data/splits"))
-    ap.add_argument("--raw", type=Path, default=RAW_DIR)
+    ap.add_argument("--raw", type=Path, default=Path("data/raw"))
     ap.add_argument("--target", type=float, default=0.9)
     ap.add_argument("--max-minutes", type=float, default=12.0)
     ap.add_argument("--only", choices=("seed", "default"), default=None)

@@ -1,239 +1,35 @@
-"""Stage `train_base`: train the base classifier on the train split, select on val only."""
+"""Stage `train_base`: train the base classifier on the train split, select on val only.
+
+Its files come from dvc.yaml's cmd (`--train`, `--val`, `--raw`: the image root the split
+files' paths are relative to, `--model`, `--live`); the resume state goes beside the model
+(models/.train_base.work). The machinery is xray/models/base_training.py.
+"""
 
 from __future__ import annotations
 
-import logging
-import math
-import time
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
-
-import keras
-import numpy as np
-
-from xray.adaptation.references import source_references
-from xray.core.hashing import bytes_sha256
-from xray.core.io import read_csv
-from xray.core.params import Params, TrainParams, load_params
-from xray.models.architectures import build_model, save_model
-from xray.models.dataset import RAW_DIR, class_weights, image_cache, load_split, make_dataset
-from xray.models.distribute import (
-    discard,
-    is_chief,
-    localize,
-    make_strategy,
-    replicated,
-    shard,
-    split_rows,
-    worker_dirs,
-)
-from xray.models.resume import advance, finish
-from xray.models.threshold import choose_threshold
-from xray.models.training import compile_model, configure, fit, learning_rate, precision, predict
-from xray.perturbations.augment import augmenter
-
-log = logging.getLogger("xray.train_base")
-
-SPLITS_DIR = Path("data/splits")
-MODEL = Path("models/base.keras")
-LIVE_DIR = Path("dvclive/train_base")
-WORK_DIR = Path("models/.train_base.work")
-THRESHOLD_AUG_COPIES = 2  # augmented copies of the val set joined to it for the threshold
-THRESHOLD_AUG_SEED_OFFSET = 1000  # their augmentation seed: train.seed + this
-
-
-def threshold_sets(
-    x_val: np.ndarray, y_val: np.ndarray, p: TrainParams
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The val images and seeded augmented copies of them, as (images, labels) pairs.
-
-    A threshold fitted on clean validation images alone hugs their nearly separable scores
-    (0.15 on the real archive); adding copies under the training augmentation (exposure,
-    contrast, pose, blur, noise: the acquisition shift the model must survive) moves it to
-    where it also holds under shift. Without augmentation, the clean images only.
-    """
-    sets = [(x_val, y_val)]
-    if p.augment and p.augment_strength > 0:
-        import tensorflow as tf
-
-        keras.utils.set_random_seed(p.seed + THRESHOLD_AUG_SEED_OFFSET)  # same copies every run
-        aug = augmenter(p.seed + THRESHOLD_AUG_SEED_OFFSET, p.augment_strength)
-        for _ in range(THRESHOLD_AUG_COPIES):
-            shifted = np.concatenate(
-                [
-                    aug(tf.cast(x_val[i : i + p.batch_size], "float32"), training=True).numpy()
-                    for i in range(0, len(x_val), p.batch_size)
-                ]
-            )
-            sets.append((shifted, y_val))  # floats 0..255, as the model takes them
-    return sets
-
-
-def train_base(
-    params: Params,
-    splits_dir: Path = SPLITS_DIR,
-    model_path: Path = MODEL,
-    live_dir: Path = LIVE_DIR,
-    work_dir: Path = WORK_DIR,
-    raw_dir: Path = RAW_DIR,
-    callbacks: Sequence[keras.callbacks.Callback] = (),
-) -> dict[str, Any]:
-    """Train params.train.arch on the train split; save the best-on-val model with its threshold.
-
-    Under `train.strategy` multi_worker, a non-chief worker trains in step with the chief
-    and returns without writing the model or the dvclive log. The decoded images stay in
-    memory or go to files beside the model (`compute.cache`): the outputs are the same.
-    """
-    p, c = params.train, params.compute
-    configure(p.seed, p.deterministic, p.threads)
-    strategy = make_strategy(p.strategy, p.cpu_replicas)  # a bad setup fails before any I/O
-    n_train, n_val = (len(read_csv(splits_dir / f"{s}.csv")) for s in ("train", "val"))
-    copies = 3 if p.augment and p.augment_strength > 0 else 1  # + the prepared two channels
-    nbytes = (n_train * copies + n_val) * p.image_size**2
-    with image_cache(c.cache, nbytes, c.cache_memory_mb, model_path) as cache:
-        return _train_base(
-            params, strategy, splits_dir, model_path, live_dir, work_dir, raw_dir, callbacks, cache
-        )
-
-
-def _train_base(
-    params: Params,
-    strategy: Any,
-    splits_dir: Path,
-    model_path: Path,
-    live_dir: Path,
-    work_dir: Path,
-    raw_dir: Path,
-    callbacks: Sequence[keras.callbacks.Callback],
-    cache: Path | None,
-) -> dict[str, Any]:
-    """train_base with the decoded images in memory, or in files in `cache`."""
-    p = params.train
-    positive = params.data.positive_class
-    chief = is_chief(strategy)
-    t0 = time.perf_counter()
-    x_train, y_train, _ = load_split(
-        splits_dir / "train.csv", p.image_size, positive, raw_dir, cache
-    )
-    x_val, y_val, _ = load_split(splits_dir / "val.csv", p.image_size, positive, raw_dir, cache)
-    log.info(
-        "loaded %d train / %d val images in %.1fs",
-        len(x_train),
-        len(x_val),
-        time.perf_counter() - t0,
-    )
-
-    replicas = int(strategy.num_replicas_in_sync)
-    n_train, n_val = split_rows(
-        "train.batch_size", p.batch_size, replicas, len(x_train), len(x_val)
-    )
-    if n_train < len(x_train) or n_val < len(x_val):
-        log.info(
-            "%d replicas: a last batch of fewer images than replicas is left out "
-            "(train %d of %d images per epoch, val %d of %d for the epoch metrics)",
-            replicas,
-            n_train,
-            len(x_train),
-            n_val,
-            len(x_val),
-        )
-    steps = math.ceil(n_train / p.batch_size)
-    lr = learning_rate(
-        p.lr_schedule,
-        p.learning_rate,
-        epochs=p.epochs,
-        steps_per_epoch=steps,
-        warmup_epochs=p.warmup_epochs,
-    )
-
-    def build() -> keras.Model:
-        """The compiled model: under the strategy to train, outside it for the output."""
-        with precision(p.mixed_precision):
-            model = build_model(p.arch, p.image_size, p.weights, p.normalize)
-        compile_model(model, lr, p.weight_decay, jit_compile=p.jit_compile)
-        return model
-
-    with strategy.scope():
-        model = build()
-    augment = p.augment and p.augment_strength > 0
-    train_ds = shard(
-        make_dataset(
-            x_train,
-            y_train,
-            p.batch_size,
-            shuffle_seed=p.seed,
-            augment=augmenter(p.seed, p.augment_strength) if augment else None,
-            drop_remainder=n_train < len(x_train),
-        )
-    )
-    val_ds = shard(make_dataset(x_val[:n_val], y_val[:n_val], p.batch_size))
-    run_work_dir, run_live_dir = worker_dirs(strategy, work_dir, live_dir)
-    t0 = time.perf_counter()
-    with replicated(model, strategy, train_ds):
-        summary = fit(
-            model,
-            lambda first_epoch: advance(train_ds, first_epoch),
-            val_ds,
-            epochs=p.epochs,
-            patience=p.patience,
-            live_dir=run_live_dir,
-            work_dir=run_work_dir,
-            class_weight=class_weights(y_train),
-            steps_per_epoch=steps,
-            reduce_on_plateau=p.lr_schedule == "plateau",
-            extra_callbacks=callbacks,
-            fingerprint=p.model_dump_json()
-            + bytes_sha256(
-                (splits_dir / "train.csv").read_bytes() + (splits_dir / "val.csv").read_bytes()
-            ),
-        )
-    seconds = time.perf_counter() - t0
-    summary["replicas"] = replicas
-    model = localize(model, strategy, build)
-    if not chief:
-        discard(run_work_dir)
-        log.info("non-chief worker: trained in %.0fs; the chief writes the model", seconds)
-        return {**summary, "chief": False, "seconds": seconds}
-
-    sets = threshold_sets(x_val, y_val, p)
-    threshold = choose_threshold(
-        np.concatenate([y for _, y in sets]),
-        np.concatenate([predict(model, x, p.batch_size) for x, _ in sets]),
-    )
-    meta = {
-        "arch": p.arch,
-        "normalize": p.normalize,
-        "image_size": p.image_size,
-        "channels": 1,
-        "classes": list(params.data.classes),
-        "positive_class": positive,
-        "threshold": threshold,
-        "threshold_rule": "youden_j_midplateau_on_val_and_augmented_val",
-        "stage": "train_base",
-        "best_epoch": summary["best_epoch"],
-        "val_auc": summary["best_val_auc"],
-        "train_prior": round(float(np.mean(y_train)), 6),
-        "val_prior": round(float(np.mean(y_val)), 6),
-        **source_references(model, x_val, sets, p.batch_size),
-    }
-    save_model(model, model_path, meta)
-    finish(work_dir)
-    log.info(
-        "trained %s in %.0fs (%d epochs, %.1f images/s), best val AUC %.4f, threshold %.4f",
-        p.arch,
-        seconds,
-        summary["epochs_run"],
-        summary["epochs_run"] * len(x_train) / seconds,
-        summary["best_val_auc"],
-        threshold,
-    )
-    return {**summary, "chief": True, "threshold": threshold, "seconds": seconds}
+STAGE = "train_base"
+PATHS = ("train", "val", "raw", "model", "live")
 
 
 def main() -> None:
-    """Run the stage from params.yaml."""
-    train_base(load_params())
+    """Run the stage from params.yaml and the paths of its dvc.yaml cmd."""
+    from xray.adaptation.references import source_references
+    from xray.core.params import load_params
+    from xray.core.stage import stage_paths
+    from xray.models.base_training import train_base
+    from xray.models.resume import work_dir_for
+
+    paths = stage_paths(STAGE, PATHS)
+    train_base(
+        load_params(),
+        train_csv=paths["train"],
+        val_csv=paths["val"],
+        raw_dir=paths["raw"],
+        model_path=paths["model"],
+        live_dir=paths["live"],
+        work_dir=work_dir_for(paths["model"], STAGE),
+        references=source_references,
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -69,6 +70,12 @@ def loopback_server(handler: type[BaseHTTPRequestHandler], state: object) -> Ite
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def stage_argv(stage: str, root: Path = ROOT) -> list[str]:
+    """The stage's command as dvc.yaml runs it (its paths included), on this Python."""
+    cmd = yaml.safe_load((root / "dvc.yaml").read_text())["stages"][stage]["cmd"]
+    return [sys.executable, *shlex.split(cmd)[1:]]
 
 
 def deep_update(base: dict, change: dict) -> dict:

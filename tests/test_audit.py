@@ -95,7 +95,7 @@ def write_version(root: Path, seed: int, base_seed: int | None = None) -> dict[s
     }
     (root / "reports").mkdir(exist_ok=True)
     (root / "reports/metrics.json").write_text(json.dumps(metrics))
-    write_model_card(root / "reports", root)
+    write_model_card(root / "reports", root, source_json=root / "data/raw/source.json")
     return h
 
 
@@ -176,11 +176,11 @@ def test_lineage_and_model_card_are_the_same_on_every_run(
     first = {f: (reports / f).read_bytes() for f in names}
     monkeypatch.setenv("XRAY_FLOW_RUN_ID", "run-a")
     (project / "tasks/download.py").write_text("# changed\n")  # a dirty tree
-    write_model_card(reports, project)
+    write_model_card(reports, project, source_json=project / "data/raw/source.json")
     assert {f: (reports / f).read_bytes() for f in names} == first
     monkeypatch.setenv("XRAY_FLOW_RUN_ID", "run-b")
     git(project, "commit", "-qam", "another commit")
-    record = write_model_card(reports, project)
+    record = write_model_card(reports, project, source_json=project / "data/raw/source.json")
     assert {f: (reports / f).read_bytes() for f in names} == first
     assert record is not None and not {"created", "flow_run_id", "code"} & set(record)
     card = first["model_card.md"].decode()

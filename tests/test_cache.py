@@ -74,15 +74,17 @@ TRAIN = """
 import sys
 from pathlib import Path
 from xray.core.params import parse_params
-from tasks.train_base import train_base
+from xray.adaptation.references import source_references
+from xray.models.base_training import train_base
 raw, splits, out, cache = (Path(a) for a in sys.argv[1:5])
 params = parse_params({
     "train": {"arch": "xray_net", "image_size": 32, "batch_size": 8, "epochs": 2,
               "patience": 2, "warmup_epochs": 0, "augment_strength": 0.5},
     "compute": {"cache": cache.name},
 })
-train_base(params, splits_dir=splits, model_path=out / "base.keras", live_dir=out / "live",
-           work_dir=out / "work", raw_dir=raw)
+train_base(params, train_csv=splits / "train.csv", val_csv=splits / "val.csv",
+           model_path=out / "base.keras", live_dir=out / "live", work_dir=out / "work",
+           raw_dir=raw, references=source_references)
 """
 
 

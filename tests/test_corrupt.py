@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import stage_argv
 
 from xray.core.io import ZIP_DATE, decode_gray, png_bytes, png_bytes_fast, read_csv, write_csv
 from xray.core.params import CorruptParams, ParamsError, parse_params
@@ -228,10 +229,8 @@ def test_params_errors(section: dict[str, object], needle: str) -> None:
 def sigterm_corrupt_midway(tmp_path: Path, compute: dict, timeout_s: float) -> None:
     """Run `python -m tasks.corrupt`, SIGTERM it once images are staged: the old output stays."""
     import os
-    import shlex
     import signal
     import subprocess
-    import sys
     import time
 
     import yaml
@@ -248,9 +247,7 @@ def sigterm_corrupt_midway(tmp_path: Path, compute: dict, timeout_s: float) -> N
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(repo)}
-    cmd = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]["corrupt"]["cmd"]
-    args = shlex.split(cmd)[1:]  # -m tasks.corrupt and the paths, as dvc.yaml runs it
-    proc = subprocess.Popen([sys.executable, *args], cwd=tmp_path, env=env, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(stage_argv("corrupt"), cwd=tmp_path, env=env, stderr=subprocess.PIPE)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and proc.poll() is None:
         stages = list((tmp_path / "data").glob(".corrupted.*.tmp"))

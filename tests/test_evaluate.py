@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 from test_corrupt import make_split
 
-import tasks.evaluate as ev
+import xray.reports.evaluation as ev
+import xray.reports.scoring as scoring
 from xray.core.io import decode_gray, read_csv, write_csv
 from xray.core.params import AdaptParams, CorruptParams, EvaluateParams
 from xray.models.dataset import resize
 from xray.perturbations.materialize import corrupt
+from xray.reports.figures import GRID_SEVERITIES
+from xray.reports.robustness import suite_metrics, summarize
 
 FAMILIES = ("seed", "jpeg", "elastic")
 HELD = ("elastic",)
@@ -39,7 +42,7 @@ def test_summarize_formulas() -> None:
         "base": grid({"seed": (0.8, 0.6), "jpeg": (0.9, 0.9), "elastic": (0.7, 0.5)}),
         "finetuned": grid({"seed": (0.9, 0.8), "jpeg": (0.95, 0.85), "elastic": (0.8, 0.8)}),
     }
-    r = ev.summarize(clean, groups, HELD)
+    r = summarize(clean, groups, HELD)
     assert r["families"] == list(FAMILIES) and r["held_out"] == ["elastic"]
     assert r["severities"] == [1, 3] and "be" in r["formula"] and "rbe" in r["formula"]
     base, ft = r["models"]["base"], r["models"]["finetuned"]
@@ -66,7 +69,7 @@ def test_summarize_formulas() -> None:
     per_sev = ft["per_severity"]["suite"]["3"]
     assert per_sev["balanced_accuracy"] == pytest.approx((0.8 + 0.85) / 2)
     assert ft["per_severity"]["all"]["1"]["balanced_accuracy"] == pytest.approx(2.65 / 3)
-    flat = ev.suite_metrics(ft["summary"])
+    flat = suite_metrics(ft["summary"])
     assert flat["mean_accuracy"] == suite["mean_accuracy"]
     assert flat["heldout_mean_accuracy"] == held["mean_accuracy"]
     assert flat["all_mbe"] == ft["summary"]["all"]["mbe"]
@@ -76,7 +79,7 @@ def test_summarize_undefined_values_are_null() -> None:
     clean = {"base": m(0.9)}
     groups = {"base": grid({"seed": (float("nan"), 0.5)})}
     groups["base"][("seed", 1)]["auc"] = float("nan")
-    r = ev.summarize(clean, groups, ())
+    r = summarize(clean, groups, ())
     fam = r["models"]["base"]["families"]["seed"]
     assert fam["severities"]["1"]["balanced_error"] is None
     assert fam["mean"]["balanced_accuracy"] == 0.5  # the defined severity only
@@ -150,7 +153,7 @@ def test_evaluate_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     _tiny_model(models["finetuned"], -5.0, 0.45, size)
 
     decoded: list[str] = []
-    real_load, real_members = ev.load_images, ev.load_members
+    real_load, real_members = scoring.load_images, scoring.load_members
 
     def counting_load(paths: list[Path], size: int | None) -> Any:
         decoded.extend(str(p) for p in paths)
@@ -160,8 +163,9 @@ def test_evaluate_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         decoded.extend(f"{r['archive']}:{r['member']}" for r in rows)
         return real_members(folder, rows, size)
 
-    monkeypatch.setattr(ev, "load_images", counting_load)
-    monkeypatch.setattr(ev, "load_members", counting_members)
+    monkeypatch.setattr(scoring, "load_images", counting_load)  # the images scored
+    monkeypatch.setattr(scoring, "load_members", counting_members)
+    monkeypatch.setattr(ev, "load_members", counting_members)  # the figures' samples
     reports = tmp_path / "reports"
     live = {"base": tmp_path / "live_b", "finetuned": tmp_path / "live_f"}
     metrics = ev.evaluate(
@@ -169,18 +173,19 @@ def test_evaluate_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         ("NORMAL", "PNEUMONIA"),
         models=models,
         test_csv=csv,
-        corrupted_dir=corrupted,
+        corrupted_manifest=corrupted / "manifest.csv",
         reports=reports,
         live=live,
         held_out=HELD,
         raw_dir=raw,
         adapt=ADAPT,
         val_csv=val_csv,
+        source_json=tmp_path / "source.json",
     )
     manifest = read_csv(corrupted / "manifest.csv")
     # Every image decoded exactly once for scoring, shared by all models (+ the figures'
     # samples: grid_images of the reference group, one source image in each family).
-    grid = len(FAMILIES) * len(set(SEVERITIES) & set(ev.GRID_SEVERITIES))
+    grid = len(FAMILIES) * len(set(SEVERITIES) & set(GRID_SEVERITIES))
     figures = PROXY.grid_images + grid
     assert len(decoded) == len(read_csv(csv)) + len(manifest) + figures
     assert len(set(decoded)) == len(read_csv(csv)) + len(manifest)
@@ -277,13 +282,14 @@ def test_adaptation_never_reads_labels(tmp_path: Path) -> None:
             ("NORMAL", "PNEUMONIA"),
             models=models,
             test_csv=csv,
-            corrupted_dir=corrupted,
+            corrupted_manifest=corrupted / "manifest.csv",
             reports=reports,
             live={"base": tmp_path / "live"},
             held_out=(),
             raw_dir=raw,
             adapt=AdaptParams(models=("base",), prior=True, min_images=4, batch_size=8),
             val_csv=val_csv,
+            source_json=tmp_path / "source.json",
         )
         outputs.append(reports)
     a, b = ((r / "adaptation.json").read_bytes() for r in outputs)

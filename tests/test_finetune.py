@@ -1,4 +1,5 @@
-"""Tests for tasks.finetune: frozen weights kept, tail trained, BatchNorm frozen, layer table."""
+"""Fine-tuning (xray/models/finetune_training.py, finetuning.py): frozen weights kept, tail
+trained, BatchNorm frozen, layer table."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import numpy as np
 import pytest
 from conftest import write_generated_split
 
-from tasks.finetune import finetune, freeze
+from xray.adaptation.references import source_references
 from xray.core.io import read_csv
 from xray.core.params import parse_params
 from xray.models.architectures import build_model, load_model, save_model
+from xray.models.finetune_training import finetune
+from xray.models.finetuning import freeze
 
 SIZE = 32
 IMAGE = 48
@@ -58,13 +61,15 @@ def tuned(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         }
     )
     paths = {
-        "splits_dir": splits,
+        "train_csv": splits / "train.csv",
+        "val_csv": splits / "val.csv",
         "base_path": base,
         "model_path": root / "finetuned.keras",
         "live_dir": root / "live",
         "work_dir": root / "work",
         "layers_csv": root / "reports" / "finetune_layers.csv",
         "raw_dir": raw,
+        "references": source_references,
     }
     finetune(params, **paths)
     return paths
@@ -150,8 +155,8 @@ def test_unknown_unfreeze_from_is_a_one_line_error() -> None:
 
 
 def test_clean_fraction_leaves_some_draws_clean() -> None:
-    from tasks.finetune import corrupt_one
     from xray.models.dataset import resize
+    from xray.models.finetuning import corrupt_one
 
     image = np.random.default_rng(3).integers(0, 256, (IMAGE, IMAGE)).astype(np.uint8)
     clean = resize(image, SIZE)
@@ -165,7 +170,7 @@ def test_clean_fraction_leaves_some_draws_clean() -> None:
 
 
 def test_corrupted_batches_start_at_the_given_epoch() -> None:
-    from tasks.finetune import corrupted_batches
+    from xray.models.finetuning import corrupted_batches
 
     rng = np.random.default_rng(5)
     images = [rng.integers(0, 256, (IMAGE, IMAGE)).astype(np.uint8) for _ in range(6)]
@@ -181,7 +186,7 @@ def test_corrupted_batches_start_at_the_given_epoch() -> None:
 
 def test_augmented_batches_are_keyed_by_epoch_and_batch() -> None:
     """With augmentation: draws differ from the plain batches, repeat on a rerun and a resume."""
-    from tasks.finetune import corrupted_batches
+    from xray.models.finetuning import corrupted_batches
     from xray.perturbations.augment import augmenter
 
     rng = np.random.default_rng(5)
@@ -203,7 +208,7 @@ def test_augmented_batches_are_keyed_by_epoch_and_batch() -> None:
 
 
 def test_augmix_batches_stack_each_draw_and_its_copies() -> None:
-    from tasks.finetune import corrupted_batches
+    from xray.models.finetuning import corrupted_batches
 
     rng = np.random.default_rng(6)
     images = [rng.integers(0, 256, (IMAGE, IMAGE)).astype(np.uint8) for _ in range(6)]

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, copy_project
+from conftest import ROOT, copy_project, stage_argv
 
 from xray.core import errors
 from xray.core import runtime as cli_support
@@ -142,9 +141,8 @@ def test_a_stage_run_as_main_keeps_its_named_errors_one_line(tmp_path: Path) -> 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"]["source"] = str(tmp_path / "absent.zip")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    cmd = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["download"]["cmd"]
     proc = subprocess.run(
-        [sys.executable, *shlex.split(cmd)[1:]],  # the paths as dvc.yaml passes them
+        stage_argv("download"),  # the paths as dvc.yaml passes them
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -290,7 +288,7 @@ def test_a_real_training_stage_writes_no_start_up_noise(tmp_path: Path) -> None:
     out = ""
     for stage in ("download", "split", "train_base"):
         proc = subprocess.run(
-            [sys.executable, "-m", f"tasks.{stage}"],
+            stage_argv(stage, root),
             cwd=root,
             env=env,
             capture_output=True,

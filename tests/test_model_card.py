@@ -150,7 +150,9 @@ def test_card_has_every_section_filled_from_the_reports(tmp_path: Path) -> None:
     """Sections in order; metrics with intervals; subgroups by class, source, family, proxy."""
     reports = tmp_path / "reports"
     data = write_reports(reports)
-    assert write_model_card(reports, tmp_path) is None  # no dvc.lock: no lineage record
+    assert (
+        write_model_card(reports, tmp_path, source_json=tmp_path / "source.json") is None
+    )  # no dvc.lock: no lineage record
     card = (reports / CARD).read_text()
     places = [card.index(s) for s in SECTIONS]
     assert places == sorted(places)
@@ -175,12 +177,14 @@ def test_card_bytes_are_a_function_of_the_reports(tmp_path: Path) -> None:
     """Written twice, same bytes; no time stamps in the card or the intervals."""
     reports = tmp_path / "reports"
     write_reports(reports)
-    write_model_card(reports, tmp_path)
+    write_model_card(reports, tmp_path, source_json=tmp_path / "source.json")
     first = {n: (reports / n).read_bytes() for n in (CARD, INTERVALS)}
-    write_model_card(reports, tmp_path)
+    write_model_card(reports, tmp_path, source_json=tmp_path / "source.json")
     assert {n: (reports / n).read_bytes() for n in (CARD, INTERVALS)} == first
     assert not re.search(rb"\d{4}-\d\d-\d\dT\d\d:", first[CARD] + first[INTERVALS])
     stamps = {"created": "2026-01-01T00:00:00+00:00", "flow_run_id": "r1", "code": {}, "host": "h"}
+    root = Path(__file__).resolve().parents[1]  # the artifact finds reports/ in dvc.yaml's cmd
+    (tmp_path / "dvc.yaml").write_text((root / "dvc.yaml").read_text())
     published = card_markdown(tmp_path, stamps)
     assert published.startswith(first[CARD].decode())  # the artifact is the file + provenance
     assert "## Run provenance" in published and "r1" in published

@@ -100,7 +100,8 @@ class Crash(keras.callbacks.Callback):
 
 
 def test_train_base_resumes_after_a_kill(tmp_path: Path) -> None:
-    from tasks.train_base import train_base
+    from xray.adaptation.references import source_references
+    from xray.models.base_training import train_base
 
     raw, splits = write_tiny_split(tmp_path)
     params = parse_params(
@@ -117,11 +118,13 @@ def test_train_base_resumes_after_a_kill(tmp_path: Path) -> None:
         }
     )
     paths = {
-        "splits_dir": splits,
+        "train_csv": splits / "train.csv",
+        "val_csv": splits / "val.csv",
         "model_path": tmp_path / "base.keras",
         "live_dir": tmp_path / "live",
         "work_dir": tmp_path / "work",
         "raw_dir": raw,
+        "references": source_references,
     }
     with pytest.raises(KeyboardInterrupt):
         train_base(params, **paths, callbacks=[Crash()])
@@ -193,8 +196,8 @@ def test_saved_model_bytes_do_not_depend_on_the_process(tmp_path: Path) -> None:
 
 
 def test_threshold_scores_add_seeded_augmented_copies_of_val() -> None:
-    from tasks.train_base import THRESHOLD_AUG_COPIES, threshold_sets
     from xray.core.params import TrainParams
+    from xray.models.base_training import THRESHOLD_AUG_COPIES, threshold_sets
 
     x = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 1), dtype=np.uint8)
     y = np.array([0, 1, 0, 1, 0, 1])

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import stage_argv
 
 from xray.core.params import Params, ParamsError, load_params, parse_params
 
@@ -74,7 +74,7 @@ def test_stage_fails_before_writing_anything(tmp_path: Path) -> None:
     raw["split"]["val_fraction"] = 1.5
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     proc = subprocess.run(
-        [sys.executable, "-m", "tasks.download"],
+        stage_argv("download"),
         cwd=tmp_path,
         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
         capture_output=True,

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_env, write_generated_split
+from conftest import ROOT, run_env, stage_argv, write_generated_split
 
 from xray.core.params import ParamsError, parse_params
 from xray.models.distribute import is_chief, tf_config, usable_rows, worker_dirs
@@ -48,15 +48,18 @@ DRIVER = """
 import json, sys
 from pathlib import Path
 from xray.core.params import parse_params
-from tasks.train_base import train_base
+from xray.adaptation.references import source_references
+from xray.models.base_training import train_base
 root, out, train = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
 summary = train_base(
     parse_params({"train": train}),
-    splits_dir=root / "splits",
+    train_csv=root / "splits" / "train.csv",
+    val_csv=root / "splits" / "val.csv",
     model_path=out / "base.keras",
     live_dir=out / "live",
     work_dir=out / "work",
     raw_dir=root / "raw",
+    references=source_references,
 )
 print("SUMMARY " + json.dumps(summary))
 """
@@ -275,7 +278,7 @@ def test_multi_worker_without_tf_config_is_a_one_line_stage_error(
 ) -> None:
     project = make_project({"train": {"strategy": "multi_worker"}})
     proc = subprocess.run(
-        [sys.executable, "-m", "tasks.train_base"],
+        stage_argv("train_base", project),  # as dvc.yaml runs it, with its paths
         cwd=project,
         env=train_env(),
         capture_output=True,
@@ -325,16 +328,19 @@ FINETUNE_DRIVER = """
 import json, sys
 from pathlib import Path
 from xray.core.params import parse_params
-from tasks.finetune import finetune
+from xray.adaptation.references import source_references
+from xray.models.finetune_training import finetune
 root, base, out, strategy = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
 params = parse_params({
     "finetune": {"trainable_layers": 3, "epochs": 2, "batch_size": 8, "strategy": strategy},
     "corrupt": {"families": ["seed", "jpeg"], "held_out": ["jpeg"], "severities": [3]},
     "train": {"threads": 1, "cpu_replicas": 2 if strategy == "mirrored" else 0},
 })
-summary = finetune(params, splits_dir=root / "splits", base_path=base, model_path=out / "ft.keras",
-                   live_dir=out / "live", work_dir=out / "work", layers_csv=out / "layers.csv",
-                   raw_dir=root / "raw")
+summary = finetune(params, train_csv=root / "splits" / "train.csv",
+                   val_csv=root / "splits" / "val.csv", base_path=base,
+                   model_path=out / "ft.keras", live_dir=out / "live", work_dir=out / "work",
+                   layers_csv=out / "layers.csv", raw_dir=root / "raw",
+                   references=source_references)
 print("SUMMARY " + json.dumps(summary))
 """
 

@@ -1,1 +1,1 @@
-"""Models: architectures, model files, the input pipeline, training, resume, distribution, inference."""
+"""Models: architectures, model files, input pipeline, training, resume, distribution, inference."""

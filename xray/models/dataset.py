@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("xray.data")
 
-RAW_DIR = Path("data/raw")
 LOAD_THREADS = 4
 LOAD_CHUNK = 512  # images decoded per step into a file cache: bounds the memory used
 MEMORY_SHARE = 4  # cache "auto" without cache_memory_mb: files above 1/4 of physical_memory()
@@ -172,7 +171,7 @@ def labels_of(rows: Sequence[dict[str, str]], positive: str) -> np.ndarray:
 
 
 def load_split(
-    csv: Path, size: int, positive: str, root: Path = RAW_DIR, cache: Path | None = None
+    csv: Path, size: int, positive: str, root: Path, cache: Path | None = None
 ) -> tuple[np.ndarray, np.ndarray, list[dict[str, str]]]:
     """Images (N, size, size, 1) uint8, labels and manifest rows of one split file.
 

@@ -220,3 +220,11 @@ def resume_point(work_dir: Path, fingerprint: str, epochs: int) -> tuple[Path | 
 def finish(work_dir: Path) -> None:
     """Remove the resume state once the stage's outputs are saved."""
     shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def work_dir_for(output: Path, stage: str) -> Path:
+    """The resume state of `stage` beside its output (models/base.keras: models/.train_base.work).
+
+    A hidden folder beside the output (git ignores `models/.*.work/`), named for the stage.
+    """
+    return output.parent / f".{stage}.work"

@@ -1,6 +1,7 @@
 """The fit loop shared by train_base and finetune: seeds, precision, optimizer, callbacks, dvclive.
 
-Resuming after a kill lives in xray/models/resume.py, the decision threshold in xray/models/threshold.py.
+Resuming after a kill lives in xray/models/resume.py, the decision threshold in
+xray/models/threshold.py.
 """
 
 from __future__ import annotations

@@ -11,9 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from xray.core.stage import dvc_yaml_paths
 from xray.records.record import run_stamps
 from xray.reports.lineage import LineageError, build_record, current_record, flatten, read_lock
-from xray.reports.model_card import REPORTS, model_card
+from xray.reports.model_card import model_card
 
 METRICS_KEY = "xray-metrics"
 LINEAGE_KEY = "xray-lineage"
@@ -44,7 +45,10 @@ def publish_artifacts(root: Path, stamps: dict[str, Any] | None = None) -> dict[
     if stamps is None:
         stamps = run_stamps(root)
     try:
-        record = current_record(root) or build_record(root)
+        paths = dvc_yaml_paths("evaluate", root)  # its reports folder and the source identity
+        record = current_record(root) or build_record(
+            root, source_json=paths["source_json"], metrics_json=paths["reports"] / "metrics.json"
+        )
     except LineageError as e:
         return {"artifacts": [], "reason": str(e)}
     rows = [
@@ -74,4 +78,7 @@ def publish_artifacts(root: Path, stamps: dict[str, Any] | None = None) -> dict[
 
 def card_markdown(root: Path, stamps: dict[str, Any]) -> str:
     """The model card of root's reports plus the run's provenance section."""
-    return model_card(root / REPORTS, root)["card"] + render_stamps(stamps)
+    paths = dvc_yaml_paths("evaluate", root)  # its reports folder and the source identity
+    return model_card(paths["reports"], root, source_json=paths["source_json"])["card"] + (
+        render_stamps(stamps)
+    )

@@ -25,12 +25,12 @@ from xray.core.git import git
 from xray.core.hashing import file_md5
 
 LOCK_FILE = "dvc.lock"
-SOURCE_JSON = Path("data/raw/source.json")
 RAW_OUT = "data/raw"
-REPORTS = Path("reports")
-METRICS_JSON = REPORTS / "metrics.json"
-LINEAGE_JSON = REPORTS / "lineage.json"
-MODEL_CARD = REPORTS / "model_card.md"
+# The evaluate stage's outputs as xray/records reads them back from a run's commit (dvc.yaml
+# names them; the stage itself gets its reports folder from its cmd).
+METRICS_JSON = Path("reports/metrics.json")
+LINEAGE_JSON = Path("reports/lineage.json")
+MODEL_CARD = Path("reports/model_card.md")
 MODELS = {"finetuned": "models/finetuned.keras", "base": "models/base.keras"}
 FLOW_RUN_ENV = ("XRAY_FLOW_RUN_ID", "PREFECT__FLOW_RUN_ID")
 VERSION_PACKAGES = {
@@ -192,8 +192,13 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def build_record(root: Path = Path(".")) -> dict[str, Any]:
+def build_record(
+    root: Path = Path("."), *, source_json: Path, metrics_json: Path
+) -> dict[str, Any]:
     """The lineage record of root's models: hashes from the files, the rest from dvc.lock.
+
+    `source_json` (the source's identity, data/raw/source.json in the pipeline) and
+    `metrics_json` (the evaluate stage's metrics) are read as given, not under root.
 
     Deterministic: the same dvc.lock, models, source identity, metrics and installed packages
     give the same record (run stamps are the run record's, see the module docstring).
@@ -220,11 +225,11 @@ def build_record(root: Path = Path(".")) -> dict[str, Any]:
         "models": models,
         "data": {
             "source": stage_params(stages.get("download", {})).get("data", {}).get("source"),
-            "identity": _read_json(root / SOURCE_JSON),
+            "identity": _read_json(source_json),
             "raw_md5": raw["md5"] if raw else None,
         },
         "versions": versions(),
-        "metrics": _read_json(root / METRICS_JSON),
+        "metrics": _read_json(metrics_json),
     }
 
 
