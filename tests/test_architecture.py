@@ -140,3 +140,15 @@ def test_layer_check_sees_an_upward_import() -> None:
     """folder() and LAYERS rank a core module below a report module."""
     assert LAYERS[folder("xray.core.io")] < LAYERS[folder("xray.reports.metrics")]
     assert folder("xray.perturbations.names") == "xray.perturbations.names"
+
+
+def test_the_layout_is_described_where_users_look() -> None:
+    """Every library folder is named in `xray --help`, docs/architecture.md and LAYERS."""
+    from xray.cli.main import EPILOG
+
+    folders = sorted(p.name for p in (ROOT / "xray").iterdir() if (p / "__init__.py").exists())
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    assert folders == sorted(k.split(".")[1] for k in LAYERS if k.count(".") == 1)
+    for name in folders:
+        assert name in EPILOG.split("code:")[1], name
+        assert f"`xray/{name}`" in doc or f"  {name}/" in doc, name

@@ -308,4 +308,5 @@ def test_a_real_training_stage_writes_no_start_up_noise(tmp_path: Path) -> None:
         text=True,
         timeout=300,
     )
-    assert "oneDNN custom operations" in loud.stderr  # everything still available
+    # everything still available (which start-up lines TensorFlow prints depends on the CPU)
+    assert any(n in loud.stderr for n in TF_NOISE), loud.stderr

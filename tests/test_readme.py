@@ -22,7 +22,7 @@ INLINE_DEFAULT = re.compile(r"`(\w+)\.(\w+)`,? default ([\w.\-]+)")
 
 
 def code_default(section: str, key: str) -> Any:
-    """The default xray/core/params.py gives a key left out of params.yaml."""
+    """The default xray/core/sections.py gives a key left out of params.yaml."""
     model = Params.model_fields[section].annotation
     value = model.model_fields[key].get_default(call_default_factory=True)  # type: ignore[union-attr]
     return json.loads(json.dumps(value))  # tuples as the lists YAML gives
@@ -45,7 +45,7 @@ def test_documented_defaults_match_params_yaml_and_the_code(
     section: str, key: str, value: Any
 ) -> None:
     assert PARAMS_YAML[section][key] == value, f"params.yaml {section}.{key}"
-    assert code_default(section, key) == value, f"xray/core/params.py {section}.{key}"
+    assert code_default(section, key) == value, f"xray/core/sections.py {section}.{key}"
 
 
 def test_code_defaults_equal_params_yaml() -> None:

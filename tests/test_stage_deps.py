@@ -50,6 +50,34 @@ def test_the_pipeline_lists_every_imported_module() -> None:
     assert "tasks/evaluate.py" not in by_stage["corrupt"]
 
 
+@pytest.mark.parametrize(
+    ("module", "stages"),
+    [
+        ("xray/perturbations/medmnist.py", {"corrupt", "finetune"}),
+        ("xray/perturbations/keras_seed.py", {"corrupt", "finetune"}),
+        (
+            "xray/perturbations/names.py",
+            {"download", "split", "corrupt", "train_base", "finetune", "evaluate"},
+        ),
+        ("xray/models/finetune_training.py", {"finetune"}),
+        ("xray/reports/figures.py", {"evaluate"}),
+    ],
+)
+def test_a_module_reruns_only_the_stages_that_import_it(module: str, stages: set[str]) -> None:
+    """Editing one corruption family's code does not rerun download, split or train_base."""
+    results = check_stages(ROOT)
+    assert {r.stage for r in results if module in r.needed} == stages
+    import yaml
+
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    listed = {
+        name
+        for name, stage in spec.items()
+        if any(module == d or module.startswith(str(d).rstrip("/") + "/") for d in stage["deps"])
+    }
+    assert listed == stages  # and dvc.yaml lists it (or its folder) for exactly those
+
+
 def test_transitive_lazy_and_relative_imports_are_followed(tmp_path: Path) -> None:
     root = _project(tmp_path, ["pkg/a.py"], FILES)
     assert import_closure("pkg/a.py", root) == {"pkg/a.py", "pkg/b.py", "pkg/c.py"}

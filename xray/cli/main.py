@@ -59,6 +59,12 @@ environment:
   XRAY_PROGRESS_INTERVAL  seconds between progress lines of long work (default 5)
   XRAY_NO_BAR             any value: progress as log lines even on a terminal
   PREFECT_API_URL         a Prefect server's API (default: a temporary local server)
+
+code:
+  tasks/<stage>.py        the six DVC stages, thin (`python -m tasks.<stage>` + dvc.yaml's paths)
+  flows/                  the Prefect flow (pipeline.py) and its deployment (deploy.py)
+  xray/                   the library, a folder per layer: core, data, perturbations, models,
+                          adaptation, reports, records, runner, cli (docs/architecture.md)
 """
 
 
