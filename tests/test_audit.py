@@ -296,6 +296,13 @@ def test_records_history_and_reverse_lookup(
     assert main(["audit", "--workdir", str(project), "--data", h2["raw"]]) == 0
     text = capsys.readouterr().out
     assert "finetuned@v0.2.0" in text and "finetuned@v0.1.0" not in text
+    unknown = ["audit", "--workdir", str(project), "--data", "0123abcd" * 4]
+    assert main(unknown) == 1  # nothing found: exit status 1, one line
+    err = capsys.readouterr().err
+    assert err.startswith("error: no recorded model version was trained on data with hash 0123")
+    assert err.count("\n") == 1
+    assert main([*unknown, "--json"]) == 1
+    assert json.loads(capsys.readouterr().out) == []
     assert main(["audit", "--workdir", str(project), "models/finetuned.keras"]) == 0
     text = capsys.readouterr().out
     assert h2["finetuned"] in text and "stage finetune" in text

@@ -221,3 +221,35 @@ def test_no_command_imports_tensorflow_before_main_quiets_it() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert proc.stdout.strip() == "[]", proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (["--set", "train.epochs=0"], "error: "),
+        (["--set", "train.epocs=3"], "error: overrides: train.epocs: no such key in params.yaml"),
+        (["--source", "ftp://example.org/x.zip"], "error: "),
+    ],
+)
+def test_run_checks_params_and_overrides_before_the_flow(
+    argv: list[str],
+    line: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A bad override is one line and exit 2 before Prefect starts; params.yaml is untouched."""
+    import flows.pipeline
+
+    for name in ("params.yaml", "dvc.yaml"):
+        (tmp_path / name).write_bytes((ROOT / name).read_bytes())
+
+    def never(**kw: object) -> None:
+        raise AssertionError("the flow started")
+
+    monkeypatch.setattr(flows.pipeline, "pipeline", never)
+    monkeypatch.delenv("XRAY_TRACEBACK", raising=False)
+    assert cli.main(["run", "--workdir", str(tmp_path), *argv]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith(line) and err.count("\n") == 1, err
+    assert (tmp_path / "params.yaml").read_bytes() == (ROOT / "params.yaml").read_bytes()

@@ -38,6 +38,12 @@ def test_committed_params_parse() -> None:
         ({"corrupt": {"severities": [6]}}, "params.yaml: corrupt.severities.0: "),
         ({"train": {"arch": "vgg99"}}, "params.yaml: train.arch: "),
         ({"data": {"class_map": {"covid": "COVID"}}}, "params.yaml: data.class_map: "),
+        ({"train": {"epochs": 10**22}}, "params.yaml: train.epochs: "),
+        ({"finetune": {"patience": 10**5}}, "params.yaml: finetune.patience: "),
+        ({"split": {"seed": -1}}, "params.yaml: split.seed: "),
+        ({"train": {"seed": 2**64}}, "params.yaml: train.seed: "),
+        ({"evaluate": {"batch_size": 2**40}}, "params.yaml: evaluate.batch_size: "),
+        ({"data": {"max_archive_bytes": 10**30}}, "params.yaml: data.max_archive_bytes: "),
     ],
 )
 def test_bad_values_give_one_line_naming_the_key(raw: dict, expected: str) -> None:
@@ -101,3 +107,30 @@ def test_yaml_error_names_line_and_reason(tmp_path: Path, text: str, reason: str
     with pytest.raises(ParamsError, match=reason) as ei:
         load_params(bad)
     assert "\n" not in str(ei.value)
+
+
+def test_what_dvc_refuses_is_refused_first(tmp_path: Path) -> None:
+    """A duplicate key, an empty file, a section a stage reads missing: one line, as DVC would."""
+    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    path = tmp_path / "params.yaml"
+    committed = (ROOT / "params.yaml").read_text()
+    path.write_text(committed + "train:\n  epochs: 3\n")
+    with pytest.raises(
+        ParamsError, match=r"params.yaml: line \d+ is not valid YAML: duplicate key"
+    ):
+        load_params(path)
+    path.write_text(committed.replace("  epochs: 15\n", "  epochs: 15\n  epochs: 16\n", 1))
+    with pytest.raises(ParamsError, match="duplicate key 'epochs'"):
+        load_params(path)
+    path.write_text("")
+    with pytest.raises(ParamsError, match=r"params.yaml: empty \(dvc.yaml's stages read"):
+        load_params(path)
+    raw = yaml.safe_load(committed)
+    del raw["adapt"]
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(
+        ParamsError, match=r"no key 'adapt' \(dvc.yaml's stage evaluate reads it\)"
+    ):
+        load_params(path)
+    (tmp_path / "dvc.yaml").unlink()  # no dvc.yaml beside it: a partial file is fine
+    assert load_params(path).adapt.bn is True

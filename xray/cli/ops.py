@@ -6,6 +6,7 @@ import argparse
 
 from xray.cli.base import EXIT_OK, UsageError, add_command, add_workdir, parse_overrides
 from xray.cli.server import DEFAULT_PORT
+from xray.core.errors import WorkError
 
 
 def cmd_server(args: argparse.Namespace) -> int:
@@ -63,6 +64,10 @@ def cmd_audit(args: argparse.Namespace) -> int:
     else:
         result = audit.audit(root, args.model)
         text = audit.format_audit(result)  # type: ignore[arg-type]
+    if args.data and not result:  # nothing found: exit status 1, as for a model never recorded
+        if args.json:
+            print("[]")
+        raise WorkError(f"no recorded model version was trained on data with hash {args.data}")
     print(json.dumps(result, indent=2, sort_keys=True) if args.json else text)
     return EXIT_OK
 

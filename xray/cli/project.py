@@ -8,17 +8,22 @@ from pathlib import Path
 from xray.cli.base import EXIT_OK, add_command, add_workdir, parse_overrides
 from xray.core.errors import WorkError
 from xray.core.params import STAGES, load_params
+from xray.runner.overrides import check_overrides
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run the Prefect pipeline flow."""
+    """Run the Prefect pipeline flow; params.yaml and the overrides are checked before Prefect."""
+    overrides = parse_overrides(args.set or [])
+    source = {"data.source": args.source} if args.source else {}
+    check_overrides(args.workdir, overrides | source)  # as the flow will apply them
+
     from flows.pipeline import pipeline
 
     pipeline(
         workdir=str(args.workdir),
         stages=args.stages or None,
         source=args.source,
-        overrides=parse_overrides(args.set or []) or None,
+        overrides=overrides or None,
         push=args.push,
         remote=args.remote,
         record=args.record,

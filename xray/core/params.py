@@ -89,11 +89,56 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
         raise ParamsError(_describe(err, source)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML refusing a key given twice in one mapping (DVC refuses it; PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _stage_params(path: Path) -> list[tuple[str, str]]:
+    """(stage, dotted key) of every params.yaml key the stages of the dvc.yaml beside it read."""
+    try:
+        stages = (yaml.safe_load((path.parent / "dvc.yaml").read_text()) or {}).get("stages")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return []  # no readable dvc.yaml: DVC's own check does not apply
+    found = []
+    for stage, spec in (stages or {}).items():
+        for entry in (spec or {}).get("params") or []:
+            if isinstance(entry, str):
+                found.append((stage, entry))
+            elif isinstance(entry, dict):  # {file: [keys]}: only this params file's keys
+                for file, keys in entry.items():
+                    if Path(file).name == path.name:
+                        found += [(stage, k) for k in keys or []]
+    return found
+
+
+def _check_stage_keys(raw: Any, path: Path) -> None:
+    """Every key the dvc.yaml stages read is in the file, as `dvc repro` requires."""
+    if raw is None:
+        raise ParamsError(f"{path}: empty (dvc.yaml's stages read their sections from it)")
+    for stage, dotted in _stage_params(path):
+        node = raw
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise ParamsError(f"{path}: no key '{dotted}' (dvc.yaml's stage {stage} reads it)")
+            node = node[part]
+
+
 def load_params(path: Path | str = PARAMS_FILE) -> Params:
-    """Read and validate params.yaml."""
+    """Read and validate params.yaml, as strictly as `dvc repro` reads it."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found") from None
     except yaml.YAMLError as e:
@@ -103,4 +148,5 @@ def load_params(path: Path | str = PARAMS_FILE) -> Params:
         context = " ".join(str(getattr(e, "context", None) or "").split())
         why = f"{problem} ({context})" if context else problem
         raise ParamsError(f"{path}:{where} is not valid YAML: {why}") from None
+    _check_stage_keys(raw, path)
     return parse_params(raw, str(path))

@@ -16,7 +16,10 @@ from pydantic import (
 
 from xray.perturbations.names import FAMILY_NAMES, HELD_OUT
 
-PosInt = Annotated[int, Field(gt=0)]
+PosInt = Annotated[int, Field(gt=0, le=2**31 - 1)]  # a count TensorFlow and numpy can hold
+Epochs = Annotated[int, Field(gt=0, le=10_000)]  # epochs, patience: a run that ends
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # what numpy's and TensorFlow's seeds accept
+Bytes = Annotated[int, Field(gt=0, le=2**50)]  # a size in bytes (1 PiB at most)
 Fraction = Annotated[float, Field(gt=0.0, lt=1.0)]
 CLASS_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 """A class name is also a folder name: letters, digits, '_', '.', '-'."""
@@ -32,7 +35,7 @@ class _Section(BaseModel):
 
 
 class SyntheticParams(_Section):
-    seed: int = 7
+    seed: Seed = 7
     patients_per_class: PosInt = 70
     images_per_patient: tuple[PosInt, PosInt] = (1, 4)
     image_size: Annotated[int, Field(ge=64, le=1024)] = 224
@@ -54,10 +57,10 @@ class DataParams(_Section):
     patient_pattern: str | None = None
     max_side: Annotated[int, Field(ge=32)] | None = 256
     max_pixels: PosInt = 50_000_000  # read from the header, before any pixel is decoded
-    max_file_bytes: PosInt = 100_000_000  # per file, checked before it is read
+    max_file_bytes: Bytes = 100_000_000  # per file, checked before it is read
     min_images_per_class: PosInt = 1  # after quarantine; in data/raw, and in train and test
     max_bad_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
-    max_archive_bytes: PosInt = 20_000_000_000
+    max_archive_bytes: Bytes = 20_000_000_000
     max_archive_members: PosInt = 200_000
     synthetic: SyntheticParams = SyntheticParams()
 
@@ -133,7 +136,7 @@ class DataParams(_Section):
 
 
 class SplitParams(_Section):
-    seed: int = 42
+    seed: Seed = 42
     val_fraction: Fraction = 0.15
     test_fraction: Fraction = 0.15
     merge_official_val: bool = True
@@ -170,7 +173,7 @@ def _held_out_families() -> tuple[str, ...]:
 
 
 class CorruptParams(_Section):
-    seed: int = 2024
+    seed: Seed = 2024
     families: tuple[str, ...] = Field(default_factory=_all_families)
     severities: tuple[Annotated[int, Field(ge=1, le=5)], ...] = (1, 2, 3, 4, 5)
     held_out: tuple[str, ...] = Field(default_factory=_held_out_families)
@@ -214,11 +217,12 @@ class ComputeParams(_Section):
 
     executor: Literal["local", "dask"] = "local"
     dask_address: str = ""  # empty: a LocalCluster on 127.0.0.1 for the stage's duration
-    workers: Annotated[int, Field(ge=0)] = 0  # local processes / LocalCluster workers; 0 = cores
+    # local processes / LocalCluster workers; 0 = cores
+    workers: Annotated[int, Field(ge=0, le=4096)] = 0
     # Decoded training images: in memory, or in .npy files read batch by batch (np.memmap).
     # auto: files when the decoded images would pass cache_memory_mb (0 = a quarter of RAM).
     cache: Literal["auto", "memory", "file"] = "auto"
-    cache_memory_mb: Annotated[int, Field(ge=0)] = 0
+    cache_memory_mb: Annotated[int, Field(ge=0, le=2**30)] = 0
 
     @field_validator("dask_address")
     @classmethod
@@ -246,17 +250,17 @@ class TrainParams(_Section):
     # none (pixels / 255) | standardize (each image to zero mean, unit variance, in the model)
     normalize: Literal["none", "standardize"] = "none"
     batch_size: PosInt = 32
-    epochs: PosInt = 15
+    epochs: Epochs = 15
     learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 2e-3
     lr_schedule: Literal["cosine", "plateau", "constant"] = "cosine"
-    warmup_epochs: Annotated[int, Field(ge=0)] = 1
+    warmup_epochs: Annotated[int, Field(ge=0, le=10_000)] = 1
     weight_decay: Annotated[float, Field(ge=0.0)] = 1e-4
-    patience: PosInt = 5
+    patience: Epochs = 5
     augment: bool = True
     augment_strength: Annotated[float, Field(ge=0.0, le=3.0)] = 1.0
-    seed: int = 42
+    seed: Seed = 42
     deterministic: bool = True
-    threads: Annotated[int, Field(ge=0)] = 0
+    threads: Annotated[int, Field(ge=0, le=4096)] = 0
     mixed_precision: bool = False  # bfloat16 compute, float32 weights
     jit_compile: bool = False  # XLA
     # tf.distribute (xray/models/distribute.py, docs/scale-out.md); batch_size is the global batch
@@ -279,11 +283,11 @@ class TrainParams(_Section):
 class FinetuneParams(_Section):
     trainable_layers: PosInt = 10
     unfreeze_from: str | None = None
-    epochs: PosInt = 8
+    epochs: Epochs = 8
     batch_size: PosInt = 32
     learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 3e-4
-    patience: PosInt = 3
-    seed: int = 43
+    patience: Epochs = 3
+    seed: Seed = 43
     clean_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.5
     # train_base's acquisition augmentation on every fine-tuning draw, at this strength
     # (0 = none): the tail keeps the pose, exposure and blur invariances the base learned.
@@ -312,7 +316,7 @@ class EvaluateParams(_Section):
         "grid_lines",
     )
     proxy_prior: Fraction | None = 0.5
-    proxy_seed: int = 11
+    proxy_seed: Seed = 11
 
 
 class AdaptParams(_Section):
@@ -326,7 +330,7 @@ class AdaptParams(_Section):
     prior: bool = True  # label-shift threshold correction (EM), after AdaBN
     min_images: PosInt = 32
     batch_size: PosInt = 64
-    seed: int = 0
+    seed: Seed = 0
 
     @property
     def method(self) -> str:

@@ -5,9 +5,38 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from xray.core.dvc_private import modify_yaml
 from xray.core.errors import InputError
-from xray.core.params import ParamsError, load_params
+from xray.core.params import ParamsError, load_params, parse_params
+
+
+def _set_key(data: dict[str, Any], key: str, value: Any) -> bool:
+    """Set dotted `key` of parsed params to value; whether it changed (InputError if absent)."""
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            raise InputError(f"overrides: {key}: no section {part!r} in params.yaml")
+        node = node[part]
+    if parts[-1] not in node:
+        raise InputError(f"overrides: {key}: no such key in params.yaml")
+    if node[parts[-1]] == value:
+        return False
+    node[parts[-1]] = value
+    return True
+
+
+def check_overrides(root: Path, overrides: dict[str, Any]) -> None:
+    """Validate params.yaml with the overrides applied, writing nothing (before a run starts)."""
+    path = root / "params.yaml"
+    load_params(path)  # the file itself first: its own error, naming its key
+    if overrides:
+        data = yaml.safe_load(path.read_text())
+        for key, value in overrides.items():
+            _set_key(data, key, value)
+        parse_params(data, f"{path} with the overrides")
 
 
 def apply_overrides(root: Path, overrides: dict[str, Any]) -> list[str]:
@@ -16,20 +45,8 @@ def apply_overrides(root: Path, overrides: dict[str, Any]) -> list[str]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing (run inside the project)")
     original = path.read_bytes()
-    changed: list[str] = []
     with modify_yaml(path) as data:
-        for key, value in overrides.items():
-            node = data
-            parts = key.split(".")
-            for part in parts[:-1]:
-                if not isinstance(node.get(part), dict):
-                    raise InputError(f"overrides: {key}: no section {part!r} in params.yaml")
-                node = node[part]
-            if parts[-1] not in node:
-                raise InputError(f"overrides: {key}: no such key in params.yaml")
-            if node[parts[-1]] != value:
-                node[parts[-1]] = value
-                changed.append(key)
+        changed = [key for key, value in overrides.items() if _set_key(data, key, value)]
     try:
         load_params(path)
     except ParamsError:
