@@ -80,6 +80,13 @@ BAD_META = {
         json.dumps({**GOOD_META, "classes": ["A"]}).encode(),
         r"classes is not a list of two names",
     ),
+    "positive_first": (  # the output is P(classes[1]): labels would contradict it
+        json.dumps(
+            {**GOOD_META, "classes": ["PNEUMONIA", "NORMAL"], "positive_class": "PNEUMONIA"}
+        ).encode(),
+        r"positive_class 'PNEUMONIA' is not the second of classes",
+    ),
+    "deeply_nested": (b"[" * 100_000 + b"]" * 100_000, r"xray\.json is nested too deeply"),
 }
 
 

@@ -75,6 +75,11 @@ def meta_problem(meta: Any, require: tuple[str, ...] = REQUIRED) -> str | None:
         positive = meta.get("positive_class", classes[-1])
         if positive not in classes:
             return f"{META_MEMBER}: positive_class {positive!r} is not one of {classes}"
+        if positive != classes[-1]:  # the output is P(classes[1]): labels would contradict it
+            return (
+                f"{META_MEMBER}: positive_class {positive!r} is not the second of classes "
+                f"{classes} (classes are [negative, positive])"
+            )
     for key in OPTIONAL_PROBABILITIES:
         if meta.get(key) is not None and (why := _probability(meta, key)):
             return f"{META_MEMBER}: {why}"
@@ -112,6 +117,8 @@ def read_meta(path: Path, require: tuple[str, ...] = REQUIRED) -> dict[str, Any]
         meta = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise ModelFileError(f"{path}: {META_MEMBER} is not valid JSON ({e})") from None
+    except RecursionError:
+        raise ModelFileError(f"{path}: {META_MEMBER} is nested too deeply to be ours") from None
     if why := meta_problem(meta, require):
         raise ModelFileError(f"{path}: {why}")
     return meta
