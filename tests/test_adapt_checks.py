@@ -296,3 +296,38 @@ def test_new_settings_are_recorded_and_defaults_keep_prevalence_unknown() -> Non
     assert s.prevalence is None and s.method == "adabn+prior"
     assert {"prevalence", "prior_check", "prior_tolerance", "guard"} <= set(s.settings())
     assert math.isclose(parse_params({"adapt": {"prevalence": 0.6}}).adapt.prevalence, 0.6)
+
+
+def test_guard_fallback_from_the_command_line_writes_the_unadapted_model(
+    model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """The random-init model calls every image one class; AdaBN overturns most calls."""
+    from PIL import Image
+
+    from xray.cli.main import main as xray
+    from xray.models.architectures import load_model, read_meta
+
+    monkeypatch.chdir(tmp_path)
+    images = tmp_path / "site"
+    images.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(34):
+        pixels = np.clip(rng.integers(40, 200) + rng.normal(0, 30, (36, 36)), 0, 255)
+        Image.fromarray(pixels.astype(np.uint8)).save(images / f"{i}.png")
+    out = tmp_path / "o.keras"
+    assert xray(["adapt", str(model_file), str(images), "-o", str(out), "--no-prior"]) == 0
+    captured = capsys.readouterr()
+    assert "guard: unadapted model used (" in captured.out
+    assert any(line.startswith(f"warning: {model_file}: unadapted model written, ")
+               for line in captured.err.splitlines())  # fmt: skip
+    meta = read_meta(out)
+    assert (
+        meta["adaptation"]["fallback"] and meta["threshold"] == read_meta(model_file)["threshold"]
+    )
+    a, b = load_model(out)[0], load_model(model_file)[0]
+    assert all(
+        np.array_equal(v.numpy(), w.numpy()) for v, w in zip(a.weights, b.weights, strict=True)
+    )
+    assert xray(["predict", "--model", str(model_file), "--json", "--adapt", str(images)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 34 and not any(r["adapted"] for r in rows)
