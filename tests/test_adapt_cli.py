@@ -19,7 +19,7 @@ N_GOOD = 34  # above the default adapt.min_images (32)
 @pytest.fixture(autouse=True)
 def no_params_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Run from a folder without params.yaml: AdaptParams' defaults (the tests pass --no-prior
-    where they check AdaBN alone)."""
+    and --no-guard where they check AdaBN alone: the random-init model's calls all flip)."""
     monkeypatch.chdir(tmp_path)
 
 
@@ -57,7 +57,9 @@ def test_adapt_changes_only_batchnorm_statistics(
     model_file: Path, site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "adapted.keras"
-    assert xray(["adapt", str(model_file), str(site), "-o", str(out), "--no-prior"]) == 0
+    assert (
+        xray(["adapt", str(model_file), str(site), "-o", str(out), "--no-prior", "--no-guard"]) == 0
+    )
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
     assert len(lines) == 1
@@ -80,7 +82,7 @@ def test_same_call_twice_gives_identical_bytes(
     reports = []
     for name in ("a.keras", "b.keras"):
         args = ["adapt", str(model_file), str(site), "-o", str(tmp_path / name), "--json"]
-        assert xray([*args, "--no-prior"]) == 0
+        assert xray([*args, "--no-prior", "--no-guard"]) == 0
         reports.append(json.loads(capsys.readouterr().out))
     assert (tmp_path / "a.keras").read_bytes() == (tmp_path / "b.keras").read_bytes()
     assert reports[0]["images_sha256"] == reports[1]["images_sha256"]
@@ -134,7 +136,8 @@ def test_bad_image_skipped_with_a_warning(
     bad = d / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
     out = tmp_path / "o.keras"
-    assert xray(["adapt", str(model_file), str(d), "-o", str(out), "--min-images", "8"]) == 0
+    args = ["adapt", str(model_file), str(d), "-o", str(out), "--min-images", "8", "--no-guard"]
+    assert xray(args) == 0
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith(f"warning: {bad}: not a usable image")
     # The random-init model calls these images one class: that warning may follow.
@@ -156,7 +159,7 @@ def test_params_yaml_in_the_current_folder_and_flag_override(
 def test_predict_adapt_rows_say_adapted(
     model_file: Path, site: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["predict", "--model", str(model_file), "--json", "--adapt", "--no-prior"]
+    args = ["predict", "--model", str(model_file), "--json", "--adapt", "--no-prior", "--no-guard"]
     assert xray([*args, str(site)]) == 0
     captured = capsys.readouterr()
     rows = [json.loads(line) for line in captured.out.splitlines()]
@@ -164,7 +167,9 @@ def test_predict_adapt_rows_say_adapted(
     assert captured.err.startswith("adapted: adabn on 34 images")
     # the same probabilities as the written adapted model gives
     out = tmp_path / "o.keras"
-    assert xray(["adapt", str(model_file), str(site), "-o", str(out), "--no-prior"]) == 0
+    assert (
+        xray(["adapt", str(model_file), str(site), "-o", str(out), "--no-prior", "--no-guard"]) == 0
+    )
     capsys.readouterr()
     assert xray(["predict", "--model", str(out), "--json", str(site)]) == 0
     plain = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

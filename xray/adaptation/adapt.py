@@ -23,15 +23,29 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
 
-from xray.adaptation.batchnorm import adabn, bn_statistics_many, restored, set_statistics
-from xray.adaptation.label_shift import ONE_CLASS, prior_correction
+from xray.adaptation.batchnorm import (
+    adabn,
+    bn_state,
+    bn_statistics_many,
+    restored,
+    set_bn_state,
+    set_statistics,
+)
+from xray.adaptation.guard import guard_check
+from xray.adaptation.label_shift import (
+    ONE_CLASS,
+    checked_correction,
+    known_prevalence,
+    prior_correction,
+)
+from xray.adaptation.references import confusion_rates
 from xray.adaptation.scores import probabilities
 from xray.adaptation.tent import tent
 from xray.core.params import AdaptParams
@@ -52,6 +66,8 @@ class AdaptReport:
     prior: dict[str, Any] = field(default_factory=dict)
     threshold: float | None = None
     warnings: list[str] = field(default_factory=list)
+    guard: dict[str, Any] = field(default_factory=dict)
+    fallback: str | None = None  # why the unadapted model's scores and threshold were used
 
     def as_dict(self) -> dict[str, Any]:
         """The report as plain JSON-ready data."""
@@ -73,7 +89,10 @@ def adapt(
     The images are (N, H, W, 1) at the model's input size. Nothing is changed when there
     are fewer than `s.min_images` of them (the report says why).
     """
+    saved = bn_state(model)
     report, _ = _adapt(model, meta, images, s)
+    if report.fallback is not None:
+        set_bn_state(model, saved)
     return _adapted_meta(meta, images, s, report), report
 
 
@@ -120,14 +139,15 @@ def predict_adapted_many(
     with contextlib.ExitStack() as stack:
         for m in models:
             stack.enter_context(restored(m))
+        before = forward_joint.scores(images, s.batch_size) if s.guard else [None] * len(models)
         stats = bn_statistics_many(models, images, s.batch_size, s.seed, moments_joint)
         for m, st in zip(models, stats, strict=True):
             set_statistics(m, st)
         scores = forward_joint.scores(images, s.batch_size)
         out = []
-        for (m, meta), p in zip(entries, scores, strict=True):
-            report, _ = _adapt(m, meta, images, s, statistics_set=True, scores=p)
-            out.append((p, float(report.threshold), report))
+        for (m, meta), p, p0 in zip(entries, scores, before, strict=True):
+            report, used = _adapt(m, meta, images, s, statistics_set=True, scores=p, unadapted=p0)
+            out.append((p if used is None else used, float(report.threshold), report))
     return out
 
 
@@ -138,12 +158,16 @@ def _adapt(
     s: AdaptParams,
     statistics_set: bool = False,
     scores: np.ndarray | None = None,
+    unadapted: np.ndarray | None = None,
 ) -> tuple[AdaptReport, np.ndarray | None]:
     """Adapt `model` in place; what was done, and its scores when computed on the way.
 
     The final threshold is `report.threshold`. `statistics_set`: AdaBN's statistics are
     already in the model (a joint pass set them); `scores`: the AdaBN model's scores from a
-    joint pass (used only without TENT).
+    joint pass (used only without TENT); `unadapted`: the model's scores before any change
+    (the guard's baseline; computed here when not given). When the guard falls back, the
+    scores returned are the unadapted ones and `report.adapted` is False; the model is left
+    adapted (the caller restores it).
     """
     source_threshold = float(meta["threshold"])
     report = AdaptReport(method=s.method, images=len(images), threshold=source_threshold)
@@ -154,6 +178,8 @@ def _adapt(
         report.skipped = f"{len(images)} images, fewer than adapt.min_images={s.min_images}"
         report.warnings.append(report.skipped)
         return report, None
+    if s.guard and unadapted is None:
+        unadapted = probabilities(model, images, s.batch_size)
     threshold = source_threshold
     if s.bn:
         if not statistics_set:
@@ -172,28 +198,75 @@ def _adapt(
         )
         if report.tent.get("status", "").startswith("reverted"):
             report.warnings.append(f"TENT {report.tent['status']}")
-    p = None
-    if s.prior:
-        reference = meta.get("prior_reference_adabn" if s.bn else "prior_reference")
-        reference = meta.get("prior_reference") if reference is None else reference
-        if reference is None:
-            report.warnings.append("no prior_reference in the model file: threshold not moved")
-        else:
-            p = scores if scores is not None and s.tent_steps == 0 else None
-            p = probabilities(model, images, s.batch_size) if p is None else p
-            report.prior = prior_correction(p, threshold, float(reference), meta.get("train_prior"))
-            threshold = report.prior["threshold_after"]
-            if report.prior["warning"]:
-                report.warnings.append(report.prior["warning"])
-            if not ONE_CLASS < report.prior["estimate"] < 1.0 - ONE_CLASS:
-                report.warnings.append(
-                    f"estimated PNEUMONIA share {report.prior['estimate']:.3f}: the images look "
-                    "like one class, and adapting to one class removes the difference the model "
-                    "looks for; adapt on a representative mix instead"
-                )
+    computed = [scores] if scores is not None and s.tent_steps == 0 else []
+
+    def adapted_scores() -> np.ndarray:
+        if not computed:
+            computed.append(probabilities(model, images, s.batch_size))
+        return computed[0]
+
+    threshold = _move_threshold(report, meta, adapted_scores, threshold, s)
     report.adapted = True
     report.threshold = threshold
-    return report, p
+    if s.guard:
+        assert unadapted is not None
+        report.guard = guard_check(
+            (unadapted, source_threshold),
+            (adapted_scores(), threshold),
+            s.guard_min_agreement,
+            s.guard_max_call_shift,
+        )
+        if report.guard["reason"]:
+            report.fallback = report.guard["reason"]
+            report.adapted = False
+            report.threshold = source_threshold
+            report.warnings.append(f"unadapted model used: {report.fallback}")
+            return report, unadapted
+    return report, computed[0] if computed else None
+
+
+def _move_threshold(
+    report: AdaptReport,
+    meta: dict[str, Any],
+    scores: Callable[[], np.ndarray],
+    threshold: float,
+    s: AdaptParams,
+) -> float:
+    """The threshold after the label-shift step (known prevalence, or the estimate, checked
+    or not); what was done in `report.prior` and its warnings. Unchanged when that step is off
+    or the model file lacks the reference it needs."""
+    reference = meta.get("prior_reference_adabn" if s.bn else "prior_reference")
+    reference = meta.get("prior_reference") if reference is None else reference
+    if s.prevalence is not None:
+        # a known share is compared with val's known share (the EM reference, for older files)
+        known = meta.get("val_prior", reference)
+        if known is None:
+            report.warnings.append("no val_prior in the model file: threshold not moved")
+            return threshold
+        report.prior = known_prevalence(scores(), threshold, float(known), s.prevalence)
+        return float(report.prior["threshold_after"])
+    if not s.prior:
+        return threshold
+    if reference is None:
+        report.warnings.append("no prior_reference in the model file: threshold not moved")
+        return threshold
+    args = (scores(), threshold, float(reference), meta.get("train_prior"))
+    if s.prior_check:
+        rates = confusion_rates(meta, threshold, s.bn)
+        report.prior = checked_correction(*args, rates, meta.get("val_prior"), s.prior_tolerance)
+        if report.prior["status"] != "applied":
+            report.warnings.append(f"threshold not moved, {report.prior['status']}")
+    else:
+        report.prior = prior_correction(*args)
+    if report.prior["warning"]:
+        report.warnings.append(report.prior["warning"])
+    if not ONE_CLASS < report.prior["estimate"] < 1.0 - ONE_CLASS:
+        report.warnings.append(
+            f"estimated PNEUMONIA share {report.prior['estimate']:.3f}: the images look "
+            "like one class, and adapting to one class removes the difference the model "
+            "looks for; adapt on a representative mix instead"
+        )
+    return float(report.prior["threshold_after"])
 
 
 def _adapted_meta(
@@ -201,9 +274,10 @@ def _adapted_meta(
 ) -> dict[str, Any]:
     """The adapted model file's metadata: threshold, and what was done on which images.
 
-    The images' hash is computed here only, for model files; unchanged when not adapted.
+    The images' hash is computed here only, for model files; unchanged when not adapted
+    (a guard's fallback is recorded: the file is the unadapted model at its own threshold).
     """
-    if not report.adapted:
+    if not report.adapted and report.fallback is None:
         return dict(meta)
     return {
         **meta,
@@ -212,15 +286,11 @@ def _adapted_meta(
             "method": s.method,
             "images": len(images),
             "images_sha256": images_hash(images),
-            "settings": {
-                "tent_steps": s.tent_steps,
-                "tent_lr": s.tent_lr,
-                "tent_max_shift": s.tent_max_shift,
-                "batch_size": s.batch_size,
-                "seed": s.seed,
-            },
+            "settings": s.settings(),
             "tent": report.tent,
             "prior": report.prior,
+            "guard": report.guard,
+            "fallback": report.fallback,
             "source_threshold": float(meta["threshold"]),
         },
     }

@@ -220,10 +220,20 @@ def restored(model: keras.Model) -> Iterator[keras.Model]:
 
     Adaptation changes nothing else (AdaBN the statistics, TENT the scale and shift too).
     """
-    variables = [v for bn in batchnorm_layers(model) for v in bn.variables]
-    saved = [v.numpy() for v in variables]
+    saved = bn_state(model)
     try:
         yield model
     finally:
-        for v, value in zip(variables, saved, strict=True):
-            v.assign(value)
+        set_bn_state(model, saved)
+
+
+def bn_state(model: keras.Model) -> list[np.ndarray]:
+    """Every BatchNorm weight and statistic of the model (what adaptation may change)."""
+    return [v.numpy() for bn in batchnorm_layers(model) for v in bn.variables]
+
+
+def set_bn_state(model: keras.Model, saved: list[np.ndarray]) -> None:
+    """Put back what `bn_state` saved."""
+    variables = [v for bn in batchnorm_layers(model) for v in bn.variables]
+    for v, value in zip(variables, saved, strict=True):
+        v.assign(value)

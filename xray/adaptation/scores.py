@@ -23,3 +23,8 @@ def binary_entropy(p: np.ndarray) -> np.ndarray:
     """Entropy (nats) of Bernoulli(p), elementwise."""
     q = np.clip(p.astype(np.float64), PROB_EPS, 1.0 - PROB_EPS)
     return -(q * np.log(q) + (1.0 - q) * np.log(1.0 - q))
+
+
+def call_stats(p: np.ndarray, threshold: float) -> tuple[float, float]:
+    """The share of scores called positive at `threshold`, and their mean entropy (nats)."""
+    return float(np.mean(p >= threshold)), float(np.mean(binary_entropy(p)))

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from xray.adaptation.batchnorm import adabn, batchnorm_layers, bn_training_mode, index_batches
-from xray.adaptation.scores import PROB_EPS, binary_entropy, probabilities
+from xray.adaptation.scores import PROB_EPS, call_stats, probabilities
 
 
 def affine_weights(model: keras.Model) -> list[Any]:
@@ -47,7 +47,7 @@ def tent(
         (bn.moving_mean.numpy(), bn.moving_variance.numpy()) for bn in batchnorm_layers(model)
     ]
     p0 = probabilities(model, images, batch_size)
-    call0, ent0 = float(np.mean(p0 >= threshold)), float(np.mean(binary_entropy(p0)))
+    call0, ent0 = call_stats(p0, threshold)
     optimizer = keras.optimizers.Adam(learning_rate=lr)
     rng = np.random.default_rng(seed + 1)
     batches: list[np.ndarray] = []
@@ -75,7 +75,7 @@ def tent(
         bn.moving_variance.assign(v)
     adabn(model, images, batch_size, seed)  # statistics that match the new scale and shift
     p1 = probabilities(model, images, batch_size)
-    call1, ent1 = float(np.mean(p1 >= threshold)), float(np.mean(binary_entropy(p1)))
+    call1, ent1 = call_stats(p1, threshold)
     report = {
         "steps": steps,
         "lr": lr,

@@ -62,9 +62,21 @@ def has_prior_reference(meta: dict[str, Any]) -> bool:
     return any(meta.get(k) is not None for k in PRIOR_KEYS)
 
 
-def check_prior(meta: dict[str, Any], model_path: Path, prior_flag: bool | None) -> None:
-    """Refuse an explicit --prior on a model file without `prior_reference`."""
-    if prior_flag and not has_prior_reference(meta):
+def check_prior(
+    meta: dict[str, Any],
+    model_path: Path,
+    prior_flag: bool | None,
+    prevalence: float | None = None,
+) -> None:
+    """Refuse an explicit --prior on a model file without `prior_reference`, and a known
+    prevalence on one without `val_prior` or a prior reference (nothing to move it from)."""
+    if prevalence is not None:
+        if meta.get("val_prior") is None and not has_prior_reference(meta):
+            raise AdaptError(
+                f"{model_path}: no val_prior in this model file, a known prevalence needs "
+                "one: retrain it or leave adapt.prevalence / --prevalence unset"
+            )
+    elif prior_flag and not has_prior_reference(meta):
         raise AdaptError(
             f"{model_path}: no prior_reference in this model file (saved before prior "
             "references), --prior needs one: retrain it or use --no-prior"
@@ -78,15 +90,22 @@ def summary(report: AdaptReport, source_threshold: float) -> str:
         f"{report.method} on {report.images} images",
         f"threshold {source_threshold:.4f} -> {after:.4f}",
     ]
-    if report.prior:
-        parts.append(
-            f"prior {report.prior['estimate']:.3f} (reference {report.prior['reference']:.3f})"
-        )
+    prior = report.prior
+    if "prevalence" in prior:
+        parts.append(f"prevalence {prior['prevalence']:.3f} (reference {prior['reference']:.3f})")
+    elif prior:
+        parts.append(f"prior {prior['estimate']:.3f} (reference {prior['reference']:.3f})")
+        if "bbse" in prior:
+            bbse = "n/a" if prior["bbse"] is None else f"{prior['bbse']:.3f}"
+            em = "n/a" if prior["em"] is None else f"{prior['em']:.3f}"
+            parts.append(f"EM {em}, BBSE {bbse}: {prior['status']}")
     elif any("prior_reference" in w for w in report.warnings):
         parts.append("prior not estimated (no prior_reference in the model file)")
     parts.append(f"TENT {report.tent.get('status', 'off')}")
-    if report.prior.get("warning"):
-        parts.append(f"warning: {report.prior['warning']}")
+    if report.fallback:
+        parts.append(f"guard: unadapted model used ({report.fallback})")
+    if prior.get("warning"):
+        parts.append(f"warning: {prior['warning']}")
     return "; ".join(parts)
 
 
@@ -163,7 +182,7 @@ def adapt_file(
         _check_output(model_path, out_path)
         if settings.method == "none":
             raise AdaptError(f"{model_path}: nothing to adapt (--no-bn without TENT or --prior)")
-        check_prior(meta, model_path, prior_flag)
+        check_prior(meta, model_path, prior_flag, settings.prevalence)
         size = int(meta["image_size"])
         names, images, _ = read_images(paths, size, err)
         if len(images) == 0:
@@ -188,11 +207,13 @@ def adapt_file(
         return EXIT_NO_MODEL
     warning = one_class_warning(model, meta, images, settings.batch_size)
     new_meta, report = adapt(model, meta, images, settings)
-    if not report.adapted:  # adapt() refused on its own (kept in step with the checks above)
+    if not report.adapted and report.fallback is None:  # refused (in step with the checks above)
         print(f"error: {model_path}: not adapted ({report.skipped})", file=err)
         return EXIT_REFUSED
     if warning:
         print(warning, file=err)
+    if report.fallback:
+        print(f"warning: {model_path}: unadapted model written, {report.fallback}", file=err)
     save_model(model, out_path, new_meta)
     source = float(meta["threshold"])
     if as_json:
@@ -201,7 +222,7 @@ def adapt_file(
             "output": str(out_path),
             **report.as_dict(),
             "threshold_before": source,
-            "images_sha256": new_meta["adaptation"]["images_sha256"],
+            "images_sha256": new_meta["adaptation"]["images_sha256"],  # a fallback too
             "files": len(names),
         }
         print(json.dumps(row), file=out)

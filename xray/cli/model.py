@@ -12,11 +12,13 @@ PREDICT_BATCH = 32
 _AD = AdaptParams()  # the adaptation defaults (the help shows them; no TF import here)
 ADAPT_DESCRIPTION = """\
 Re-estimates the model's BatchNorm statistics on the images (AdaBN; optionally TENT on
-BatchNorm scale/shift and a label-shift threshold move by the EM prior estimate). No
-label is read. Use a few dozen images or more from one site/setting, both classes
-ideally present. Defaults come from params.yaml's `adapt` section when a params.yaml is
-in the current folder, else the values shown; options override both. The output is a
-model file like any other: its metadata names the adaptation and the images' sha256."""
+BatchNorm scale/shift and a label-shift threshold move: to a known --prevalence, or by the
+EM prior estimate where BBSE agrees). A guard falls back to the unadapted model when the
+adapted calls overturn too many of its calls. No label is read. Use a few dozen images or
+more from one site/setting, both classes ideally present. Defaults come from params.yaml's
+`adapt` section when a params.yaml is in the current folder, else the values shown; options
+override both. The output is a model file like any other: its metadata names the
+adaptation and the images' sha256."""
 
 
 def _on(flag: bool) -> str:
@@ -53,6 +55,27 @@ def _add_adapt_options(p: argparse._ActionsContainer, batch_help: str | None = N
         f"model file with prior_reference (default: {src.format('prior', _on(_AD.prior))})",
     )
     p.add_argument(
+        "--prevalence",
+        type=float,
+        metavar="X",
+        help="the site's known PNEUMONIA share, 0 < X < 1: the threshold moves to it by the "
+        "prior ratio, no estimate (default: params.yaml adapt.prevalence, else unknown)",
+    )
+    p.add_argument(
+        "--prior-check",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="move the threshold by the estimate only where BBSE agrees with EM and the "
+        f"own-bias check is silent (default: {src.format('prior_check', _on(_AD.prior_check))})",
+    )
+    p.add_argument(
+        "--guard",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fall back to the unadapted model when adaptation overturns too many calls "
+        f"(default: {src.format('guard', _on(_AD.guard))})",
+    )
+    p.add_argument(
         "--min-images",
         type=int,
         metavar="N",
@@ -77,6 +100,9 @@ def _adapt_settings(args: argparse.Namespace, batch_size: int | None) -> object:
         tent_steps=args.tent_steps,
         tent_lr=args.tent_lr,
         prior=args.prior,
+        prevalence=args.prevalence,
+        prior_check=args.prior_check,
+        guard=args.guard,
         min_images=args.min_images,
         batch_size=batch_size,
     )

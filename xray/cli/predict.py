@@ -125,7 +125,7 @@ def _predict_adapted(
     Fewer usable images than `settings.min_images`: said on `err`, predicted unadapted.
     """
     try:
-        check_prior(meta, model_path, prior_flag)
+        check_prior(meta, model_path, prior_flag, settings.prevalence)
     except AdaptError as e:
         print(f"error: {e}", file=err)
         return EXIT_SOME_FAILED

@@ -328,14 +328,30 @@ class AdaptParams(_Section):
     tent_lr: Annotated[float, Field(gt=0.0, le=0.1)] = 1e-4
     tent_max_shift: Annotated[float, Field(gt=0.0, le=1.0)] = 0.15
     prior: bool = True  # label-shift threshold correction (EM), after AdaBN
+    # a known PNEUMONIA share of the target (null: unknown): the threshold moves to it, no estimate
+    prevalence: Fraction | None = None
+    # the EM estimate moves the threshold only where BBSE agrees within prior_tolerance and
+    # the own-bias check is silent
+    prior_check: bool = True
+    prior_tolerance: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.05
+    # fall back to the unadapted model when the adapted calls move too far from its calls
+    guard: bool = True
+    guard_min_agreement: Annotated[float, Field(ge=0.0, le=1.0)] = 0.4
+    guard_max_call_shift: Annotated[float, Field(gt=0.0, le=1.0)] = 0.6
     min_images: PosInt = 32
     batch_size: PosInt = 64
     seed: Seed = 0
 
     @property
     def method(self) -> str:
-        """A short name of the adaptation, e.g. `adabn+tent+prior`, `none`."""
-        on = (("adabn", self.bn), ("tent", self.tent_steps > 0), ("prior", self.prior))
+        """A short name of the adaptation, e.g. `adabn+tent+prior`, `adabn+prevalence`, `none`."""
+        known = self.prevalence is not None
+        on = (
+            ("adabn", self.bn),
+            ("tent", self.tent_steps > 0),
+            ("prevalence", known),
+            ("prior", self.prior and not known),
+        )
         return "+".join(name for name, used in on if used) or "none"
 
     def settings(self) -> dict[str, Any]:

@@ -31,7 +31,17 @@ def report_row(report: AdaptReport) -> dict[str, Any]:
     row = report.as_dict()
     return {
         k: row[k]
-        for k in ("images", "adapted", "skipped", "threshold", "prior", "tent", "warnings")
+        for k in (
+            "images",
+            "adapted",
+            "skipped",
+            "threshold",
+            "prior",
+            "tent",
+            "guard",
+            "fallback",
+            "warnings",
+        )
     }
 
 
