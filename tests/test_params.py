@@ -128,9 +128,7 @@ def test_what_dvc_refuses_is_refused_first(tmp_path: Path) -> None:
     raw = yaml.safe_load(committed)
     del raw["adapt"]
     path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(
-        ParamsError, match=r"no key 'adapt' \(dvc.yaml's stage evaluate reads it\)"
-    ):
+    with pytest.raises(ParamsError, match=r"no key 'adapt' \(dvc.yaml's stage evaluate reads it\)"):
         load_params(path)
     (tmp_path / "dvc.yaml").unlink()  # no dvc.yaml beside it: a partial file is fine
     assert load_params(path).adapt.bn is True
