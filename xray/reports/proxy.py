@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from xray.models.dataset import labels_of, load_images, resize
-from xray.perturbations.corruptions import corrupt_image, rng_for
-from xray.perturbations.shift import SHIFTS, shift_image
+from xray.perturbations.keras_seed import keras_seed
+from xray.perturbations.shift import SHIFTS, shift_image, shift_rng
 
 CLEAN = "clean"
-DAMAGE_FAMILY = "seed"
+DAMAGE_FAMILY = "seed"  # xray/perturbations/keras_seed.py
 KINDS = {"shift": "clean shift", "balance": "shift + class balance", "damage": "shift + damage"}
 log = logging.getLogger("xray.proxy")
 
@@ -100,9 +100,14 @@ def resized(images: Sequence[np.ndarray], size: int) -> np.ndarray:
 def damaged(
     images: Sequence[np.ndarray], keys: Sequence[str], severity: int, seed: int
 ) -> list[np.ndarray]:
-    """The images under the damage family at severity, each drawn from (key, severity, seed)."""
+    """The images under the damage family at severity, each drawn from (key, severity, seed).
+
+    Only this family's code is imported (not the whole corruption suite), so that editing
+    another family reruns no evaluate stage.
+    """
+    name = f"{DAMAGE_FAMILY}/{severity}"
     return [
-        corrupt_image(im, DAMAGE_FAMILY, severity, rng_for(key, DAMAGE_FAMILY, severity, seed))
+        keras_seed(im, severity, shift_rng(key, name, seed))
         for im, key in zip(images, keys, strict=True)
     ]
 
