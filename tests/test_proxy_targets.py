@@ -171,7 +171,9 @@ def test_the_recommended_variant_follows_the_rule(
     rows = {v: _rows(*spec) for v, spec in specs.items()}
     out = recommend(target_summary(rows, TARGETS))
     assert out["variant"] == chosen
-    assert out["reason"].startswith(f"{chosen}: mean specificity at sensitivity >= 95%")
+    assert out["reason"].startswith("mean specificity at sensitivity >= 95% over the shift")
+    scores = out["scores"]
+    assert ("and simpler" in out["reason"]) == (scores[chosen] < max(scores.values()))
     assert "simplest" in out["rule"] and set(out["scores"]) == set(specs)
 
 
@@ -195,6 +197,7 @@ def test_the_card_has_one_table_and_the_recommendation() -> None:
     assert lines[0] == "## Proxy for a new site"
     table = [line for line in lines if line.startswith("| base")]
     assert len(table) == 2 * len(KINDS)
+    assert [line.split(" | ")[1] for line in table[:3]] == list(KINDS.values())  # in KINDS order
     assert "| base | shift + class balance | 2 | 0.900 | 0.100 | 0.800 | 0.500 | n/a |" in table
     assert (
         "| base_adapted | shift + class balance | 2 | 0.900 | 0.100 | 0.800 | 0.600 | 0.200 |"

@@ -161,8 +161,14 @@ def _num(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, int | float) else "n/a"
 
 
-# proxy.json's summary metrics, in the order of the card's columns
+# proxy.json's summary metrics, in the order of the card's columns; its kinds, in row order
 PROXY_COLUMNS = ("auc", "ece", "accuracy", "spec_at_sens95", "share_error")
+KIND_ORDER = ("shift", "balance", "damage")
+
+
+def _kind_rank(kind: str) -> int:
+    """A kind's row position (JSON sorts the keys): KIND_ORDER, then any other kind."""
+    return KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER)
 
 
 def proxy_targets_section(proxy: dict[str, Any] | None) -> list[str]:
@@ -174,7 +180,7 @@ def proxy_targets_section(proxy: dict[str, Any] | None) -> list[str]:
     rows = [
         [v, kinds.get(k, k), str(m["sets"]), *(_num(m[x]) for x in PROXY_COLUMNS)]
         for v, by_kind in proxy["summary"].items()
-        for k, m in by_kind.items()
+        for k, m in sorted(by_kind.items(), key=lambda km: _kind_rank(km[0]))
     ]
     damage = proxy.get("damage") or {}
     lines = [
@@ -195,7 +201,7 @@ def proxy_targets_section(proxy: dict[str, Any] | None) -> list[str]:
         lines.append(f"**Recommended for a new site: `{chosen['variant']}`.** {chosen['reason']}.")
     else:
         lines.append(f"No variant recommended: {chosen.get('reason', 'no proxy summary')}.")
-    return [*lines, f"Rule: {chosen.get('rule')}.", ""]
+    return [*lines, "", f"Rule: {chosen.get('rule')}.", ""]
 
 
 def _grid(

@@ -75,10 +75,7 @@ def recommend(
         (v for v, s in defined.items() if s >= best - TIE), key=lambda v: simplicity(v, models)
     )
     label = " and ".join(KINDS[k] for k in RECOMMEND_KINDS)
-    reason = (
-        f"{chosen}: mean specificity at sensitivity >= 95% over the {label} targets "
-        f"{defined[chosen]:.3f}"
-    )
+    reason = f"mean specificity at sensitivity >= 95% over the {label} targets {defined[chosen]:.3f}"
     if chosen != top:
         reason += f", within {TIE} of {top}'s {best:.3f} and simpler"
     others = [f"{v} {s:.3f}" for v, s in defined.items() if v != chosen]
