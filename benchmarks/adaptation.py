@@ -38,7 +38,9 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("."))
     ap.add_argument("--models", default="base,finetuned")
     ap.add_argument(
-        "--prior", type=float, help="class balance of the 2nd proxy (default: evaluate.proxy_prior)"
+        "--prior",
+        type=float,
+        help="class balance of the 2nd proxy (default: the first of evaluate.proxy_priors)",
     )
     ap.add_argument("--variants", default=",".join(VARIANTS))
     args = ap.parse_args()
@@ -56,7 +58,8 @@ def main() -> None:
     from xray.reports.proxy import proxy_sets
 
     params = load_params()
-    prior = params.evaluate.proxy_prior if args.prior is None else args.prior
+    priors = params.evaluate.proxy_priors
+    prior = (priors[0] if priors else None) if args.prior is None else args.prior
     configure(0, True, 0)
     base_settings = params.adapt
     rows = read_csv(Path("data/splits/val.csv"))
@@ -75,7 +78,7 @@ def main() -> None:
         positive,
         sizes,
         params.evaluate.proxy_shifts,
-        prior,
+        [] if prior is None else [prior],
         params.evaluate.proxy_seed,
     )
     prep = time.perf_counter() - t0

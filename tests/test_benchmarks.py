@@ -50,7 +50,7 @@ def test_adaptation_benchmark_scores_every_variant_on_the_proxy(tmp_path: Path) 
 
     write_tiny_split(tmp_path / "data", n=40, size=32)
     (tmp_path / "params.yaml").write_text(
-        "evaluate:\n  proxy_shifts: [equalize, collimation]\n  proxy_prior: 0.3\n"
+        "evaluate:\n  proxy_shifts: [equalize, collimation]\n  proxy_priors: [0.3]\n"
         "adapt:\n  min_images: 8\n  batch_size: 16\n"
     )
     keras.utils.set_random_seed(0)

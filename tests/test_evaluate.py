@@ -19,6 +19,7 @@ from xray.core.params import AdaptParams, CorruptParams, EvaluateParams
 from xray.models.dataset import resize
 from xray.perturbations.materialize import corrupt
 from xray.reports.figures import GRID_SEVERITIES
+from xray.reports.proxy_targets import TARGET_METRICS
 from xray.reports.robustness import suite_metrics, summarize
 
 FAMILIES = ("seed", "jpeg", "elastic")
@@ -138,7 +139,7 @@ def _val_split(tmp_path: Path, raw: Path) -> Path:
 
 ADAPT = AdaptParams(prior=True, min_images=4, batch_size=8)
 PROXY = EvaluateParams(
-    batch_size=7, grid_images=3, proxy_shifts=("equalize", "low_res"), proxy_prior=0.4
+    batch_size=7, grid_images=3, proxy_shifts=("equalize", "low_res"), proxy_priors=(0.4,)
 )
 
 
@@ -248,7 +249,37 @@ def test_evaluate_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     proxy = json.loads((reports / "proxy.json").read_text())
     assert set(proxy["variants"]["base"]) == {
         f"{b}/{s}" for b in ("val", "val@0.4") for s in ("clean", "equalize", "low_res")
+    } | {"val+seed3/equalize", "val+seed3/low_res"}
+    assert proxy["targets"] == {
+        "shift": ["val/equalize", "val/low_res"],
+        "balance": ["val@0.4/equalize", "val@0.4/low_res"],
+        "damage": ["val+seed3/equalize", "val+seed3/low_res"],
     }
+    assert proxy["prior"] == 0.4 and proxy["damage"] == {"family": "seed", "severity": 3}
+    # Every variant x kind of target x metric, in proxy.json and metrics.json.
+    for name in on_disk:
+        assert on_disk[name]["proxy_targets"] == proxy["summary"][name]
+        for kind, row in proxy["summary"][name].items():
+            assert set(row) == {"sets", *TARGET_METRICS}
+            for metric in ("auc", "ece", "accuracy", "spec_at_sens95"):
+                assert 0.0 <= row[metric] <= 1.0, (name, kind, metric)
+            mean = np.mean([proxy["variants"][name][s]["ece"] for s in proxy["targets"][kind]])
+            assert row["ece"] == pytest.approx(mean, abs=1e-6)
+            # the class-balance estimate's error: adapted variants only
+            assert (row["share_error"] is None) == (not name.endswith("_adapted"))
+    for s in proxy["targets"]["balance"]:
+        est = adaptation["variants"]["base_adapted"][f"proxy:{s}"]["prior"]["estimate"]
+        row = proxy["variants"]["base_adapted"][s]
+        assert row["share_error"] == pytest.approx(abs(est - row["share"]), abs=1e-6)
+        assert row["share"] == pytest.approx(0.4, abs=0.1)
+    scores = proxy["recommended"]["scores"]
+    best = max(scores.values())
+    simplest_first = ("base", "finetuned", "base_adapted", "finetuned_adapted")
+    tied = [v for v in simplest_first if scores[v] >= best - 0.005]
+    assert proxy["recommended"]["variant"] == tied[0]
+    card = (reports / "model_card.md").read_text()
+    assert f"**Recommended for a new site: `{tied[0]}`.**" in card
+    assert "| base_adapted | shift + damage | 2 |" in card
 
 
 def _shuffle_labels(csv: Path, seed: int) -> None:

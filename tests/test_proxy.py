@@ -31,8 +31,8 @@ def test_prior_subset_needs_both_classes() -> None:
 def test_proxy_sets_shift_every_image_deterministically(tmp_path: Path) -> None:
     raw, csv = make_split(tmp_path, n=12)
     rows = read_csv(csv)
-    a = proxy_sets(rows, raw, "PNEUMONIA", [24], ["equalize", "heel"], 0.4, seed=3)
-    b = proxy_sets(rows, raw, "PNEUMONIA", [24], ["equalize", "heel"], 0.4, seed=3)
+    a = proxy_sets(rows, raw, "PNEUMONIA", [24], ["equalize", "heel"], [0.4], seed=3)
+    b = proxy_sets(rows, raw, "PNEUMONIA", [24], ["equalize", "heel"], [0.4], seed=3)
     names = [s.name for s in a[24]]
     assert names == [
         "val/clean",
@@ -49,7 +49,7 @@ def test_proxy_sets_shift_every_image_deterministically(tmp_path: Path) -> None:
     assert not np.array_equal(clean, shifted)
     assert a[24][1].labels.mean() == pytest.approx(0.4, abs=0.1)
     with pytest.raises(ValueError, match="unknown shift 'fog'"):
-        proxy_sets(rows, raw, "PNEUMONIA", [24], ["fog"], None, seed=3)
+        proxy_sets(rows, raw, "PNEUMONIA", [24], ["fog"], [], seed=3)
 
 
 def test_the_default_proxy_is_every_shift() -> None:

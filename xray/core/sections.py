@@ -304,7 +304,7 @@ class EvaluateParams(_Section):
     batch_size: PosInt = 64
     grid_images: Annotated[int, Field(ge=1, le=64)] = 8
     # The acquisition-shift proxy (xray/reports/proxy.py): val images under these names of
-    # xray.perturbations.shift (checked by evaluate before reading), again at this balance.
+    # xray.perturbations.shift (checked by evaluate before reading) ...
     proxy_shifts: tuple[str, ...] = (
         "equalize",
         "window_level",
@@ -315,8 +315,28 @@ class EvaluateParams(_Section):
         "markers",
         "grid_lines",
     )
-    proxy_prior: Fraction | None = 0.5
+    # ... each shifted set drawn again at these PNEUMONIA shares (shift + class balance) ...
+    proxy_priors: tuple[Fraction, ...] = (0.5, 0.6, 0.85)
+    # ... and damaged by the `seed` family at this severity (shift + damage; null = none)
+    proxy_damage_severity: Annotated[int, Field(ge=1, le=5)] | None = 3
     proxy_seed: Seed = 11
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "proxy_prior" in data:
+            raise ValueError(
+                "proxy_prior is now proxy_priors, a list of PNEUMONIA shares "
+                "(e.g. [0.5, 0.6, 0.85])"
+            )
+        return data
+
+    @field_validator("proxy_priors")
+    @classmethod
+    def _distinct_priors(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if len({f"{p:g}" for p in v}) != len(v):
+            raise ValueError(f"a share is listed twice in {list(v)}")
+        return v
 
 
 class AdaptParams(_Section):

@@ -156,6 +156,54 @@ def metrics_section(ci: dict[str, Any]) -> list[str]:
     return [*lines, "", *_table(["variant", *bootstrap.METRICS], rows), ""]
 
 
+def _num(value: Any) -> str:
+    """A metric to three decimals, `n/a` when undefined."""
+    return f"{value:.3f}" if isinstance(value, int | float) else "n/a"
+
+
+# proxy.json's summary metrics, in the order of the card's columns; its kinds, in row order
+PROXY_COLUMNS = ("auc", "ece", "accuracy", "spec_at_sens95", "share_error")
+KIND_ORDER = ("shift", "balance", "damage")
+
+
+def _kind_rank(kind: str) -> int:
+    """A kind's row position (JSON sorts the keys): KIND_ORDER, then any other kind."""
+    return KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER)
+
+
+def proxy_targets_section(proxy: dict[str, Any] | None) -> list[str]:
+    """Section: every variant on the proxy's kinds of target, and the variant recommended."""
+    if not proxy or not proxy.get("summary"):
+        return []
+    kinds = proxy.get("kinds") or {}
+    head = ["variant", "target", "sets", "AUC", "ECE", "accuracy", "spec. at sens. >= 95%"]
+    rows = [
+        [v, kinds.get(k, k), str(m["sets"]), *(_num(m[x]) for x in PROXY_COLUMNS)]
+        for v, by_kind in proxy["summary"].items()
+        for k, m in sorted(by_kind.items(), key=lambda km: _kind_rank(km[0]))
+    ]
+    damage = proxy.get("damage") or {}
+    lines = [
+        "## Proxy for a new site",
+        "",
+        "Means over the val split's shifted sets (reports/proxy.json): clean shift; shift + "
+        f"class balance, drawn again at PNEUMONIA shares {proxy.get('priors')}; shift + damage, "
+        f"the `{damage.get('family')}` family at severity {damage.get('severity')} after the "
+        "shift. ECE: 10 equal-width bins of the variant's P(PNEUMONIA); accuracy at its "
+        "threshold; share error: |estimated - true PNEUMONIA share| of an adapted variant's "
+        "class-balance estimate (n/a: no estimate).",
+        "",
+        *_table([*head, "share error"], rows),
+        "",
+    ]
+    chosen = proxy.get("recommended") or {}
+    if chosen.get("variant"):
+        lines.append(f"**Recommended for a new site: `{chosen['variant']}`.** {chosen['reason']}.")
+    else:
+        lines.append(f"No variant recommended: {chosen.get('reason', 'no proxy summary')}.")
+    return [*lines, "", f"Rule: {chosen.get('rule')}.", ""]
+
+
 def _grid(
     per_variant: dict[str, dict[str, Any]], label: str, metric: str, extra: str | None = None
 ) -> list[str]:

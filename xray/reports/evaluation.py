@@ -39,7 +39,15 @@ from xray.reports.figures import (
 from xray.reports.metrics import binary_metrics
 from xray.reports.model_card import PREDICTIONS, write_model_card, write_predictions
 from xray.reports.predictors import Loaded, adapted_predictor, plain_predictor
-from xray.reports.proxy import ProxySet, check_shifts, proxy_sets
+from xray.reports.proxy import (
+    DAMAGE_FAMILY,
+    KINDS,
+    ProxySet,
+    check_shifts,
+    proxy_sets,
+    target_names,
+)
+from xray.reports.proxy_targets import recommend, target_summary
 from xray.reports.robustness import BASELINE, proxy_summary, suite_metrics, summarize
 from xray.reports.scoring import Group, Scorer, reference_group, roc_rows
 
@@ -91,12 +99,11 @@ def evaluate(
     for name in scorer.variants:
         metrics[name]["corrupted"] = per_group[name][ref]
     roc += ref_roc
-    proxy_rows = scorer.proxy(proxy)
-    for name in scorer.variants:
-        metrics[name]["proxy"] = proxy_summary(proxy_rows[name], params.proxy_prior)
     _log_speed(scorer, time.perf_counter() - t0)
+    proxy_report = _score_proxy(scorer, proxy, params, metrics)
+    proxy_rows = proxy_report["variants"]
     robustness = _robustness(metrics, clean, per_group, held_out, baseline, ref)
-    _write_reports(reports, metrics, robustness, scorer, adapt, settings, params, proxy_rows)
+    _write_reports(reports, metrics, robustness, scorer, adapt, settings, proxy_report)
     write_model_card(reports, source_json=source_json)  # intervals, lineage, card: read the above
     _write_figures(metrics, robustness, proxy_rows, roc, live, list(classes), reports)
     _plot_images(
@@ -152,13 +159,53 @@ def _proxy_sets(
         positive,
         sizes,
         list(params.proxy_shifts),
-        params.proxy_prior,
+        list(params.proxy_priors),
         params.proxy_seed,
+        params.proxy_damage_severity,
     )
     log.info(
         "proxy: %d val sets per input size in %.1fs", len(proxy[sizes[0]]), time.perf_counter() - t0
     )
     return proxy
+
+
+def _score_proxy(
+    scorer: Scorer,
+    proxy: dict[int, list[ProxySet]],
+    params: EvaluateParams,
+    metrics: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """Every variant on every proxy set, by kind of target, and the variant recommended for
+    a new site: proxy.json's content. Each variant's `proxy` (clean val and shift means at the
+    first balance) and `proxy_targets` (by kind) blocks go into `metrics`."""
+    t0 = time.perf_counter()
+    rows = scorer.proxy(proxy)
+    targets = target_names(next(iter(proxy.values())))
+    summary = target_summary(rows, targets)
+    first = params.proxy_priors[0] if params.proxy_priors else None
+    for name in scorer.variants:
+        metrics[name]["proxy"] = proxy_summary(rows[name], first)
+        metrics[name]["proxy_targets"] = summary[name]
+    chosen = recommend(summary, list(scorer.loaded))
+    log.info(
+        "proxy: %d sets x %d variants in %.1fs; recommended for a new site: %s",
+        len(next(iter(proxy.values()))),
+        len(scorer.variants),
+        time.perf_counter() - t0,
+        chosen["reason"],
+    )
+    damage = params.proxy_damage_severity
+    return {
+        "shifts": list(params.proxy_shifts),
+        "prior": first,  # the first of `priors` (metrics.json's `balanced_*` proxy keys)
+        "priors": list(params.proxy_priors),
+        "damage": None if damage is None else {"family": DAMAGE_FAMILY, "severity": damage},
+        "kinds": KINDS,
+        "targets": targets,
+        "summary": summary,
+        "recommended": chosen,
+        "variants": rows,
+    }
 
 
 def _add_references(
@@ -241,8 +288,7 @@ def _write_reports(
     scorer: Scorer,
     adapt: AdaptParams,
     settings: AdaptParams,
-    params: EvaluateParams,
-    proxy_rows: dict[str, dict[str, dict[str, Any]]],
+    proxy_report: dict[str, Any],
 ) -> None:
     """metrics.json, robustness.json, adaptation.json and proxy.json (and the figures folder)."""
     (reports / "figures").mkdir(parents=True, exist_ok=True)
@@ -255,10 +301,7 @@ def _write_reports(
             "variants": scorer.adaptation,
         },
     )
-    write_json(
-        reports / "proxy.json",
-        {"shifts": list(params.proxy_shifts), "prior": params.proxy_prior, "variants": proxy_rows},
-    )
+    write_json(reports / "proxy.json", proxy_report)
 
 
 def _write_figures(

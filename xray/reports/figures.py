@@ -254,12 +254,16 @@ def plot_corruption_grid(
     plt.close(fig)
 
 
+PROXY_MAX_WIDTH = 32.0  # inches: the proxy has dozens of sets
+
+
 def plot_proxy(rows: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
     """Accuracy of every variant on every proxy set: grouped bars, one group per set."""
     variants = list(rows)
     sets = list(next(iter(rows.values())))
     width = 0.8 / len(variants)
-    fig, ax = plt.subplots(figsize=(max(8.0, 0.55 * len(sets) * len(variants) / 2), 5.2))
+    width_in = min(PROXY_MAX_WIDTH, max(8.0, 0.55 * len(sets) * len(variants) / 2))
+    fig, ax = plt.subplots(figsize=(width_in, 5.2))
     xs = np.arange(len(sets))
     for i, v in enumerate(variants):
         ax.bar(xs + i * width, [rows[v][s]["accuracy"] for s in sets], width, label=v)

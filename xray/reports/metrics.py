@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 
 ECE_BINS = 10
@@ -50,3 +53,40 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, 
         "fp": fp,
         "fn": fn,
     }
+
+
+MIN_SENSITIVITY = 0.95
+
+
+def specificity_at_sensitivity(
+    y: np.ndarray, p: np.ndarray, min_sensitivity: float = MIN_SENSITIVITY
+) -> float | None:
+    """The best specificity among thresholds whose sensitivity reaches `min_sensitivity`.
+
+    Calling positive at p >= t, the highest such t is the k-th largest positive score,
+    k = ceil(min_sensitivity * positives); the negatives scored below it are the specificity.
+    None when a class is missing.
+    """
+    y = np.asarray(y).astype(int)
+    p = np.asarray(p, dtype=float)
+    pos, neg = np.sort(p[y == 1])[::-1], p[y == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return None
+    k = max(1, math.ceil(round(min_sensitivity * len(pos), 9)))
+    return round(float((neg < pos[k - 1]).mean()), 6)
+
+
+def proxy_metrics(
+    y: np.ndarray, p: np.ndarray, threshold: float, estimate: float | None = None
+) -> dict[str, Any]:
+    """binary_metrics, plus the specificity at sensitivity >= 95% (`spec_at_sens95`), the
+    positive share (`share`), and, given a class-balance estimate, it and its error."""
+    out: dict[str, Any] = binary_metrics(y, p, threshold)
+    share = float(np.mean(y)) if len(y) else None
+    out["spec_at_sens95"] = specificity_at_sensitivity(y, p)
+    out["share"] = None if share is None else round(share, 6)
+    out["estimated_share"] = estimate
+    out["share_error"] = (
+        None if estimate is None or share is None else round(abs(float(estimate) - share), 6)
+    )
+    return out

@@ -29,6 +29,7 @@ from xray.reports.card_sections import (
     data_section,
     metrics_section,
     model_details,
+    proxy_targets_section,
     subgroups_section,
     threshold_of,
 )
@@ -159,6 +160,7 @@ def render_card(
     lines += USE
     lines += data_section(record, data)
     lines += metrics_section(ci)
+    lines += proxy_targets_section(data.get("proxy"))
     lines += subgroups_section(ci, data)
     lines += CAVEATS
     lines += ADAPT

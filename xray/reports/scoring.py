@@ -18,7 +18,7 @@ import numpy as np
 
 from xray.core.progress import Progress
 from xray.models.dataset import labels_of, load_images, load_members, resize
-from xray.reports.metrics import binary_metrics
+from xray.reports.metrics import binary_metrics, proxy_metrics
 from xray.reports.predictors import (
     ADAPTED,
     AdaptedPredictor,
@@ -156,18 +156,28 @@ class Scorer:
         return per_group, ref_roc
 
     def proxy(self, proxy: dict[int, list[ProxySet]]) -> dict[str, dict[str, dict[str, Any]]]:
-        """Metrics of every variant on every proxy set (adapted ones adapted to each set alone)."""
-        out: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in self.loaded}
-        out.update({name + ADAPTED: {} for name in self.adapted})
+        """Metrics of every variant on every proxy set (adapted ones adapted to each set alone).
+
+        A plain model's scores of a class-balance draw are its scores of the full set, indexed;
+        an adapted one is adapted to the draw's images alone, and its class-balance estimate is
+        compared with the draw's true share (`share_error`).
+        """
+        out: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in self.variants}
         names = [s.name for s in next(iter(proxy.values()))]  # the same sets at every size
+        plain: dict[str, dict[str, np.ndarray]] = {}  # plain scores of the full sets
         for i, set_name in enumerate(names):
             targets = {size: sets[i] for size, sets in proxy.items()}
+            first = next(iter(targets.values()))
             images = {size: t.images for size, t in targets.items()}
-            for name, p in self.plain(images).items():
-                size, threshold = self.loaded[name][1], self.loaded[name][2]
-                out[name][set_name] = binary_metrics(targets[size].labels, p, threshold)
+            if first.parent in plain:
+                scores = {n: p[first.index] for n, p in plain[first.parent].items()}
+            else:
+                scores = plain[set_name] = self.plain(images)
+            for name, p in scores.items():
+                out[name][set_name] = proxy_metrics(first.labels, p, self.loaded[name][2])
             for name, (p, thr, report) in self.adapt_all(images).items():
-                labels = targets[self.loaded[name][1]].labels
-                out[name + ADAPTED][set_name] = binary_metrics(labels, p, thr)
-                self.adaptation[name + ADAPTED][f"proxy:{set_name}"] = report_row(report)
+                row = report_row(report)
+                estimate = (row.get("prior") or {}).get("estimate")
+                out[name + ADAPTED][set_name] = proxy_metrics(first.labels, p, thr, estimate)
+                self.adaptation[name + ADAPTED][f"proxy:{set_name}"] = row
         return out
