@@ -44,7 +44,8 @@ def break_stage(root: Path) -> None:
 def test_downstream_closure_follows_dvc_yaml() -> None:
     graph = stage_graph(ROOT)
     assert list(graph) == list(STAGES)
-    assert set(graph["evaluate"]) == {"split", "corrupt", "train_base", "finetune"}
+    # evaluate reads data/raw/source.json (the source identity in the model card)
+    assert set(graph["evaluate"]) == {"download", "split", "corrupt", "train_base", "finetune"}
     assert graph["download"] == []
     assert with_downstream({"finetune"}, graph) == {"finetune", "evaluate"}
     assert with_downstream({"corrupt"}, graph) == {"corrupt", "evaluate"}
