@@ -272,11 +272,11 @@ def pipeline(
     apply_changes(root, source, overrides)
     if not (root / "dvc.yaml").exists():
         raise InputError(f"{root}: no dvc.yaml here (run inside the project)")
-    load_params(root / "params.yaml")  # validated before any stage runs
     selected = list(stages or STAGES)
     unknown = [s for s in selected if s not in STAGES]
     if unknown:
         raise InputError(f"stages: unknown stage {unknown[0]!r} (known: {', '.join(STAGES)})")
+    load_params(root / "params.yaml", selected)  # validated before any stage runs
     # No Prefect retries: xray/data/intake/fetch.py retries transient network errors itself,
     # the probe's HEAD included (and a rerun resumes its partial download); every other
     # failure is permanent.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -117,9 +118,16 @@ def test_bad_params_file_and_log_level_are_bad_input(
     assert "XRAY_LOG_LEVEL='loud'" in capsys.readouterr().err
 
 
-def test_run_options_match_the_deployment_parameters(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_options_match_the_deployment_parameters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Whatever the nightly deployment can set, `xray run` can set too."""
     import flows.pipeline
+
+    (tmp_path / "w").mkdir()
+    for name in ("params.yaml", "dvc.yaml"):  # checked before Prefect starts
+        shutil.copy(ROOT / name, tmp_path / "w" / name)
+    monkeypatch.chdir(tmp_path)
 
     flow_params = set(inspect.signature(flows.pipeline.pipeline.fn).parameters)
     seen: dict[str, Any] = {}
@@ -142,6 +150,9 @@ def test_run_options_match_the_deployment_parameters(monkeypatch: pytest.MonkeyP
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     deployment = next(d for d in spec["deployments"] if d["name"] == "nightly")
     assert set(deployment["parameters"]) <= set(seen) <= flow_params
+    seen.clear()  # no project there: one line before Prefect starts
+    assert cli.main(["run", "--workdir", "nowhere"]) == EXIT_USAGE and not seen
+    monkeypatch.chdir(tmp_path / "w")
     assert cli.main(["run"]) == 0
     assert seen["push"] is False and seen["record"] is False and seen["stages"] is None
     assert seen["branch"] == deployment["parameters"]["branch"]

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from conftest import stage_argv
 
-from xray.core.params import Params, ParamsError, load_params, parse_params
+from xray.core.params import STAGES, Params, ParamsError, load_params, parse_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,6 +129,8 @@ def test_what_dvc_refuses_is_refused_first(tmp_path: Path) -> None:
     del raw["adapt"]
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ParamsError, match=r"no key 'adapt' \(dvc.yaml's stage evaluate reads it\)"):
-        load_params(path)
+        load_params(path, STAGES)
+    assert load_params(path, ["split", "train_base"]).split  # as `dvc repro split` reads it
+    assert load_params(path).adapt.bn is True  # a stage's entry point: DVC has checked its keys
     (tmp_path / "dvc.yaml").unlink()  # no dvc.yaml beside it: a partial file is fine
     assert load_params(path).adapt.bn is True

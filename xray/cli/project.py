@@ -15,7 +15,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run the Prefect pipeline flow; params.yaml and the overrides are checked before Prefect."""
     overrides = parse_overrides(args.set or [])
     source = {"data.source": args.source} if args.source else {}
-    check_overrides(args.workdir, overrides | source)  # as the flow will apply them
+    check_overrides(args.workdir, overrides | source, args.stages or STAGES)  # as the flow will
 
     from flows.pipeline import pipeline
 
@@ -43,7 +43,7 @@ def cmd_repro(args: argparse.Namespace) -> int:
 
 def cmd_params(args: argparse.Namespace) -> int:
     """Validate params.yaml and print the parsed values."""
-    print(load_params(args.file).model_dump_json(indent=2))
+    print(load_params(args.file, STAGES).model_dump_json(indent=2))
     return EXIT_OK
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -122,11 +123,13 @@ def _stage_params(path: Path) -> list[tuple[str, str]]:
     return found
 
 
-def _check_stage_keys(raw: Any, path: Path) -> None:
-    """Every key the dvc.yaml stages read is in the file, as `dvc repro` requires."""
+def _check_stage_keys(raw: Any, path: Path, stages: Collection[str] | None) -> None:
+    """Every key the given dvc.yaml stages read is in the file, as `dvc repro` requires."""
     if raw is None:
         raise ParamsError(f"{path}: empty (dvc.yaml's stages read their sections from it)")
-    for stage, dotted in _stage_params(path):
+    for stage, dotted in _stage_params(path) if stages is not None else []:
+        if stage not in stages:
+            continue
         node = raw
         for part in dotted.split("."):
             if not isinstance(node, dict) or part not in node:
@@ -134,8 +137,12 @@ def _check_stage_keys(raw: Any, path: Path) -> None:
             node = node[part]
 
 
-def load_params(path: Path | str = PARAMS_FILE) -> Params:
-    """Read and validate params.yaml, as strictly as `dvc repro` reads it."""
+def load_params(path: Path | str = PARAMS_FILE, stages: Collection[str] | None = None) -> Params:
+    """Read and validate params.yaml, as strictly as `dvc repro` reads it.
+
+    stages: also require every key that these dvc.yaml stages read (DVC checks only the
+    stages it runs, so a stage's own entry point passes None and DVC has checked).
+    """
     path = Path(path)
     try:
         raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
@@ -148,5 +155,5 @@ def load_params(path: Path | str = PARAMS_FILE) -> Params:
         context = " ".join(str(getattr(e, "context", None) or "").split())
         why = f"{problem} ({context})" if context else problem
         raise ParamsError(f"{path}:{where} is not valid YAML: {why}") from None
-    _check_stage_keys(raw, path)
+    _check_stage_keys(raw, path, stages)
     return parse_params(raw, str(path))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +29,10 @@ def _set_key(data: dict[str, Any], key: str, value: Any) -> bool:
     return True
 
 
-def check_overrides(root: Path, overrides: dict[str, Any]) -> None:
-    """Validate params.yaml with the overrides applied, writing nothing (before a run starts)."""
+def check_overrides(root: Path, overrides: dict[str, Any], stages: Collection[str]) -> None:
+    """Validate params.yaml for these stages with the overrides applied, writing nothing."""
     path = root / "params.yaml"
-    load_params(path)  # the file itself first: its own error, naming its key
+    load_params(path, stages)  # the file itself first: its own error, naming its key
     if overrides:
         data = yaml.safe_load(path.read_text())
         for key, value in overrides.items():
