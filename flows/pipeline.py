@@ -190,6 +190,16 @@ def run_stage(stage: str, workdir: str, probe: bool = False) -> dict[str, Any]:
     return dvc_repro(stage, Path(workdir), get_run_logger())
 
 
+@task(cache_policy=NO_CACHE, persist_result=False, name="verify", task_run_name="verify")
+def verify_outputs(workdir: str) -> dict[str, Any]:
+    """Re-hash tracked outputs and their cache objects; fail naming what differs."""
+    from xray.records.verify import check_verified, summary
+
+    result = check_verified(Path(workdir))
+    get_run_logger().info(summary(result))
+    return result
+
+
 @task(cache_policy=NO_CACHE, persist_result=False, name="dvc-push", task_run_name="dvc-push")
 def push_outputs(workdir: str, remote: str | None) -> dict[str, Any]:
     """Push data and models to the DVC remote."""
@@ -242,6 +252,8 @@ def after_stages(
 
     out: dict[str, Any] = {}
     stamps = run_stamps(root, current_flow_run_id())  # one set for the artifacts and the record
+    if push or (record and full):  # nothing poisoned is pushed or recorded
+        out["verify"] = verify_outputs(str(root))
     if push:
         out["push"] = push_outputs(str(root), remote)
     out["artifacts"] = publish(str(root), stamps)

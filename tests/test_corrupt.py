@@ -299,6 +299,24 @@ def test_zip_readers_fail_with_one_line_naming_the_archive(tmp_path: Path) -> No
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries
 
 
+def test_a_member_changed_after_corrupt_wrote_it_is_named_not_scored(tmp_path: Path) -> None:
+    """Issue 24 item 1: a member replaced by another valid PNG fails before it is decoded."""
+    from xray.core.errors import WorkError
+    from xray.core.hashing import bytes_sha256
+    from xray.core.io import write_zip
+    from xray.models.dataset import load_members
+
+    written = png_bytes_fast(np.zeros((4, 4), np.uint8))
+    other = png_bytes_fast(np.full((4, 4), 255, np.uint8))  # valid, and not what was written
+    rows = [{"archive": "seed_3.zip", "member": "NORMAL/a.png", "sha256": bytes_sha256(written)}]
+    write_zip(tmp_path / "seed_3.zip", [("NORMAL/a.png", written)])
+    assert load_members(tmp_path, rows, None)[0].max() == 0
+    write_zip(tmp_path / "seed_3.zip", [("NORMAL/a.png", other)])
+    with pytest.raises(WorkError, match=r"seed_3\.zip: NORMAL/a\.png: sha256 \w+\.\.\. is not"):
+        load_members(tmp_path, rows, None)
+    assert load_members(tmp_path, [{**rows[0], "sha256": ""}], None)[0].max() == 255  # no hash
+
+
 def test_keep_freed_memory_is_idempotent() -> None:
     from xray.core.compute import keep_freed_memory
 

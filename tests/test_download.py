@@ -472,6 +472,27 @@ def test_local_archive_checksum_mismatch(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.root.rglob("*")) == ["data", "source.json"]
 
 
+def test_an_archive_rewritten_while_it_is_extracted_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    arc = tmp_path / "data.zip"
+    arc.write_bytes(_kaggle_zip())
+    params = DataParams(source=str(arc))
+    out = Outs(tmp_path / "project")
+    probe(params, out.record)
+    real_extract = dl._extract
+
+    def extract(*args, **kwargs):  # type: ignore[no-untyped-def]
+        root = real_extract(*args, **kwargs)
+        arc.write_bytes(arc.read_bytes() + b"\0")  # appended to while it was read
+        return root
+
+    monkeypatch.setattr(dl, "_extract", extract)
+    with pytest.raises(DownloadError, match=r"data\.zip is not the archive it recorded"):
+        out.run(params)
+    assert not out.raw.exists()
+
+
 def test_changed_folder_after_probe_is_refused(tmp_path: Path) -> None:
     """A folder edited after `xray probe` stops the stage (the record would lie)."""
     src = _folder(tmp_path / "export", good=2)
@@ -482,6 +503,57 @@ def test_changed_folder_after_probe_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DownloadError, match=r"changed since it was recorded .*\(tree_sha256"):
         out.run(params)
     assert not out.raw.exists()
+
+
+@pytest.mark.parametrize(
+    ("when", "change", "message"),
+    [
+        ("before_read", "rewrite", r"person0_bacteria_0\.jpeg is not the file it recorded"),
+        ("after_read", "rewrite", r"person0_bacteria_0\.jpeg rewritten"),
+        ("after_read", "delete", r"person0_bacteria_0\.jpeg gone"),
+        ("after_read", "move", r"NORMAL/person0_bacteria_0\.jpeg gone \(and 1 more\)"),
+    ],
+)
+def test_a_folder_changed_while_it_is_ingested_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str, change: str, message: str
+) -> None:
+    """Issue 24 item 3: a folder rewritten during `download` (after the record was checked)
+    fails with one line naming the file; nothing is written."""
+    src = _folder(tmp_path / "export", good=2)
+    target = src / "NORMAL" / "person0_bacteria_0.jpeg"
+    params = DataParams(source=str(src))
+    out = Outs(tmp_path)
+    probe(params, out.record)
+
+    def act() -> None:
+        if change == "rewrite":
+            target.write_bytes(_jpeg(555))  # another valid image: it would be ingested
+        elif change == "delete":
+            target.unlink()
+        else:  # moved under the other class folder: its label would change silently
+            target.rename(src / "pneumonia" / target.name)
+
+    real_find, real_ingest = ingest.find_images, ingest._ingest_all
+
+    def find(*args, **kwargs):  # type: ignore[no-untyped-def]
+        found = real_find(*args, **kwargs)
+        if when == "before_read":
+            act()
+        return found
+
+    def ingest_all(*args, **kwargs):  # type: ignore[no-untyped-def]
+        results = real_ingest(*args, **kwargs)
+        if when == "after_read":
+            act()
+        return results
+
+    monkeypatch.setattr(ingest, "find_images", find)
+    monkeypatch.setattr(ingest, "_ingest_all", ingest_all)
+    with pytest.raises(
+        DownloadError, match=rf"^data\.source changed while it was read: .*{message}"
+    ):
+        out.run(params)
+    assert not out.raw.exists() and not out.quarantine.exists()
 
 
 def test_missing_local_path(tmp_path: Path) -> None:

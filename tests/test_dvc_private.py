@@ -134,5 +134,22 @@ def test_a_dvc_failure_is_one_line_dvc_error(repo: Path) -> None:
 
 def test_every_private_api_is_named_in_the_module_docstring() -> None:
     doc = dvc_private.__doc__ or ""
-    for name in ("modify_yaml", "index.outs", "use_cache", "fs_path", 'config["remote"]', "edit"):
+    names = ("modify_yaml", "index.outs", "use_cache", "fs_path", 'config["remote"]', "edit")
+    for name in (*names, "cache.local.path", "Tree.as_bytes"):
         assert name in doc, name
+
+
+def test_tree_md5_is_dvcs_own_folder_hash() -> None:
+    """The folder md5 of dvc_data's Tree, which dvc.lock records, for a nested folder."""
+    from dvc_data.hashfile.hash_info import HashInfo
+    from dvc_data.hashfile.meta import Meta
+    from dvc_data.hashfile.tree import Tree
+
+    from xray.core.dvc_private import tree_md5
+
+    files = [("b.txt", "0" * 32), ("a/z.txt", "1" * 32), ("a-b.txt", "2" * 32)]
+    tree = Tree()
+    for rel, md5 in files:
+        tree.add(tuple(rel.split("/")), Meta(), HashInfo("md5", md5))
+    tree.digest()
+    assert tree.hash_info.value == tree_md5(files) + ".dir"

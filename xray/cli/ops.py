@@ -72,6 +72,22 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Re-hash the tracked outputs and their cache objects; name what differs."""
+    import json
+
+    from xray.records.verify import VerifyError, summary, verify
+
+    result = verify(args.workdir.resolve())
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print("\n".join(result["problems"] or [summary(result)]))
+    if result["problems"]:
+        raise VerifyError(f"verify: {len(result['problems'])} problem(s), listed above")
+    return EXIT_OK
+
+
 SERVE_TEXT = {
     "serve": (
         "serve the scheduled deployment from this process",
@@ -176,3 +192,19 @@ xray audit --data 3f2a9c...  # a sha256 or md5 from dvc.lock
     mode.add_argument("--data", metavar="HASH", help="models trained on data with this hash")
     aud.add_argument("--json", action="store_true", help="machine-readable output")
     aud.set_defaults(func=cmd_audit)
+    ver = add_command(
+        sub,
+        "verify",
+        "re-hash tracked outputs and the DVC cache objects behind them",
+        "Hash every output dvc.lock tracks and compare it with the lock, and every DVC cache "
+        "object with the md5 that names it: an output edited in place, which changes its "
+        "linked cache object too, a missing object and a file added to a tracked folder are "
+        "named, one per line (exit status 1). `xray run --record` and `--push` run it first.",
+        """
+xray verify
+xray verify --json
+""",
+    )
+    add_workdir(ver)
+    ver.add_argument("--json", action="store_true", help="machine-readable output")
+    ver.set_defaults(func=cmd_verify)

@@ -16,6 +16,13 @@ public path to take if an upgrade breaks it:
 - `Repo(root).config["remote"]` / `["core"]["remote"]` (`remote_config`, for
   xray/records/remote.py): the remotes with local paths made absolute, and the default.
   Fallback: `dvc remote list` and `dvc remote default` (tab-separated name, URL).
+- `Repo(root).cache.local.path` (`cache_files_dir`, for xray/records/verify.py): the folder of
+  the md5-named cache objects (`cache.dir` honoured). Fallback: `dvc cache dir` plus
+  `files/md5`.
+- The md5 DVC records for a folder (`tree_md5`, for xray/records/verify.py): of the JSON list
+  of its files' `{"md5", "relpath"}`, sorted, keys sorted (dvc_data's `Tree.as_bytes`), plus
+  `.dir`. A `cache: false` folder has no listing in the cache to read it from.
+  Fallback: `dvc status` names a modified folder (without the file).
 - `Repo(root).config.edit("local")` (`add_local_remote`, for xray/records/remote.py): a remote
   added to .dvc/config.local. Fallback: `dvc remote add --local NAME URL`.
 
@@ -26,6 +33,8 @@ Everything else in the project reaches DVC through the `dvc` command (xray/runne
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -68,6 +77,19 @@ def pipeline_outs(root: Path) -> list[tuple[Path, bool]]:
     """Every output of root's pipeline (dvc.yaml and .dvc files): (absolute path, use_cache)."""
     with _repo(root) as repo:
         return [(Path(o.fs_path), bool(o.use_cache)) for o in repo.index.outs]
+
+
+def cache_files_dir(root: Path) -> Path:
+    """The folder of root's DVC cache objects, named by md5 (`<cache.dir>/files/md5`)."""
+    with _repo(root) as repo:
+        return Path(repo.cache.local.path)
+
+
+def tree_md5(files: list[tuple[str, str]]) -> str:
+    """The md5 DVC records for a folder of (relpath, md5) files, without its `.dir` suffix."""
+    ordered = sorted(files)  # by relpath, as a string
+    listing = [{"md5": md5, "relpath": rel} for rel, md5 in ordered]
+    return hashlib.md5(json.dumps(listing, sort_keys=True).encode()).hexdigest()
 
 
 def remote_config(root: Path) -> tuple[dict[str, str], str | None]:

@@ -6,6 +6,8 @@ import hashlib
 import json
 from pathlib import Path
 
+from xray.core.errors import WorkError
+
 CHUNK_BYTES = 1 << 20
 
 
@@ -31,6 +33,18 @@ def file_sha256(path: Path) -> str:
 def bytes_sha256(data: bytes) -> str:
     """Hex SHA-256 of a byte string."""
     return hashlib.sha256(data).hexdigest()
+
+
+def check_sha256(data: bytes, expected: str | None, where: str) -> None:
+    """Fail with one line naming `where` when data's SHA-256 is not the recorded one (if any)."""
+    if not expected:
+        return
+    got = bytes_sha256(data)
+    if got != expected.lower():
+        raise WorkError(
+            f"{where}: sha256 {got[:16]}... is not the manifest's {expected[:16]}... (changed "
+            "after it was written: `dvc checkout` restores it, `xray verify` finds the rest)"
+        )
 
 
 def json_sha256(value: object) -> str:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from xray.core.hashing import check_sha256
 from xray.core.io import decode_gray, read_csv, read_gray, read_zip_images
 
 if TYPE_CHECKING:
@@ -68,8 +69,10 @@ def load_members(
     """Decode the images of manifest rows (`archive`, `member`: a zip under folder) once.
 
     Each zip is opened once and its members read in one pass; decoding runs on threads
-    (Pillow releases the GIL). An (N, size, size, 1) array in row order, or a raw list if
-    size is None.
+    (Pillow releases the GIL). A row's `sha256` (the member's bytes, as `corrupt` wrote
+    them) is checked before it is decoded: a changed member is a one-line error naming the
+    archive and member, never a silently different score. An (N, size, size, 1) array in
+    row order, or a raw list if size is None.
     """
     by_archive: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
@@ -81,6 +84,9 @@ def load_members(
             data[i] = blob
 
     def one(i: int) -> np.ndarray:
+        check_sha256(
+            data[i], rows[i].get("sha256"), f"{folder / rows[i]['archive']}: {rows[i]['member']}"
+        )
         try:
             image = decode_gray(data[i])
         except (OSError, ValueError) as e:

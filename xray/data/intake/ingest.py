@@ -30,7 +30,13 @@ from xray.core.params import ComputeParams, DataParams
 from xray.core.progress import Progress
 from xray.data.intake import images, layout, patients
 from xray.data.intake.entries import IngestError
-from xray.data.intake.source import DownloadError, check_record, check_source, source_root
+from xray.data.intake.source import (
+    DownloadError,
+    check_read_as_recorded,
+    check_record,
+    check_source,
+    source_root,
+)
 
 log = logging.getLogger("xray.download")
 
@@ -352,11 +358,14 @@ def download(
     check_source(params)
     recorded = check_record(params, record) if record is not None else None
     with Runner(compute, WORKER_MODULES) as runner, work_dir("download") as tmp:
-        root, identity = source_root(params, tmp, recorded, record)
+        root, identity, snapshot = source_root(params, tmp, recorded, record)
         if recorded is not None:
             identity["recorded"] = recorded
         found = find_images(root, params)
         results = _ingest_all(found.found, params, runner)
+        if snapshot is not None:  # a folder read in place: what was read is what was recorded
+            read = {r.found.rel: r.sha256 for r in results if r.sha256}
+            check_read_as_recorded(root, snapshot, read)
         s = screen(results, found.skipped, params)
         rows = write_raw(s.kept, params, out_dir, identity)
     dup_rows = duplicate_rows(rows)

@@ -76,30 +76,61 @@ def check_source(params: DataParams, base: Path = Path(".")) -> None:
         raise DownloadError(f"data.source: {source} is not a regular file")
 
 
-def tree_sha256(folder: Path) -> tuple[str, int]:
-    """Content hash of a folder (relative paths + file sha256s, hidden/junk skipped); file count.
+def tree_files(folder: Path) -> dict[str, str]:
+    """Each entry of a folder (relative path, walk order) -> its file's sha256, or `<kind>`.
 
     Walked by the intake policy (xray/data/intake/layout.py): links are followed inside the folder
-    only, and entries that are not regular files (FIFOs, sockets, devices, links out)
-    are hashed by name and kind, never opened.
+    only, hidden and junk entries are skipped, and entries that are not regular files (FIFOs,
+    sockets, devices, links out) are named by kind, never opened.
     """
     base = folder.resolve()
     walker = layout.Walker(base, str(folder))
-    h = hashlib.sha256()
-    n = 0
+    files: dict[str, str] = {}
     try:
         for e in walker.walk(base):
             if e.kind == layout.DIR:
                 continue
             rel = walker.rel(e.path)
-            if e.kind == layout.FILE and e.real is not None:
-                h.update(f"{rel}\0{file_sha256(e.real)}\n".encode())
-                n += 1
-            else:
-                h.update(f"{rel}\0<{e.kind}>\n".encode())
+            is_file = e.kind == layout.FILE and e.real is not None
+            files[rel] = file_sha256(e.real) if is_file else f"<{e.kind}>"  # type: ignore[arg-type]
     except IngestError as e:
         raise DownloadError(f"data.source: {e}") from None
-    return h.hexdigest(), n
+    return files
+
+
+def tree_digest(files: dict[str, str]) -> tuple[str, int]:
+    """The content hash of a folder's tree_files (paths + sha256s, in walk order); file count."""
+    h = hashlib.sha256()
+    for rel, digest in files.items():
+        h.update(f"{rel}\0{digest}\n".encode())
+    return h.hexdigest(), sum(not d.startswith("<") for d in files.values())
+
+
+def tree_sha256(folder: Path) -> tuple[str, int]:
+    """Content hash of a folder (relative paths + file sha256s, hidden/junk skipped); file count."""
+    return tree_digest(tree_files(folder))
+
+
+def check_read_as_recorded(folder: Path, snapshot: dict[str, str], read: dict[str, str]) -> None:
+    """Fail when a folder source changed while it was ingested (one line naming a file).
+
+    `snapshot`: tree_files before the ingest (what the recorded identity hashes); `read`: the
+    sha256 of the bytes ingest read, per relative path. Each must match, and the folder hashed
+    again afterwards must still be the snapshot (a file deleted, added or rewritten meanwhile).
+    """
+    hint = "nothing was written; run `xray probe` again once the source is complete"
+    for rel, digest in read.items():
+        if snapshot.get(rel) != digest:
+            raise DownloadError(
+                f"data.source changed while it was read: {rel} is not the file it recorded; {hint}"
+            )
+    after = tree_files(folder)
+    if after != snapshot:
+        changed = [r for r in dict.fromkeys([*snapshot, *after]) if after.get(r) != snapshot.get(r)]
+        rel = changed[0] if changed else "(the walk order)"
+        what = "gone" if rel not in after else "new" if rel not in snapshot else "rewritten"
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise DownloadError(f"data.source changed while it was read: {rel} {what}{more}; {hint}")
 
 
 def identify(params: DataParams, base: Path = Path(".")) -> dict[str, object]:
@@ -240,10 +271,12 @@ def source_root(
     work: Path,
     recorded: dict[str, object] | None = None,
     record: Path | None = None,
-) -> tuple[Path, dict[str, object]]:
-    """Materialize the source as a folder under `work`; return it and the source's identity.
+) -> tuple[Path, dict[str, object], dict[str, str] | None]:
+    """Materialize the source as a folder under `work`: (folder, identity, snapshot).
 
-    When `recorded` (the identity in `record`) is given, the source must still match it.
+    When `recorded` (the identity in `record`) is given, the source must still match it. A
+    folder source is read in place: `snapshot` is its tree_files (None for the other kinds,
+    which are copied under `work` first), for check_read_as_recorded after the ingest.
     """
     source = params.source
     recorded = recorded or {}
@@ -253,19 +286,26 @@ def source_root(
         root = work / "synthetic"
         n = generate(root, params.synthetic, params.classes)
         log.info("generated %d synthetic images", n)
-        return root, {"kind": "synthetic", **params.synthetic.model_dump(mode="json")}
+        return root, {"kind": "synthetic", **params.synthetic.model_dump(mode="json")}, None
     check_source(params)
     if is_url(source):
         archive, identity = _fetch_url(params, work, recorded, record)
     else:
         path = Path(source).expanduser()
         if path.is_dir():
+            snapshot = tree_files(path)
             if record is not None:
-                digest, _ = tree_sha256(path)
-                _verify(recorded, {"tree_sha256": digest}, record)
-            return path, {"kind": "folder", "path": str(path)}
+                _verify(recorded, {"tree_sha256": tree_digest(snapshot)[0]}, record)
+            return path, {"kind": "folder", "path": str(path)}, snapshot
         archive, identity = _local_archive(path, params, recorded, record)
-    return _extract(archive, work, params), identity
+        root = _extract(archive, work, params)
+        if file_sha256(archive) != identity["sha256"]:  # rewritten while it was extracted
+            raise DownloadError(
+                f"data.source changed while it was read: {path} is not the archive it "
+                "recorded; nothing was written, run `xray probe` again once it is complete"
+            )
+        return root, identity, None
+    return _extract(archive, work, params), identity, None
 
 
 def _fetch_url(
