@@ -202,17 +202,25 @@ def test_tar_bomb_declared(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["zip", "tar"])
-def test_member_count_cap(tmp_path: Path, kind: str) -> None:
-    """More members than max_members -> IngestError naming the first one over the cap."""
+def test_member_count_cap(tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More members than max_members -> IngestError naming the first one over the cap, before
+    any member is written (issue 24 item 13: a tar was extracted up to the cap first)."""
     names = [f"f{i}.txt" for i in range(5)]
     if kind == "zip":
         arc = _zip(tmp_path / "many.zip", [(n, b"x") for n in names])
     else:
         arc = _tar(tmp_path / "many.tar.gz", [(_tinfo(n), b"x") for n in names])
     dest = tmp_path / "out"
+    written: list[str] = []
+    real_write = _Extractor.write
+    monkeypatch.setattr(
+        _Extractor, "write", lambda self, m, *a: (written.append(m), real_write(self, m, *a))[1]
+    )
     with pytest.raises(IngestError, match=r"member 'f3.txt': archive has more than 3 members"):
         safe_extract(arc, dest, max_total_bytes=MB, max_members=3)
-    assert _leftovers(dest) == []
+    assert written == [] and _leftovers(dest) == []
+    safe_extract(arc, dest, max_total_bytes=MB, max_members=5)
+    assert written == names
 
 
 def test_corrupt_archive_and_unknown_type(tmp_path: Path) -> None:

@@ -556,6 +556,36 @@ def test_a_folder_changed_while_it_is_ingested_fails(
     assert not out.raw.exists() and not out.quarantine.exists()
 
 
+def test_many_broken_files_log_ten_lines_and_a_count(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 24 item 13: 40 broken files give ten warning lines and one with the count, then
+    the one-line error; not 40 lines."""
+    import logging
+
+    src = _folder(tmp_path / "export", good=2, bad={f"z{i:02}.jpeg": b"" for i in range(40)})
+    (src / "NORMAL" / "notes.txt").write_text("not an image")
+    params = DataParams(source=str(src))
+    out = Outs(tmp_path)
+    probe(params, out.record)
+    too_many = r"^data\.max_bad_fraction: 40 of 44 images"
+    with (
+        caplog.at_level(logging.WARNING, "xray.download"),
+        pytest.raises(DownloadError, match=too_many),
+    ):
+        out.run(params)
+    quarantined = [r.getMessage() for r in caplog.records if "quarantined" in r.getMessage()]
+    assert quarantined[:2] == [
+        "quarantined NORMAL/z00.jpeg: empty",
+        "quarantined NORMAL/z01.jpeg: empty",
+    ]
+    assert len(quarantined) == 11
+    assert quarantined[-1].startswith("quarantined 30 more (40 in all; the quarantine report")
+    assert [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()] == [
+        "skipped NORMAL/notes.txt: not_an_image_type"
+    ]
+
+
 def test_missing_local_path(tmp_path: Path) -> None:
     """A missing folder or archive: one line naming data.source, before anything is written."""
     params = DataParams(source=str(tmp_path / "nope.zip"))

@@ -140,3 +140,51 @@ def test_a_zip_of_images_predicts_each_member(
         f"error: {empty}: no JPEG/PNG images in this zip",
         f"error: {fake}: not a readable zip (File is not a zip file)",
     ]
+
+
+def test_a_typo_is_said_before_tensorflow_starts(tmp_path: Path) -> None:
+    """Issue 24 item 14: no path exists -> one line per path, exit 1, TensorFlow never imported."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from xray.cli.main import main; "
+        f"rc = main(['predict', '--model', {str(tmp_path / 'm.keras')!r}, 'nope.png', 'gone/']); "
+        "print('tensorflow' in sys.modules, rc)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.split() == ["False", str(EXIT_SOME_FAILED)], done.stderr
+    assert done.stderr.splitlines() == [
+        "error: nope.png: no such file or folder",
+        "error: gone: no such file or folder",
+    ]
+
+
+def test_unsafe_members_and_special_files_are_named_not_shown_as_paths(
+    tmp_path: Path, model_file: Path, images: dict[str, Path]
+) -> None:
+    """A zip member named `../x.png` is refused by name (never shown as a path beside the zip),
+    and a FIFO in a folder is one error line, not skipped without a word."""
+    import os
+    import zipfile
+
+    archive = tmp_path / "slip.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("../../etc/evil.png", images["gray_png"].read_bytes())
+        z.writestr("NORMAL/ok.png", images["gray_png"].read_bytes())
+    folder = tmp_path / "site"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(images["gray_png"].read_bytes())
+    os.mkfifo(folder / "b.png")
+    code, out, err = _run([archive, folder], model_file, as_json=True)
+    assert [json.loads(line)["path"] for line in out.splitlines()] == [
+        str(archive / "NORMAL/ok.png"),
+        str(folder / "a.png"),
+    ]
+    assert code == EXIT_SOME_FAILED
+    assert err.splitlines() == [
+        f"error: {archive}: member '../../etc/evil.png': absolute or '..' name, not read",
+        f"error: {folder / 'b.png'}: not a regular file (a FIFO), not read",
+    ]

@@ -9,9 +9,10 @@ resized to the model's input size.
 from __future__ import annotations
 
 import functools
+import stat
 import zipfile
 from collections.abc import Iterator, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TextIO
 
 import numpy as np
@@ -30,7 +31,36 @@ def _zip_images(archive: Path) -> list[str] | str:
             names = [i.filename for i in z.infolist() if not i.is_dir()]
     except (OSError, zipfile.BadZipFile) as e:
         return f"not a readable zip ({e})"
-    return sorted(n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(n for n in names if PurePosixPath(n).suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _unsafe_member(name: str) -> bool:
+    """A member name that would read as another path (absolute, `..`, backslashes): never
+    shown as `ARCHIVE.zip/NAME`, which would name a file outside the archive."""
+    parts = PurePosixPath(name).parts
+    return name.startswith("/") or "\\" in name or ".." in parts or not parts
+
+
+def _special(path: Path) -> str | None:
+    """Why a folder entry that is neither a folder nor a regular file is skipped, else None."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return "a broken link" if path.is_symlink() else "unreadable"
+    if stat.S_ISDIR(mode) or stat.S_ISREG(mode):
+        return None
+    kind = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+    return f"not a regular file ({kind}), not read"
+
+
+def _folder_images(folder: Path) -> Iterator[tuple[Path, str | None]]:
+    """The JPEG/PNG files under a folder (sorted), and each entry skipped, with why."""
+    entries = sorted(folder.rglob("*"))
+    found = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    skipped = [(p, why) for p in entries if (why := _special(p)) is not None]
+    if not found and not skipped:
+        yield folder, "no JPEG/PNG images in this folder"
+    yield from sorted([(p, None) for p in found] + skipped, key=lambda e: e[0])
 
 
 def zip_member(path: Path) -> tuple[Path, str] | None:
@@ -63,15 +93,12 @@ def expand(paths: Sequence[Path]) -> Iterator[tuple[Path, str | None]]:
                 yield path, "no JPEG/PNG images in this zip"
             else:
                 for name in members:
-                    yield path / name, None
+                    if _unsafe_member(name):
+                        yield path, f"member {name!r}: absolute or '..' name, not read"
+                    else:
+                        yield path / name, None
         elif path.is_dir():
-            found = sorted(
-                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-            )
-            if not found:
-                yield path, "no JPEG/PNG images in this folder"
-            for p in found:
-                yield p, None
+            yield from _folder_images(path)
         elif path.exists():
             yield path, None
         else:

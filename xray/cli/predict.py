@@ -68,6 +68,11 @@ def predict_paths(
     are then predicted at the adapted threshold (see `_predict_adapted`).
     """
     out, err = out or sys.stdout, err or sys.stderr
+    listed = list(expand(paths))  # a typo is said before TensorFlow starts (seconds)
+    if all(problem is not None for _, problem in listed):
+        for path, problem in listed:
+            print(f"error: {path}: {problem}", file=err)
+        return EXIT_SOME_FAILED
     try:
         read_meta(Path(model_path), PREDICT_KEYS)  # refused before TensorFlow starts
         from xray.models.architectures import load_model
@@ -93,7 +98,7 @@ def predict_paths(
             _emit(_row(path, float(p), meta), as_json, out)
         batch.clear()
 
-    for path, problem in expand(paths):
+    for path, problem in listed:
         if problem is None:
             try:
                 batch.append((path, prepare(path, size)))

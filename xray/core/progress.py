@@ -268,3 +268,18 @@ def _is_number(value: object) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+WARN_FIRST = 10
+"""Repeated warnings of one kind: the first WARN_FIRST lines, then one line with the count."""
+
+
+def warn_some(
+    logger: logging.Logger, what: str, lines: list[str], where: str, first: int = WARN_FIRST
+) -> None:
+    """Log `what line` for the first `first` lines, then one line: how many more, where all are."""
+    for line in lines[:first]:
+        logger.warning("%s %s", what, line)
+    if len(lines) > first:
+        more, total = len(lines) - first, len(lines)
+        logger.warning("%s %d more (%d in all; %s)", what, more, total, where)

@@ -149,15 +149,31 @@ def _extract_zip(ex: _Extractor, max_members: int) -> None:
                 raise ex.fail(info.filename, f"cannot extract: {e}") from e
 
 
+def _check_tar_caps(ex: _Extractor, max_members: int) -> None:
+    """A first pass over the tar headers (nothing written): the member cap and the declared
+    sizes fail before any member is extracted, as a zip's central directory does."""
+    declared = 0
+    with tarfile.open(ex.archive, mode="r|*") as tf:
+        for count, member in enumerate(tf, 1):
+            if count > max_members:
+                raise ex.fail(member.name, f"archive has more than {max_members} members")
+            if member.isreg():
+                declared += member.size
+                if declared > ex.budget:
+                    raise ex.fail(member.name, f"declared sizes exceed {ex.budget} bytes")
+
+
 def _extract_tar(ex: _Extractor, max_members: int) -> None:
-    """Extract a tar(.gz) archive in one streaming pass, checking each header before its data."""
+    """Extract a tar(.gz) archive: the caps first (headers only), then one streaming pass that
+    checks each header before its data."""
+    _check_tar_caps(ex, max_members)
     declared = 0
     count = 0
     with tarfile.open(ex.archive, mode="r|*") as tf:
         for member in tf:
             count += 1
             name = member.name
-            if count > max_members:
+            if count > max_members:  # the archive grew since the first pass
                 raise ex.fail(name, f"archive has more than {max_members} members")
             if is_junk_member(name.replace("\\", "/")):
                 continue

@@ -27,7 +27,7 @@ from xray.core.compute import Runner
 from xray.core.hashing import bytes_sha256
 from xray.core.io import MANIFEST_FIELDS, png_bytes, staged_dir, work_dir, write_csv, write_json
 from xray.core.params import ComputeParams, DataParams
-from xray.core.progress import Progress
+from xray.core.progress import Progress, warn_some
 from xray.data.intake import images, layout, patients
 from xray.data.intake.entries import IngestError
 from xray.data.intake.source import (
@@ -56,6 +56,7 @@ WORKER_MODULES = (
 INGEST_PNG_LEVEL = 1
 """zlib level of the ingested PNGs: ~2.5x faster to encode than 6, ~15% larger files."""
 QUARANTINE_FIELDS = ("path", "reason", "detail")
+QUARANTINE_LISTING = "the quarantine report lists each when the stage succeeds"
 DUPLICATES_FIELDS = ("sha256", "count", "cross_split", "paths")
 LABEL_CONFLICT = "label_conflict"
 
@@ -224,8 +225,8 @@ def find_images(root: Path, params: DataParams) -> layout.Layout:
         raise DownloadError(str(e)) from None
     if found_layout.hidden:
         log.info("ignored %d hidden entries (dot files, __MACOSX)", found_layout.hidden)
-    for s in found_layout.skipped:
-        log.warning("skipped %s: %s", s.rel, s.reason)
+    skipped = [f"{s.rel}: {s.reason}" for s in found_layout.skipped]
+    warn_some(log, "skipped", skipped, QUARANTINE_LISTING)
     if not found_layout.found:
         raise DownloadError(
             f"data.source: no images of {list(params.classes)} found in {params.source}"
@@ -239,10 +240,9 @@ def screen(results: list[Ingested], skipped: list[layout.Skipped], params: DataP
     bad = [r for r in results if r.reason is not None]
     good = [r for r in results if r.reason is None]
     conflicts = label_conflicts(good)
-    for r in bad:
-        log.warning("quarantined %s: %s", r.found.rel, r.reason)
-    for i in conflicts:
-        log.warning("label conflict: %s (%s)", good[i].found.rel, good[i].found.label)
+    warn_some(log, "quarantined", [f"{r.found.rel}: {r.reason}" for r in bad], QUARANTINE_LISTING)
+    conflicted = [f"{good[i].found.rel} ({good[i].found.label})" for i in conflicts]
+    warn_some(log, "label conflict:", conflicted, QUARANTINE_LISTING)
     counted = [s for s in skipped if s.reason not in layout.NOT_COUNTED]
     n_bad = len(bad) + len(counted) + len(conflicts)
     total = len(results) + len(counted)
