@@ -190,6 +190,19 @@ def test_card_bytes_are_a_function_of_the_reports(tmp_path: Path) -> None:
     assert "## Run provenance" in published and "r1" in published
 
 
+def test_card_says_how_the_test_split_was_made() -> None:
+    """Issue 24 item 15: a source with its own test split is not called carved."""
+    from xray.reports.card_sections import caveats, data_section
+
+    own = {"predictions": [{"source_split": "test"}] * 3}
+    carved = {"predictions": [{"source_split": "train"}] * 3}
+    own_card, carved_card = ("\n".join(data_section(None, d) + caveats(d)) for d in (own, carved))
+    assert "test the source's own test split" in own_card and "overstates" not in own_card
+    assert "The test split is the source's own" in own_card
+    assert "val and test carved from the source's training images" in carved_card
+    assert "A carved test overstates accuracy" in carved_card
+
+
 def test_card_without_reports_says_what_is_missing() -> None:
     """No reports and no lineage: every section is still there, nothing is made up."""
     card = render_card(None, {})

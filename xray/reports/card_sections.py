@@ -99,6 +99,13 @@ USE = [
 ]
 
 
+def has_own_test(data: dict[str, Any]) -> bool:
+    """Whether the test images are the source's own test split (else carved from its training
+    images): the split stage keeps a source's test split, so its rows say `test`."""
+    rows = data.get("predictions") or []
+    return bool(rows) and all(r.get("source_split") == "test" for r in rows)
+
+
 def data_section(record: dict[str, Any] | None, data: dict[str, Any]) -> list[str]:
     """Section: training and evaluation data, the split report."""
     lines = ["## Training and evaluation data", ""]
@@ -111,8 +118,14 @@ def data_section(record: dict[str, Any] | None, data: dict[str, Any]) -> list[st
             "the pipeline works, nothing about chest X-rays."
         )
     lines += [
-        "- Split: grouped by patient (no patient in two splits), stratified by class; val "
-        "and test carved from the archive's training images (see `split` params).",
+        "- Split: grouped by patient (no patient in two splits), stratified by class; "
+        + (
+            "val carved from the source's training images, test the source's own test split "
+            "(no patient or image of it left in train or val; see `split` params)."
+            if has_own_test(data)
+            else "val and test carved from the source's training images (it has no test "
+            "split; see `split` params)."
+        ),
         "- Test sets: the clean test split; the same images under each corruption family and "
         "severity (stage `corrupt`); and the acquisition-shift proxy, the val split under "
         "simulated site differences (reports/proxy.json).",
@@ -301,13 +314,28 @@ def subgroups_section(ci: dict[str, Any], data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def caveats(data: dict[str, Any]) -> list[str]:
+    """Section: caveats and recommendations (the first says how the test split was made)."""
+    if has_own_test(data):
+        first = (
+            "- **The test split is the source's own.** It was not carved by this pipeline; how "
+            "far it stands from the training acquisitions (scanners, processing, time) decides "
+            "how far its metrics say anything about another site. " + CARVED_VS_OFFICIAL
+        )
+    else:
+        first = (
+            "- **A carved test overstates accuracy on other acquisitions.** The test split is "
+            "carved from the training archive: same scanners, same processing. "
+            + CARVED_VS_OFFICIAL
+            + " Read the clean-test metrics as an upper bound; the proxy and corruption tables "
+            "move with acquisition differences, the carved test does not."
+        )
+    return [CAVEATS[0], CAVEATS[1], first, *CAVEATS[2:]]
+
+
 CAVEATS = [
     "## Caveats and recommendations",
     "",
-    "- **A carved test overstates accuracy on other acquisitions.** The test split is carved "
-    "from the training archive: same scanners, same processing. " + CARVED_VS_OFFICIAL + " "
-    "Read the clean-test metrics as an upper bound; the proxy and corruption tables move with "
-    "acquisition differences, the carved test does not.",
     "- **The threshold may not transfer.** It was chosen on validation images of the training "
     "archive; another site's class balance and calibration (`ece` in reports/metrics.json) move "
     "the best threshold. The adapted variants re-estimate it from the unlabeled target images.",

@@ -23,7 +23,7 @@ from xray.core.io import read_csv, write_bytes_atomic, write_csv, write_json
 from xray.reports import bootstrap
 from xray.reports.card_sections import (
     ADAPT,
-    CAVEATS,
+    caveats,
     TITLE,
     USE,
     data_section,
@@ -162,7 +162,7 @@ def render_card(
     lines += metrics_section(ci)
     lines += proxy_targets_section(data.get("proxy"))
     lines += subgroups_section(ci, data)
-    lines += CAVEATS
+    lines += caveats(data)
     lines += ADAPT
     if record:
         lines += render_lineage(record)
