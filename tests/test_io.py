@@ -54,3 +54,42 @@ def test_an_output_hardlinked_to_a_cache_file_is_replaced_not_written_through(
     write_zip(out, [("a.png", b"new")])
     assert cache.read_bytes() == b"cached"
     assert out.stat().st_ino != cache.stat().st_ino
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full here")
+def test_a_full_disk_is_one_line_naming_the_output_and_keeps_the_old_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 24 item 11: writing fails with ENOSPC (the kernel's, from /dev/full): one line that
+    names the output, exit status 1, the previous output kept, no temporary left."""
+    from xray.core.errors import EXIT_FAILED, DiskFullError
+    from xray.core.io import atomic_file, staged_dir
+    from xray.core.runtime import report_error
+
+    raw = tmp_path / "data" / "raw"
+    raw.mkdir(parents=True)
+    (raw / "kept.png").write_bytes(b"old")
+    full = r"raw: no space left on device while writing it \("
+    with pytest.raises(DiskFullError, match=full), staged_dir(raw) as stage:
+        (stage / "new.png").write_bytes(b"new")
+        Path("/dev/full").write_bytes(b"x" * 4096)  # the disk fills
+    assert [p.name for p in raw.iterdir()] == ["kept.png"]
+    assert sorted(p.name for p in raw.parent.iterdir()) == ["raw"]
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"old model")
+    full = r"model\.keras: no space left on device"
+    with pytest.raises(DiskFullError, match=full), atomic_file(model):
+        Path("/dev/full").write_bytes(b"x")
+    assert model.read_bytes() == b"old model" and sorted(os.listdir(tmp_path)) == [
+        "data",
+        "model.keras",
+    ]
+    try:  # outside the writers: the raw OSError, still one line and exit status 1
+        Path("/dev/full").write_bytes(b"x")
+    except OSError as e:
+        assert report_error(e) == EXIT_FAILED
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "error: no space left on device "
+        "(free space, then rerun; nothing already saved was replaced)"
+    ]

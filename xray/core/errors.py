@@ -21,6 +21,7 @@ library. The same error raised deep inside a library (json, numpy, Keras) is a b
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 from xray.core.text import one_line
@@ -51,6 +52,25 @@ class WorkError(XrayError, RuntimeError):
     exit_code = EXIT_FAILED
 
 
+class DiskFullError(WorkError):
+    """The disk (or quota) filled while writing: the message names what was being written."""
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(exc: BaseException, path: Path | str | None = None) -> DiskFullError | None:
+    """The one-line error for a disk-full OSError (naming `path`, else its file), else None."""
+    if not isinstance(exc, OSError) or exc.errno not in DISK_FULL_ERRNOS:
+        return None
+    where = path or exc.filename
+    what = "no space left on device" if exc.errno == errno.ENOSPC else "disk quota exceeded"
+    advice = "free space, then rerun; nothing already saved was replaced"
+    return DiskFullError(
+        f"{where}: {what} while writing it ({advice})" if where else f"{what} ({advice})"
+    )
+
+
 PROJECT_INPUT_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,
     FileNotFoundError,
@@ -76,11 +96,13 @@ def _raised_in_project(exc: BaseException) -> bool:
 
 def is_user_error(exc: BaseException) -> bool:
     """Whether exc is shown as one line (an XrayError, or the fallback) rather than a traceback."""
-    if isinstance(exc, XrayError):
+    if isinstance(exc, XrayError) or disk_full(exc) is not None:  # a full disk is no bug
         return True
     return isinstance(exc, PROJECT_INPUT_ERRORS) and _raised_in_project(exc)
 
 
 def exit_status(exc: BaseException) -> int:
     """The exit status a user error means: its exit_code; bad input (2) for the fallback."""
+    if not isinstance(exc, XrayError) and (full := disk_full(exc)) is not None:
+        return full.exit_code
     return exc.exit_code if isinstance(exc, XrayError) else EXIT_USAGE

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from xray.core.errors import disk_full
+
 log = logging.getLogger("xray.io")
 
 MANIFEST_FIELDS = ("path", "label", "source_split", "patient_id", "sha256", "width", "height")
@@ -286,7 +288,12 @@ def atomic_file(path: Path) -> Iterator[Path]:
             os.fchmod(fd, file_mode())
         finally:
             os.close(fd)
-        yield tmp
+        try:
+            yield tmp
+        except OSError as e:
+            if (full := disk_full(e, path)) is not None:
+                raise full from None
+            raise
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -334,8 +341,10 @@ def staged_dir(final: Path) -> Iterator[Path]:
     try:
         tmp.chmod(dir_mode())  # mkdtemp's 0700 would be kept by the rename
         yield tmp
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if (full := disk_full(e, final)) is not None:
+            raise full from None
         raise
     old = final.with_name(f".{final.name}.old")
     shutil.rmtree(old, ignore_errors=True)

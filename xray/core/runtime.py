@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from xray.core.errors import EXIT_FAILED, InputError, exit_status, is_user_error
+from xray.core.errors import EXIT_FAILED, InputError, disk_full, exit_status, is_user_error
 
 LOG_LEVEL_ENV = "XRAY_LOG_LEVEL"
 TRACEBACK_ENV = "XRAY_TRACEBACK"
@@ -186,7 +186,7 @@ def report_error(exc: BaseException, template: str = "error: {}") -> int | None:
     """
     if os.environ.get(TRACEBACK_ENV) or not is_user_error(exc):
         return None
-    print(template.format(exc), file=sys.stderr)
+    print(template.format(disk_full(exc) or exc), file=sys.stderr)
     return exit_status(exc)
 
 

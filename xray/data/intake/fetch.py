@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from xray.core.errors import disk_full
 from xray.core.hashing import file_sha256
 from xray.data.intake.download_cache import (
     _discard,
@@ -159,11 +160,16 @@ def _attempt(client: httpx.Client, url: str, part: Path, st: _State, progress: _
         else:
             raise _Permanent(f"unexpected HTTP {status}")
         st.save()
-        with part.open(mode) as out:
-            for chunk in r.iter_raw():
-                out.write(chunk)
-                st.offset += len(chunk)
-                progress.update(st.offset, st.total)
+        try:
+            with part.open(mode) as out:
+                for chunk in r.iter_raw():
+                    out.write(chunk)
+                    st.offset += len(chunk)
+                    progress.update(st.offset, st.total)
+        except OSError as e:  # a full disk is not a network error: no retry, one line
+            if (full := disk_full(e, part)) is not None:
+                raise full from None
+            raise
     if st.total is not None and st.offset < st.total:
         raise _Transient(f"body ended at {st.offset} of {st.total} bytes")
 
