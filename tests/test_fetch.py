@@ -549,3 +549,74 @@ def test_move_across_file_systems(
     assert dest.read_bytes() == BLOB
     assert sorted(p.name for p in dest.parent.iterdir()) == ["data.zip"]
     assert list(cache.iterdir()) == []
+
+
+class Endless(BaseHTTPRequestHandler):
+    """/endless: a chunked body that never ends; /trickle: 10 bytes every 0.1 s; /big: a
+    Content-Length over the cap (and no body worth reading)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_HEAD(self) -> None:
+        self.send_response(200)
+        self.send_header("ETag", '"endless"')
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        if self.path == "/big":
+            self.send_header("Content-Length", str(10**12))
+            self.end_headers()
+            self.wfile.write(b"x" * 1000)
+            return
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        chunk, pause = (b"x" * 65536, 0.0) if self.path == "/endless" else (b"y" * 10, 0.1)
+        try:
+            for _ in range(100_000):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                self.wfile.flush()
+                if pause:
+                    time.sleep(pause)
+        except OSError:  # the client hung up: the point of the test
+            pass
+
+
+@pytest.mark.parametrize(
+    ("path", "limits", "message"),
+    [
+        (
+            "/endless",
+            {"max_bytes": 2_000_000},
+            r"more than 2000000 bytes \(data\.max_download_bytes\)",
+        ),
+        ("/big", {"max_bytes": 2_000_000}, r"declares 1000000000000 bytes, more than 2000000"),
+        (
+            "/trickle",
+            {"min_rate": 10_000, "window_s": 0.5},
+            r"\d+ bytes/s over \d+ s, below data\.min_download_rate 10000",
+        ),
+    ],
+)
+def test_downloads_are_bounded_and_leave_no_partial_file(
+    tmp_path: Path, path: str, limits: dict[str, float], message: str
+) -> None:
+    """Issue 24 item 9: an endless body, a too-large one and a 100-byte/s one each fail at
+    once (no retry) with one line; the partial file is removed, from the cache too."""
+    from xray.data.intake.fetch import Limits
+
+    cache = tmp_path / "cache"
+    with loopback_server(Endless, None) as url:
+        start = time.monotonic()
+        with pytest.raises(FetchError) as e:
+            fetch(
+                f"{url}{path}", tmp_path / "a.zip", cache_dir=cache, limits=Limits(**limits), **FAST
+            )
+        took = time.monotonic() - start
+    assert re.search(message, _one_line_naming(e, f"{url}{path}")), str(e.value)
+    assert took < 30 and not e.value.transient
+    assert not (tmp_path / "a.zip").exists()
+    assert [p for p in cache.rglob("*") if p.is_file() and p.stat().st_size > 0] == []

@@ -62,7 +62,15 @@ class DataParams(_Section):
     max_bad_fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
     max_archive_bytes: Bytes = 20_000_000_000
     max_archive_members: PosInt = 200_000
+    max_download_bytes: Bytes | None = None  # a URL's body; None: max_archive_bytes
+    min_download_rate: Annotated[float, Field(ge=0.0)] = 10_000.0  # bytes/s; 0: no floor
+    download_rate_window_s: Annotated[float, Field(gt=0.0, le=86_400.0)] = 120.0
     synthetic: SyntheticParams = SyntheticParams()
+
+    @property
+    def download_cap(self) -> int:
+        """The most bytes a URL source may send (max_download_bytes, else max_archive_bytes)."""
+        return self.max_download_bytes or self.max_archive_bytes
 
     @field_validator("source")
     @classmethod

@@ -17,11 +17,12 @@ import re
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from xray.core.errors import disk_full
+from xray.core.errors import DiskFullError, disk_full
 from xray.core.hashing import file_sha256
 from xray.data.intake.download_cache import (
     _discard,
@@ -119,13 +120,52 @@ class _Progress:
         print(f"fetch {self.name}: {size}", file=sys.stderr, flush=True)
 
 
+@dataclass(frozen=True)
+class Limits:
+    """Bounds of one download: its size, and the slowest rate kept up over a window."""
+
+    max_bytes: int | None = None
+    min_rate: float = 0.0  # bytes per second; 0: no floor
+    window_s: float = 120.0
+
+
+class _Pace:
+    """Fails a body that stays below Limits.min_rate for a whole window."""
+
+    def __init__(self, limits: Limits, offset: int):
+        self.limits = limits
+        self.start, self.at = time.monotonic(), offset
+
+    def check(self, offset: int) -> None:
+        """After each chunk: the size cap, then the rate over the window just ended."""
+        lim = self.limits
+        if lim.max_bytes is not None and offset > lim.max_bytes:
+            raise _Permanent(f"more than {lim.max_bytes} bytes (data.max_download_bytes)")
+        elapsed = time.monotonic() - self.start
+        if lim.min_rate and elapsed >= lim.window_s:
+            rate = (offset - self.at) / elapsed
+            if rate < lim.min_rate:
+                raise _Permanent(
+                    f"{rate:.0f} bytes/s over {elapsed:.0f} s, below data.min_download_rate "
+                    f"{lim.min_rate:.0f} (data.download_rate_window_s {lim.window_s:g})"
+                )
+            self.start, self.at = time.monotonic(), offset
+
+
 def _validators_of(r: httpx.Response) -> tuple[str | None, str | None]:
     """The response's strong ETag (weak ones may not be used in If-Range) and Last-Modified."""
     etag = r.headers.get("ETag")
     return (None if etag and etag.startswith("W/") else etag), r.headers.get("Last-Modified")
 
 
-def _attempt(client: httpx.Client, url: str, part: Path, st: _State, progress: _Progress) -> None:
+def _attempt(
+    client: httpx.Client,
+    url: str,
+    part: Path,
+    st: _State,
+    progress: _Progress,
+    limits: Limits = Limits(),
+) -> None:
     """One GET (ranged when st.offset > 0), appending to or restarting the partial file."""
     headers: dict[str, str] = {}
     if st.offset > 0:
@@ -159,13 +199,19 @@ def _attempt(client: httpx.Client, url: str, part: Path, st: _State, progress: _
             mode = "wb"
         else:
             raise _Permanent(f"unexpected HTTP {status}")
+        if limits.max_bytes is not None and (st.total or 0) > limits.max_bytes:
+            raise _Permanent(
+                f"declares {st.total} bytes, more than {limits.max_bytes} (data.max_download_bytes)"
+            )
         st.save()
+        pace = _Pace(limits, st.offset)
         try:
             with part.open(mode) as out:
                 for chunk in r.iter_raw():
                     out.write(chunk)
                     st.offset += len(chunk)
                     progress.update(st.offset, st.total)
+                    pace.check(st.offset)
         except OSError as e:  # a full disk is not a network error: no retry, one line
             if (full := disk_full(e, part)) is not None:
                 raise full from None
@@ -220,8 +266,13 @@ def fetch(
     backoff: float = 1.0,
     timeout: float = 60.0,
     progress: bool = True,
+    limits: Limits = Limits(),
 ) -> Path:
-    """Download url to dest via a resumable partial file (kept in cache_dir), then verify it."""
+    """Download url to dest via a resumable partial file (kept in cache_dir), then verify it.
+
+    `limits` bound the body's size and its slowest rate: past either the download fails at
+    once (no retry) and the partial file is removed.
+    """
     _check_url(url)
     if sha256 is not None and not SHA256_RE.match(sha256):
         raise _fail(url, f"expected sha256 {sha256!r} is not 64 hex digits")
@@ -254,7 +305,7 @@ def fetch(
             if not (st.offset and st.offset == st.total):  # else complete before an interruption
                 _retrying(
                     url,
-                    lambda: _attempt(client, url, part, st, meter),
+                    lambda: _attempt(client, url, part, st, meter, limits),
                     retries=retries,
                     backoff=backoff,
                     label=f"fetch {dest.name}" if progress else "",
@@ -270,6 +321,9 @@ def fetch(
     except OSError as e:
         _discard(slot, part)
         raise _fail(url, f"local file error: {e}") from e
+    except DiskFullError:  # the partial file would only keep the disk full
+        _discard(slot, part)
+        raise
     except BaseException:  # an interruption: the cache keeps the partial file for a rerun
         if slot is None:
             part.unlink(missing_ok=True)

@@ -312,7 +312,7 @@ def _fetch_url(
     params: DataParams, work: Path, recorded: dict[str, object], record: Path | None
 ) -> tuple[Path, dict[str, object]]:
     """Download the URL source into `work` (resumable in DOWNLOAD_CACHE): archive, identity."""
-    from xray.data.intake.fetch import fetch
+    from xray.data.intake.fetch import Limits, fetch
     from xray.data.intake.http_retry import FetchError
 
     source = params.source
@@ -330,6 +330,9 @@ def _fetch_url(
             cache_dir=DOWNLOAD_CACHE,
             retries=FETCH_RETRIES,
             backoff=FETCH_BACKOFF_S,
+            limits=Limits(
+                params.download_cap, params.min_download_rate, params.download_rate_window_s
+            ),
         )
     except FetchError as e:
         raise DownloadError(f"data.source: {e}") from None
