@@ -153,9 +153,14 @@ def test_audit_matches_dvc_lock(project: Path) -> None:
 def test_dirty_code_is_flagged_but_outputs_are_not(project: Path) -> None:
     """A changed code file makes the run record dirty; dvc.lock and params.yaml do not."""
     write_version(project, 7)
-    git(project, "add", "-f", "dvc.lock")
+    config = project / ".dvc" / "config"
+    config.parent.mkdir(exist_ok=True)
+    config.write_text(config.read_text() if config.exists() else "[core]\n")
+    git(project, "add", "-f", "dvc.lock", ".dvc/config")
     git(project, "commit", "-qm", "lock")
     (project / "params.yaml").write_text((project / "params.yaml").read_text() + "\n")
+    with config.open("a") as f:  # `dvc remote add -d`, as docs/operations.md instructs
+        f.write("['remote \"storage\"']\n    url = /srv/remote\n")
     clean = record_run(project, "records")
     assert run_record(project, clean["commit"])["code"]["dirty"] is False
     (project / "tasks/download.py").write_text("# changed\n")

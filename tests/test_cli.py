@@ -264,3 +264,31 @@ def test_run_checks_params_and_overrides_before_the_flow(
     err = capsys.readouterr().err
     assert err.startswith(line) and err.count("\n") == 1, err
     assert (tmp_path / "params.yaml").read_bytes() == (ROOT / "params.yaml").read_bytes()
+
+
+def test_a_database_password_never_goes_on_the_command_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 24 item 8: `--database-url` with a password is refused before a server starts;
+    without one (or from the environment) it reaches the server's environment."""
+    import subprocess
+
+    from xray.cli import server
+
+    started: list[dict[str, str]] = []
+
+    def fake_run(cmd: list[str], env: dict[str, str], check: bool) -> Any:
+        started.append(env)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(server.subprocess, "run", fake_run)
+    secret = "postgresql+asyncpg://xray:s3cret@db/prefect"
+    assert cli.main(["server", "--database-url", secret]) == EXIT_USAGE and not started
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "s3cret" not in err
+    assert "PREFECT_SERVER_DATABASE_CONNECTION_URL" in err
+    assert cli.main(["server", "--database-url", "postgresql+asyncpg://xray@db/prefect"]) == 0
+    assert (
+        started[0]["PREFECT_SERVER_DATABASE_CONNECTION_URL"]
+        == "postgresql+asyncpg://xray@db/prefect"
+    )

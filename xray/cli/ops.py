@@ -94,7 +94,10 @@ SERVE_TEXT = {
         "Serve the `nightly` deployment of prefect.yaml (its cron, parameters and "
         "concurrency limit of 1) from this process until Ctrl-C; set PREFECT_API_URL to a "
         "Prefect server first (`xray server`). The options change the deployment's "
-        "parameters for this process only.",
+        "parameters for this process only. Stopping it (Ctrl-C, SIGTERM) pauses the "
+        "deployment's schedule and deletes its runs not yet started, as Prefect's `serve` "
+        "does: nothing runs until `xray serve` starts again, which resumes the schedule. "
+        "For a schedule that outlives the process, use `xray deploy` and a worker.",
         """
 xray serve --remote /srv/xray/dvc-remote
 xray serve --interval 3600 --set train.epochs=5
@@ -121,10 +124,13 @@ def add_ops_commands(sub: argparse._SubParsersAction) -> None:
         "start a Prefect server on 127.0.0.1 (SQLite unless --database-url)",
         "Start a Prefect server on 127.0.0.1 that keeps its database and concurrency leases "
         "under PREFECT_HOME, so a restart loses nothing. Other shells then need "
-        "`export PREFECT_API_URL=http://127.0.0.1:PORT/api`.",
+        "`export PREFECT_API_URL=http://127.0.0.1:PORT/api`. A database password never goes "
+        "on the command line (every user can read it there): a URL holding one is refused; "
+        "export PREFECT_SERVER_DATABASE_CONNECTION_URL instead, or use ~/.pgpass.",
         """
 xray server
-xray server --port 4300 --database-url postgresql+asyncpg://user:pw@host/prefect
+xray server --port 4300 --database-url postgresql+asyncpg://xray@db-host/prefect
+PREFECT_SERVER_DATABASE_CONNECTION_URL=postgresql+asyncpg://xray:$PW@db-host/prefect xray server
 """,
     )
     srv.add_argument(
@@ -133,7 +139,8 @@ xray server --port 4300 --database-url postgresql+asyncpg://user:pw@host/prefect
     srv.add_argument(
         "--database-url",
         metavar="URL",
-        help="e.g. postgresql+asyncpg://user:pw@host/prefect (default: SQLite under PREFECT_HOME)",
+        help="e.g. postgresql+asyncpg://user@host/prefect, no password (default: SQLite "
+        "under PREFECT_HOME)",
     )
     srv.set_defaults(func=cmd_server)
     for name, func in (("serve", cmd_serve), ("deploy", cmd_deploy)):

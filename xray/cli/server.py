@@ -10,11 +10,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from urllib.parse import urlsplit
+
+from xray.core.errors import InputError
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_PORT = 4200
 LEASE_STORAGE_SETTING = "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"
 FILE_LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"  # PREFECT_HOME
+DATABASE_URL_ENV = "PREFECT_SERVER_DATABASE_CONNECTION_URL"
 
 
 def server_command(port: int = DEFAULT_PORT) -> list[str]:
@@ -39,12 +43,24 @@ def server_env(
     env = dict(os.environ if base is None else base)
     env.setdefault(LEASE_STORAGE_SETTING, FILE_LEASE_STORAGE)
     if database_url:
-        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
+        env[DATABASE_URL_ENV] = database_url
     return env
+
+
+def check_database_url(url: str) -> None:
+    """Refuse a password in a command-line URL: every local user sees it (`ps`, /proc)."""
+    if urlsplit(url).password is not None:
+        raise InputError(
+            "--database-url: the URL holds a password, which every user of this machine can "
+            f"read on the command line; set {DATABASE_URL_ENV} in the environment instead "
+            "(or keep the password in ~/.pgpass)"
+        )
 
 
 def start_server(port: int = DEFAULT_PORT, database_url: str | None = None) -> int:
     """Run a Prefect server on 127.0.0.1 (SQLite under PREFECT_HOME unless a database URL)."""
+    if database_url:
+        check_database_url(database_url)
     env = server_env(database_url)
     print(f"Prefect server on http://{LOOPBACK}:{port} (UI and API at /api)", file=sys.stderr)
     print(f"clients: export PREFECT_API_URL=http://{LOOPBACK}:{port}/api", file=sys.stderr)

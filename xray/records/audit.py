@@ -305,6 +305,8 @@ def format_audit(a: dict[str, Any]) -> str:
     code = a.get("code") or {}
     note = f" ({code['note']})" if code.get("note") else ""
     lines.append(f"code:         git {code.get('commit')} (dirty: {code.get('dirty')}){note}")
+    if code.get("dirty_files"):
+        lines.append(f"  dirty files: {', '.join(code['dirty_files'])}")
     for k, v in (a.get("versions") or {}).items():
         lines.append(f"{k + ':':<14}{v}")
     lines.append(f"created:      {a.get('created')}")

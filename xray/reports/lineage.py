@@ -41,7 +41,16 @@ VERSION_PACKAGES = {
 }
 # Not "code": recorded themselves, so they do not make the tree dirty (run.json: the run
 # record, xray/records/record.py RUN_JSON, in the tree only when the record branch is checked out).
-NOT_CODE = ("dvc.lock", "params.yaml", "run.json", "reports/", "dvclive/", "data/", "models/")
+NOT_CODE = (
+    "dvc.lock",
+    "params.yaml",
+    "run.json",
+    "reports/",
+    "dvclive/",
+    "data/",
+    "models/",
+    ".dvc/",  # DVC's config (a remote added with `dvc remote add -d`): no output depends on it
+)
 CODE_NOTE = "the md5 of each stage's code deps in dvc.lock; the git commit is in the run record"
 
 log = logging.getLogger("xray.lineage")
