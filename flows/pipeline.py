@@ -24,6 +24,7 @@ from prefect.cache_policies import NO_CACHE
 
 from xray.core.errors import InputError, WorkError
 from xray.core.params import STAGES, load_params
+from xray.runner.overrides import one_off_params
 from xray.runner.repro import StatusError, dvc_env, error_text, restore_outputs, stale_stages
 from xray.runner.stage_log import StageLog, git_advice
 
@@ -231,15 +232,6 @@ def publish(workdir: str, stamps: dict[str, Any] | None = None) -> dict[str, Any
     return publish_artifacts(Path(workdir), stamps)
 
 
-def apply_changes(root: Path, source: str | None, overrides: dict[str, Any] | None) -> None:
-    """Write the run's data source and param overrides into params.yaml (like dvc exp run -S)."""
-    changes = dict(overrides or {}) | ({"data.source": source} if source else {})
-    if changes:
-        from xray.runner.overrides import apply_overrides
-
-        print(f"params.yaml overrides changed: {apply_overrides(root, changes) or 'nothing'}")
-
-
 def after_stages(
     root: Path, full: bool, push: bool, remote: str | None, record: bool, branch: str
 ) -> dict[str, Any]:
@@ -281,14 +273,31 @@ def pipeline(
     only_stale=False is the old path: `dvc repro --single-item` for every selected stage.
     """
     root = Path(workdir).resolve()
-    apply_changes(root, source, overrides)
     if not (root / "dvc.yaml").exists():
         raise InputError(f"{root}: no dvc.yaml here (run inside the project)")
     selected = list(stages or STAGES)
     unknown = [s for s in selected if s not in STAGES]
     if unknown:
         raise InputError(f"stages: unknown stage {unknown[0]!r} (known: {', '.join(STAGES)})")
-    load_params(root / "params.yaml", selected)  # validated before any stage runs
+    changes = dict(overrides or {}) | ({"data.source": source} if source else {})
+    with one_off_params(root, changes) as changed:  # put back when the run ends, however
+        if changes:
+            print(f"params.yaml for this run only: {', '.join(changed) or 'nothing changed'}")
+        load_params(root / "params.yaml", selected)  # validated before any stage runs
+        return _run_stages(root, selected, stages is None, push, remote, record, branch, only_stale)
+
+
+def _run_stages(
+    root: Path,
+    selected: list[str],
+    full: bool,
+    push: bool,
+    remote: str | None,
+    record: bool,
+    branch: str,
+    only_stale: bool,
+) -> list[dict[str, Any]]:
+    """The stale (or all) selected stages through DVC, then push, artifacts and the record."""
     # No Prefect retries: xray/data/intake/fetch.py retries transient network errors itself,
     # the probe's HEAD included (and a rerun resumes its partial download); every other
     # failure is permanent.
@@ -304,7 +313,7 @@ def pipeline(
     ran = [r["stage"] for r in results if r["ran"]]
     print(f"stages run: {', '.join(ran) or 'none (all cached)'}")
     advice = git_advice(f for r in results for f in r.get("git_add", []))
-    if advice and not (record and stages is None):  # a recorded run commits dvc.lock itself
+    if advice and not (record and full):  # a recorded run commits dvc.lock itself
         print(advice)
-    after_stages(root, stages is None, push, remote, record, branch)
+    after_stages(root, full, push, remote, record, branch)
     return results

@@ -19,7 +19,6 @@ from xray.records.audit import AuditError, audit, format_audit, history, models_
 from xray.records.record import RUN_JSON, RecordError, record_run
 from xray.records.registry import registrations
 from xray.reports.model_card import render_card, write_model_card
-from xray.runner.overrides import apply_overrides
 
 PARAMS = Path(__file__).resolve().parent.parent / "params.yaml"
 DVC_YAML = Path(__file__).resolve().parent.parent / "dvc.yaml"
@@ -324,23 +323,6 @@ def test_failed_run_leaves_the_record_intact(project: Path) -> None:
     with pytest.raises(RecordError, match="finetuned"):
         record_run(project, "records")
     assert git(project, "rev-parse", "records") == first["commit"]
-
-
-def test_overrides_write_params_and_reject_bad_values(project: Path) -> None:
-    """Dotted overrides land in params.yaml (comments kept); a bad value restores the file."""
-    params = project / "params.yaml"
-    assert apply_overrides(project, {"train.epochs": 3, "data.synthetic.seed": 7}) == [
-        "train.epochs"
-    ]
-    text = params.read_text()
-    assert "epochs: 3" in text and "# One section per DVC stage" in text
-    with pytest.raises(ValueError, match="no such key"):
-        apply_overrides(project, {"train.nope": 1})
-    from xray.core.params import ParamsError
-
-    with pytest.raises(ParamsError):
-        apply_overrides(project, {"train.epochs": -5})
-    assert params.read_text() == text
 
 
 def test_model_card_renders_without_metrics() -> None:

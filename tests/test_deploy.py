@@ -290,6 +290,7 @@ def test_a_failing_stage_fails_the_run_and_records_nothing(tmp_path: Path) -> No
     root = make_project(tmp_path / "project")
     git(root, "branch", "records")
     before = git(root, "rev-parse", "records")
+    params_before = (root / "params.yaml").read_bytes()
     with (
         prefect_test_harness(server_startup_timeout=HARNESS_STARTUP_S),
         pytest.raises(StageFailed, match="stage download"),
@@ -305,7 +306,9 @@ def test_a_failing_stage_fails_the_run_and_records_nothing(tmp_path: Path) -> No
     assert git(root, "rev-parse", "records") == before
     assert model_tags(root) == []
     assert not (tmp_path / "remote").exists()
-    assert "missing.zip" in (root / "params.yaml").read_text()  # the override was applied
+    # the override applied to that run only: params.yaml is back as it was (issue 24 item 4)
+    assert (root / "params.yaml").read_bytes() == params_before
+    assert not (root / ".xray" / "params.yaml.before-run").exists()
 
 
 def run_states(api: str, run_id: str) -> list[dict[str, Any]]:

@@ -18,7 +18,6 @@ from xray.core import dvc_private
 from xray.core.dvc_private import (
     DvcError,
     add_local_remote,
-    modify_yaml,
     pipeline_outs,
     remote_config,
 )
@@ -50,26 +49,6 @@ def repo(tmp_path: Path) -> Path:
     (tmp_path / "dvc.yaml").write_text(DVC_YAML)
     (tmp_path / "input.txt").write_text("x\n")
     return tmp_path
-
-
-def test_modify_yaml_exists_with_the_path_signature() -> None:
-    from dvc.utils.serialize import modify_yaml as private
-
-    params = list(inspect.signature(private).parameters)
-    assert params[0] == "path", params
-    assert all(
-        p.default is not inspect.Parameter.empty
-        for p in list(inspect.signature(private).parameters.values())[1:]
-    )
-
-
-def test_modify_yaml_edits_in_place_keeping_comments_and_order(tmp_path: Path) -> None:
-    path = tmp_path / "params.yaml"
-    path.write_text("# top comment\nb:\n  x: 1  # why 1\n  y: [1, 2]\na: true\n")
-    with modify_yaml(path) as data:
-        assert list(data) == ["b", "a"]
-        data["b"]["x"] = 5
-    assert path.read_text() == "# top comment\nb:\n  x: 5  # why 1\n  y: [1, 2]\na: true\n"
 
 
 def test_the_repo_index_outputs_attributes_exist() -> None:
@@ -134,7 +113,7 @@ def test_a_dvc_failure_is_one_line_dvc_error(repo: Path) -> None:
 
 def test_every_private_api_is_named_in_the_module_docstring() -> None:
     doc = dvc_private.__doc__ or ""
-    names = ("modify_yaml", "index.outs", "use_cache", "fs_path", 'config["remote"]', "edit")
+    names = ("index.outs", "use_cache", "fs_path", 'config["remote"]', "edit")
     for name in (*names, "cache.local.path", "Tree.as_bytes"):
         assert name in doc, name
 

@@ -1,15 +1,12 @@
 """Every use of DVC's private Python API, in one place (tests/test_dvc_private.py guards each).
 
 DVC's public Python API is `dvc.api` (open, read, get_url, params_show, metrics_show,
-DVCFileSystem, ...) plus the `dvc` command; neither edits a YAML file in place keeping its
-comments, lists which pipeline outputs are `cache: false`, or reads/writes the remote config.
+DVCFileSystem, ...) plus the `dvc` command; neither lists which pipeline outputs are
+`cache: false`, reads or writes the remote config, names the cache folder, or gives the md5
+DVC records for a folder.
 For those the project calls DVC internals, pinned by uv.lock. What is used, why, and the
 public path to take if an upgrade breaks it:
 
-- `dvc.utils.serialize.modify_yaml(path)` (`modify_yaml`, for xray/runner/overrides.py):
-  params.yaml edited in place like `dvc exp run -S` does, comments and key order kept.
-  Fallback: the same ruamel.yaml round trip by hand (`YAML()` with `typ="rt"`, then dump), or
-  run the overrides through `dvc exp run -S key=value`.
 - `dvc.repo.Repo(root).index.outs`, each `Output.fs_path` and `Output.use_cache`
   (`pipeline_outs`, for xray/records/record.py): the `cache: false` outputs a record commits.
   Fallback: read `outs:` from dvc.yaml (a documented format; this project's has no templating).
@@ -46,18 +43,6 @@ from xray.core.text import one_line
 
 class DvcError(WorkError):
     """DVC could not read or change the project's pipeline or config; the message is one line."""
-
-
-@contextmanager
-def modify_yaml(path: Path) -> Iterator[Any]:
-    """Edit the YAML file at path in place: yields its round-trip data, written back on exit.
-
-    Comments, key order and formatting of untouched keys are kept (DVC's own `-S` editor).
-    """
-    from dvc.utils.serialize import modify_yaml as dvc_modify_yaml
-
-    with dvc_modify_yaml(str(path)) as data:
-        yield data
 
 
 @contextmanager
