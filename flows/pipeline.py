@@ -25,7 +25,15 @@ from prefect.cache_policies import NO_CACHE
 from xray.core.errors import InputError, WorkError
 from xray.core.params import STAGES, load_params
 from xray.runner.overrides import one_off_params
-from xray.runner.repro import StatusError, dvc_env, error_text, restore_outputs, stale_stages
+from xray.runner.repro import (
+    StatusError,
+    drop_kept,
+    dvc_env,
+    error_text,
+    keep_uncached,
+    restore_outputs,
+    stale_stages,
+)
 from xray.runner.stage_log import StageLog, git_advice
 
 TAIL_LINES = 40
@@ -68,6 +76,7 @@ def dvc_repro(stage: str, workdir: Path, log: Any) -> dict[str, Any]:
     tail: deque[str] = deque(maxlen=TAIL_LINES)
     ran = False
     relay = StageLog(stage, log)
+    keep_uncached(workdir, [stage])  # put back by restore_outputs if the stage fails
     with subprocess.Popen(
         cmd,
         cwd=workdir,
@@ -98,6 +107,7 @@ def dvc_repro(stage: str, workdir: Path, log: Any) -> dict[str, Any]:
         reason = error_text(errors[0]) if errors else (tail[-1] if tail else "no output")
         note = restore_outputs(workdir, stage, stage_env())
         raise StageFailed(f"stage {stage} failed (exit {rc}): {reason}; {note}")
+    drop_kept(workdir, [stage])
     return {"stage": stage, "ran": ran, "seconds": seconds, "git_add": relay.git_add}
 
 

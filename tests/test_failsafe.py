@@ -18,13 +18,26 @@ from xray.runner.repro import repro, stage_graph, with_downstream
 
 STAGE_SCRIPT = """import os, sys, time
 print("begin", flush=True)
+os.makedirs("live", exist_ok=True)
+with open("live/metrics.json", "w") as f:  # a dvclive-like `cache: false` output, written early
+    f.write("partial\\n")
 time.sleep(float(os.environ.get("XRAY_TEST_STAGE_S", "0")))
 if os.path.exists("broken"):
     sys.exit("error: the source is broken")
 with open("out.txt", "w") as f:
     f.write("done\\n")
+with open("live/metrics.json", "w") as f:
+    f.write("final\\n")
 """
-DVC_YAML = {"stages": {"slow": {"cmd": "python slow.py", "deps": ["slow.py"], "outs": ["out.txt"]}}}
+DVC_YAML = {
+    "stages": {
+        "slow": {
+            "cmd": "python slow.py",
+            "deps": ["slow.py"],
+            "outs": ["out.txt", {"live": {"cache": False}}],
+        }
+    }
+}
 RESTORED = "its previous outputs were restored (dvc checkout {})"
 
 
@@ -78,6 +91,9 @@ def test_a_failed_or_stopped_stage_gets_its_outputs_back(
         f"stage slow failed (exit 255): the source is broken; {RESTORED.format('slow')}"
     )
     assert (root / "out.txt").read_text() == "done\n"
+    # issue 24 item 6: the `cache: false` output is back too (DVC has no copy of it)
+    assert (root / "live" / "metrics.json").read_text() == "final\n"
+    assert not (root / ".xray" / "uncached" / "slow").exists()
 
     monkeypatch.setenv("XRAY_TEST_STAGE_S", "60")  # stopped mid-stage (a cancel)
     log = InterruptingLog(TerminationSignal(signal.SIGTERM))
@@ -85,6 +101,7 @@ def test_a_failed_or_stopped_stage_gets_its_outputs_back(
         dvc_repro("slow", root, log)
     assert (root / "out.txt").read_text() == "done\n"
     assert any(RESTORED.format("slow") in line for line in log.lines)
+    assert (root / "live" / "metrics.json").read_text() == "final\n"  # not the partial one
     monkeypatch.setenv("XRAY_TEST_STAGE_S", "0")
 
     assert repro(root, ["slow"]) != 0  # `xray repro slow`
@@ -93,6 +110,7 @@ def test_a_failed_or_stopped_stage_gets_its_outputs_back(
         "slow"
     )
     assert (root / "out.txt").read_text() == "done\n"
+    assert (root / "live" / "metrics.json").read_text() == "final\n"  # `xray repro` too
     assert (root / "dvc.lock").read_bytes() == lock
 
     shutil.rmtree(root / ".dvc" / "cache")  # nothing to restore from: said in the same line

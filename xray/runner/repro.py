@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +28,8 @@ from xray.core.errors import WorkError
 DVC = [sys.executable, "-m", "dvc"]
 RESTORE_TIMEOUT_S = 3600  # a checkout of 53k images from the cache takes minutes on a slow disk
 RUNNING_RE = re.compile(r"^Running stage '([^']+)'")
+UNCACHED_KEPT = Path(".xray") / "uncached"
+"""Where a running stage's `cache: false` outputs wait (per stage) until it succeeds."""
 REPRO_STOP_GRACE_S = 30  # `xray repro` waits this long after a second signal before SIGKILL
 
 
@@ -137,8 +140,68 @@ def lock_outs(root: Path, stage: str) -> list[str] | None:
     return [o["path"] for o in entry.get("outs") or [] if isinstance(o, dict) and "path" in o]
 
 
+def uncached_outs(root: Path, stage: str) -> list[str]:
+    """The `cache: false` outputs (outs, metrics, plots) dvc.yaml declares for `stage`."""
+    try:
+        spec = (yaml.safe_load((root / "dvc.yaml").read_text()) or {})["stages"][stage]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return []
+    found = []
+    for kind in ("outs", "metrics", "plots"):
+        for entry in spec.get(kind) or []:
+            if isinstance(entry, dict):
+                found += [
+                    p for p, o in entry.items() if isinstance(o, dict) and o.get("cache") is False
+                ]
+    return found
+
+
+def _copy(src: Path, dest: Path) -> None:
+    """Copy a file or folder to dest (replacing it), as new files (never links into a cache)."""
+    if dest.is_dir() and not dest.is_symlink():
+        shutil.rmtree(dest)
+    elif dest.exists() or dest.is_symlink():
+        dest.unlink()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_dir():
+        shutil.copytree(src, dest)
+    else:
+        shutil.copy2(src, dest)
+
+
+def keep_uncached(root: Path, stages: Iterable[str]) -> None:
+    """Copy the stages' `cache: false` outputs aside before they run: DVC deletes them first
+    and its cache has no copy, so a failed stage would otherwise lose them."""
+    for stage in stages:
+        kept = root / UNCACHED_KEPT / stage
+        shutil.rmtree(kept, ignore_errors=True)
+        for rel in uncached_outs(root, stage):
+            if (root / rel).exists():
+                _copy(root / rel, kept / rel)
+
+
+def drop_kept(root: Path, stages: Iterable[str]) -> None:
+    """Forget the copies keep_uncached made (the stages succeeded)."""
+    for stage in stages:
+        shutil.rmtree(root / UNCACHED_KEPT / stage, ignore_errors=True)
+
+
+def _put_back_uncached(root: Path, stage: str) -> list[str]:
+    """The failed stage's `cache: false` outputs as they were before it ran; which came back."""
+    kept = root / UNCACHED_KEPT / stage
+    back = []
+    for rel in uncached_outs(root, stage):
+        if (kept / rel).exists():
+            _copy(kept / rel, root / rel)
+            back.append(rel)
+    shutil.rmtree(kept, ignore_errors=True)
+    return back
+
+
 def restore_outputs(root: Path, stage: str, env: dict[str, str] | None = None) -> str:
-    """Check out the failed stage's previous outputs as dvc.lock records them; what happened."""
+    """Check out the failed stage's previous outputs as dvc.lock records them (and its
+    `cache: false` outputs from the copies keep_uncached made); what happened."""
+    back = _put_back_uncached(root, stage)
     outs = lock_outs(root, stage)
     if not outs:
         return "it had no previous outputs to restore (none in dvc.lock)"
@@ -158,8 +221,8 @@ def restore_outputs(root: Path, stage: str, env: dict[str, str] | None = None) -
         lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
         why = " ".join(lines[:4]) or f"exit {proc.returncode}"
         return f"restoring its previous outputs failed (dvc checkout {stage}): {why}"
-    missing = [o for o in outs if not (root / o).exists()]
-    if missing:  # `cache: false` outputs: DVC removed them and holds no copy
+    missing = [o for o in outs if not (root / o).exists() and o not in back]
+    if missing:  # `cache: false` outputs not kept aside: DVC removed them, holds no copy
         return (
             f"its previous outputs were restored (dvc checkout {stage}) "
             f"except {', '.join(missing)} (not in the DVC cache)"
@@ -173,6 +236,16 @@ def repro(root: Path, dvc_args: list[str]) -> int:
     Ctrl-C or SIGTERM goes to DVC (and the stage) once; a second one SIGKILLs them after
     REPRO_STOP_GRACE_S. Either way the stage that was running gets its outputs back.
     """
+    stages = list(stage_graph(root)) if (root / "dvc.yaml").exists() else []
+    keep_uncached(root, stages)  # any of them may run; their `cache: false` outputs are small
+    try:
+        return _repro(root, dvc_args)
+    finally:
+        drop_kept(root, stages)
+
+
+def _repro(root: Path, dvc_args: list[str]) -> int:
+    """repro() without the copies of the `cache: false` outputs."""
     proc = subprocess.Popen(
         [*DVC, "repro", *dvc_args],
         cwd=root,
