@@ -138,12 +138,13 @@ def test_the_record_comes_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         calls.append("artifacts")
         raise httpx.ConnectError("All connection attempts failed")
 
+    monkeypatch.setattr(pipeline, "verify_outputs", lambda *a: calls.append("verify"))
     monkeypatch.setattr(pipeline, "push_outputs", lambda *a: calls.append("push"))
     monkeypatch.setattr(pipeline, "publish", unreachable)
     monkeypatch.setattr(pipeline, "record_model", lambda *a: calls.append("record"))
     with pytest.raises(httpx.ConnectError):
         pipeline.after_stages(tmp_path, True, True, None, True, RECORDS)
-    assert calls == ["push", "artifacts"]
+    assert calls == ["verify", "push", "artifacts"]  # verified before anything leaves
 
 
 # --- a real server restarted in the middle of a deployment run -----------------------------
