@@ -24,6 +24,7 @@ from prefect.cache_policies import NO_CACHE
 
 from xray.core.errors import InputError, WorkError
 from xray.core.params import STAGES, load_params
+from xray.core.process import CHILD_DIES_WITH_US, run_tmpdir
 from xray.runner.overrides import one_off_params
 from xray.runner.repro import (
     StatusError,
@@ -77,16 +78,20 @@ def dvc_repro(stage: str, workdir: Path, log: Any) -> dict[str, Any]:
     ran = False
     relay = StageLog(stage, log)
     keep_uncached(workdir, [stage])  # put back by restore_outputs if the stage fails
-    with subprocess.Popen(
-        cmd,
-        cwd=workdir,
-        env=stage_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        bufsize=1,
-        start_new_session=True,  # signals meant for this process reach the stage only via us
-    ) as proc:
+    with (
+        run_tmpdir(workdir) as tmp_env,  # TensorFlow's, DVC's and our temp files: one folder
+        subprocess.Popen(
+            cmd,
+            cwd=workdir,
+            env=stage_env() | tmp_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            start_new_session=True,  # signals meant for this process reach the stage via us
+            preexec_fn=CHILD_DIES_WITH_US,  # and a kill -9 of this process reaches it too
+        ) as proc,
+    ):
         assert proc.stdout is not None
         try:
             for line in proc.stdout:

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from xray.core.errors import EXIT_FAILED, InputError, disk_full, exit_status, is_user_error
+from xray.core.process import die_with_parent
 
 LOG_LEVEL_ENV = "XRAY_LOG_LEVEL"
 TRACEBACK_ENV = "XRAY_TRACEBACK"
@@ -198,6 +199,7 @@ def run_stage(main: Callable[[], object]) -> None:
     traceback. Nothing is filtered at XRAY_LOG_LEVEL=DEBUG.
     """
     try:
+        die_with_parent()  # a killed run (or DVC) takes its stage with it: xray/core/process.py
         quiet_tensorflow()
         setup_logging()
         with filter_stderr():
