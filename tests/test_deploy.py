@@ -67,11 +67,12 @@ def test_server_and_flow_runs_ride_out_a_restart(monkeypatch: pytest.MonkeyPatch
     assert env[LEASE_STORAGE_SETTING] == FILE_LEASE_STORAGE
     assert env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] == "postgresql+asyncpg://db/prefect"
     runs = flow_run_env(deployment_config())
-    assert set(runs) == {"PREFECT_CLIENT_MAX_RETRIES"}
+    assert set(runs) == {"PREFECT_CLIENT_MAX_RETRIES", "PREFECT_RUNNER_POLL_FREQUENCY"}
     for key, value in (runs | {LEASE_STORAGE_SETTING: FILE_LEASE_STORAGE}).items():
         monkeypatch.setenv(key, value)
     settings = Settings()  # the names are Prefect's own: a typo would leave the defaults
     assert settings.client.max_retries == int(runs["PREFECT_CLIENT_MAX_RETRIES"]) > 5
+    assert settings.runner.poll_frequency == 2  # serve picks a triggered run up within 2 s
     assert settings.server.concurrency.lease_storage == FILE_LEASE_STORAGE
     monkeypatch.setenv(LEASE_STORAGE_SETTING, "prefect.server.concurrency.lease_storage.memory")
     assert server_env()[LEASE_STORAGE_SETTING].endswith(".memory")  # an explicit choice wins

@@ -37,7 +37,10 @@ def test_prefect_reads_the_project_s_prefect_yaml() -> None:
     assert nightly["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
     assert nightly["work_pool"]["name"] == "xray-process"
     assert nightly["parameters"]["branch"] == "xray-records"
-    assert nightly["work_pool"]["job_variables"]["env"] == {"PREFECT_CLIENT_MAX_RETRIES": "7"}
+    assert nightly["work_pool"]["job_variables"]["env"] == {
+        "PREFECT_CLIENT_MAX_RETRIES": "7",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+    }
 
 
 def test_a_schedule_entry_becomes_what_prefect_s_deployments_take() -> None:

@@ -149,3 +149,40 @@ def _lock_md5(root: Path, path: str) -> str:
 
     lock = yaml.safe_load((root / "dvc.lock").read_text())
     return next(o["md5"] for o in lock["stages"]["make"]["outs"] if o["path"] == path)
+
+
+def test_a_run_reads_only_what_changed_since_its_last_verify(tmp_path: Path, built: Path) -> None:
+    """remember=True (a run's check): unchanged files are not read again, a written one is."""
+    import shutil
+
+    root = tmp_path / "again"
+    shutil.copytree(built, root, symlinks=True)
+    _dvc(root, "checkout", "--relink")
+    first = verify(root, remember=True)
+    assert first["problems"] == [] and first["bytes_hashed"] > 7000
+    second = verify(root, remember=True)
+    assert second["problems"] == [] and second["bytes_hashed"] == 0
+    _poke(root / "model.bin", b"WEIGHTS")  # mtime, ctime move: read again, and found
+    third = verify(root, remember=True)
+    assert third["bytes_hashed"] == 7000 and len(third["problems"]) == 2
+    assert verify(root)["bytes_hashed"] > 7000  # `xray verify`: everything, every time
+
+
+def test_a_push_is_skipped_when_the_folder_remote_has_everything(
+    tmp_path: Path, built: Path
+) -> None:
+    """Issue 24 item 5: the second push of an unchanged workspace runs no `dvc push`."""
+    import shutil
+
+    from xray.records.remote import dvc_push
+
+    root = tmp_path / "pushing"
+    shutil.copytree(built, root, symlinks=True)
+    remote = tmp_path / "store"
+    _dvc(root, "remote", "add", "-d", "store", str(remote))
+    first = dvc_push(root, None)
+    assert first["skipped"] is False and any(remote.rglob("*"))
+    assert dvc_push(root, None)["skipped"] is True
+    victim = next(p for p in remote.rglob("*") if p.is_file())
+    victim.unlink()  # the remote lost an object: pushed again
+    assert dvc_push(root, None)["skipped"] is False and victim.exists()

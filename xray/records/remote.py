@@ -8,6 +8,7 @@ else added to .dvc/config.local as `xray-<hash>`; the default remote is never ch
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import subprocess
 import sys
@@ -16,10 +17,14 @@ from typing import Any
 
 from xray.core.dvc_private import DvcError, add_local_remote, remote_config
 from xray.core.errors import WorkError
+from xray.core.io import write_json
+from xray.records.verify import cached_objects
 
 REMOTE_NAME = "xray"  # folders/URLs not yet configured: remote `xray-<hash>`
 DVC = (sys.executable, "-m", "dvc")
 PUSH_TIMEOUT_S = 3600
+PUSHED = Path(".xray") / "pushed.json"
+"""remote URL -> sha256 of the dvc.lock last pushed there (cloud remotes: skip a no-op push)."""
 
 
 class RemoteError(WorkError):
@@ -77,9 +82,46 @@ def resolve_remote(root: Path, remote: str | None) -> str:
     return name
 
 
+def _has_everything(root: Path, url: str) -> bool:
+    """Whether the remote at url holds every cache object dvc.lock needs: for a local folder,
+    each object looked up (DVC 3 layout, files/md5/ab/cdef...); for other remotes, whether this
+    workspace pushed this very dvc.lock to it before (PUSHED: a listing would cost more than
+    the push it saves)."""
+    if re.match(r"\w+://", url):
+        return _pushed(root).get(url) == _lock_digest(root)
+    try:
+        objects = cached_objects(root)
+    except (OSError, ValueError, WorkError):
+        return False
+    store = Path(url) / "files" / "md5"
+    return bool(objects) and all((store / o[:2] / o[2:]).is_file() for o in objects)
+
+
+def _lock_digest(root: Path) -> str:
+    """sha256 of dvc.lock (empty when there is none)."""
+    lock = root / "dvc.lock"
+    return hashlib.sha256(lock.read_bytes()).hexdigest() if lock.exists() else ""
+
+
+def _pushed(root: Path) -> dict[str, str]:
+    """remote URL -> sha256 of the dvc.lock last pushed to it from this workspace."""
+    try:
+        data = json.loads((root / PUSHED).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def dvc_push(root: Path, remote: str | None) -> dict[str, Any]:
-    """Push the cache to `remote`: a remote name, URL or folder (relative to root), or default."""
+    """Push the cache to `remote`: a remote name, URL or folder (relative to root), or default.
+
+    Skipped when the remote already has everything dvc.lock needs (a run that changed nothing).
+    """
     name = resolve_remote(root, remote)
+    remotes, _ = configured_remotes(root)
+    url = remotes.get(name, "")
+    if url and _has_everything(root, url):
+        return {"remote": name, "output": "skipped: the remote has every object", "skipped": True}
     r = subprocess.run(
         [*DVC, "push", "-r", name],
         cwd=root,
@@ -92,4 +134,6 @@ def dvc_push(root: Path, remote: str | None) -> dict[str, Any]:
     if r.returncode != 0:
         last = out.splitlines()[-1] if out else f"exit {r.returncode}"
         raise RemoteError(f"dvc push: {last}")
-    return {"remote": name, "output": out.splitlines()[-1] if out else ""}
+    if url:
+        write_json(root / PUSHED, _pushed(root) | {url: _lock_digest(root)})
+    return {"remote": name, "output": out.splitlines()[-1] if out else "", "skipped": False}

@@ -27,10 +27,14 @@ from typing import Any
 from xray.core.dvc_private import cache_files_dir, pipeline_outs, tree_md5
 from xray.core.errors import WorkError
 from xray.core.hashing import file_md5
+from xray.core.io import write_json
 from xray.reports.lineage import read_lock
 
 HASH_THREADS = 2  # hashlib releases the GIL: two files hash at once on two cores
 SHOWN = 5  # problems named in the error line (all are printed, one per line)
+MEMO = Path(".xray") / "verified.json"
+"""md5 by file identity from the last verify of a run (`remember`): unchanged files are not
+read again, so a run where nothing changed verifies in a fraction of a second."""
 
 
 @dataclass(frozen=True)
@@ -102,10 +106,45 @@ def _checks(root: Path) -> Iterator[Check | TreeCheck | str]:
                     yield f"{rel}/{name}: in the workspace, not in dvc.lock (added by hand?)"
 
 
-def _key(path: Path) -> tuple[int, int, int, int]:
-    """Identity of a file on disk: a hardlinked output and its cache object share it."""
+def cached_objects(root: Path) -> set[str]:
+    """Every cache object (md5, `.dir` listings included) that dvc.lock's cached outputs need,
+    as a remote must hold them; a listing missing from the local cache: ValueError."""
+    cache = cache_files_dir(root)
+    cached = {path.resolve(): use for path, use in pipeline_outs(root)}
+    found: set[str] = set()
+    for stage in read_lock(root).values():
+        for out in stage.get("outs") or []:
+            md5 = str(out.get("md5") or "")
+            if not md5 or not cached.get((root / str(out["path"])).resolve(), True):
+                continue
+            found.add(md5)
+            if md5.endswith(".dir"):
+                listing = _object(cache, md5)
+                if not listing.is_file():
+                    raise ValueError(f"{out['path']}: no cache listing {md5}")
+                found |= {e["md5"] for e in json.loads(listing.read_text())}
+    return found
+
+
+def _key(path: Path) -> tuple[int, int, int, int, int]:
+    """Identity of a file's content on disk: a hardlinked output and its cache object share it,
+    and any write changes it (st_ctime cannot be set back by hand, unlike st_mtime)."""
     st = path.stat()
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def _load_memo(root: Path) -> dict[tuple[int, ...], str]:
+    """The md5s the last verify computed, by file identity (empty when none or unreadable)."""
+    try:
+        rows = json.loads((root / MEMO).read_text())
+        return {tuple(int(x) for x in key.split(":")): md5 for key, md5 in rows.items()}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def _save_memo(root: Path, memo: dict[tuple[int, ...], str]) -> None:
+    """Keep the md5s for the next verify (a file not written since is not read again)."""
+    write_json(root / MEMO, {":".join(map(str, key)): md5 for key, md5 in memo.items()})
 
 
 def _problems(check: Check | TreeCheck, md5_of: Callable[[Path], str]) -> list[str]:
@@ -132,24 +171,33 @@ def _problems(check: Check | TreeCheck, md5_of: Callable[[Path], str]) -> list[s
     return out
 
 
-def verify(root: Path) -> dict[str, Any]:
-    """Hash every tracked output and its cache object: {problems, files, bytes, seconds}."""
+def verify(root: Path, remember: bool = False) -> dict[str, Any]:
+    """Hash every tracked output and its cache object: {problems, files, bytes, seconds}.
+
+    remember: reuse the md5 of a file whose identity (inode, size, mtime, ctime) is unchanged
+    since the last verify that remembered (MEMO), as a run does before it pushes and records;
+    `xray verify` hashes everything (a disk fault changes no ctime).
+    """
     start = time.perf_counter()
     found = list(_checks(root))
     problems = [c for c in found if isinstance(c, str)]
     checks = [c for c in found if not isinstance(c, str)]
-    memo: dict[tuple[int, int, int, int], str] = {}
+    known = _load_memo(root) if remember else {}
+    memo: dict[tuple[int, ...], str] = {}
     lock = threading.Lock()
 
     def md5_of(path: Path) -> str:
         key = _key(path)
         with lock:
-            known = memo.get(key)
-        if known is None:
-            known = file_md5(path)
-            with lock:
-                memo[key] = known
-        return known
+            md5 = memo.get(key) or known.get(key)
+        if md5 is None:
+            md5 = file_md5(path)
+            hashed.append(key[2])
+        with lock:
+            memo[key] = md5
+        return md5
+
+    hashed: list[int] = []
 
     with ThreadPoolExecutor(HASH_THREADS) as pool:
         for lines in pool.map(lambda c: _problems(c, md5_of), checks):
@@ -158,17 +206,19 @@ def verify(root: Path) -> dict[str, Any]:
         len(_files(c.workspace)) if isinstance(c, TreeCheck) and c.workspace.is_dir() else 1
         for c in checks
     )
+    if remember and not problems:
+        _save_memo(root, memo)
     return {
         "problems": problems,
         "files": files,
-        "bytes_hashed": sum(key[2] for key in memo),
+        "bytes_hashed": sum(hashed),
         "seconds": round(time.perf_counter() - start, 2),
     }
 
 
-def check_verified(root: Path) -> dict[str, Any]:
+def check_verified(root: Path, remember: bool = False) -> dict[str, Any]:
     """verify(), failing with one line when anything differs (before a record or a push)."""
-    result = verify(root)
+    result = verify(root, remember)
     problems = result["problems"]
     if problems:
         shown = "; ".join(problems[:SHOWN])
