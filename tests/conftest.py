@@ -130,6 +130,24 @@ def copy_project(dest: Path, extra: dict | None = None) -> Path:
     return dest
 
 
+@pytest.fixture(scope="session")
+def shrunk_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A project copy whose shrunk pipeline ran once (`dvc repro`, then committed: lock,
+    .gitignores, git outputs), and what `dvc repro` printed. Shared by the tests that start
+    from a finished run: copy it (`copy_run`) before changing anything."""
+    root = copy_project(tmp_path_factory.mktemp("shrunk-run") / "project")
+    printed = dvc(root, "repro").stdout
+    git(root, "add", "-A")  # DVC's .gitignores keep the cached outputs out of git
+    git(root, "commit", "-q", "-m", "pipeline run")
+    return root, printed
+
+
+def copy_run(run: Path, dest: Path) -> Path:
+    """A private copy of a finished project (its git repo, DVC cache and outputs)."""
+    shutil.copytree(run, dest, symlinks=True)
+    return dest
+
+
 @pytest.fixture
 def make_project(tmp_path: Path) -> Callable[..., Path]:
     """Factory: copy the project into a temporary git repo with shrunk (and extra) params."""

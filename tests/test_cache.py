@@ -93,16 +93,20 @@ def test_train_base_writes_the_same_model_from_a_file_cache(tmp_path: Path) -> N
     """Each run in its own process, as under dvc repro (Keras names layers per process)."""
     raw, splits = write_tiny_split(tmp_path / "data", n=16, size=40)
     root = Path(__file__).resolve().parents[1]
-    models = []
-    for cache in ("memory", "file"):
-        out = tmp_path / cache
-        subprocess.run(
-            [sys.executable, "-c", TRAIN, str(raw), str(splits), str(out), cache],
+    procs = {  # both at once: each process is deterministic on its own
+        cache: subprocess.Popen(
+            [sys.executable, "-c", TRAIN, str(raw), str(splits), str(tmp_path / cache), cache],
             cwd=root,
-            check=True,
-            capture_output=True,
-            timeout=600,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
-        assert sorted(p.name for p in out.iterdir()) == ["base.keras", "live"]  # cache removed
-        models.append((out / "base.keras").read_bytes())
+        for cache in ("memory", "file")
+    }
+    models = []
+    for cache, proc in procs.items():
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out[-3000:]
+        folder = tmp_path / cache
+        assert sorted(p.name for p in folder.iterdir()) == ["base.keras", "live"]  # cache gone
+        models.append((folder / "base.keras").read_bytes())
     assert models[0] == models[1]

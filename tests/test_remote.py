@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import copy_project, dvc, git
+from conftest import copy_run, dvc, git
 
 from xray.core.params import STAGES
 
@@ -69,12 +69,10 @@ def md5(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained(tmp_path_factory: pytest.TempPathFactory, shrunk_run: tuple[Path, str]) -> Path:
     """A project copy whose shrunk pipeline ran once, committed: lock, .gitignores, git outputs."""
-    root = copy_project(tmp_path_factory.mktemp("remote") / "project")
-    assert ran_stages(dvc(root, "repro").stdout) == list(STAGES)
-    git(root, "add", "-A")  # DVC's .gitignores keep the cached outputs out of git
-    git(root, "commit", "-q", "-m", "pipeline run")
+    root = copy_run(shrunk_run[0], tmp_path_factory.mktemp("remote") / "project")
+    assert ran_stages(shrunk_run[1]) == list(STAGES)
     tracked = git(root, "ls-files").split()
     assert "dvc.lock" in tracked and not set(CACHED) & set(tracked)
     assert run_cache_entries(root / ".dvc/cache/runs")  # stages DVC can run-cache

@@ -143,18 +143,24 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def default_run(data: Path) -> dict[str, Any]:
-    """train_base under the default strategy."""
-    out = data / "default"
-    return {"out": out, **finish(start(data, out, {}, train_env()))}
+def both_runs(data: Path) -> dict[str, dict[str, Any]]:
+    """train_base under the default strategy and under MirroredStrategy over 2 logical CPU
+    devices, at once (each is one thread: the two share the machine's cores)."""
+    settings = {"default": {}, "mirrored": {"strategy": "mirrored", "cpu_replicas": 2}}
+    procs = {k: start(data, data / k, train, train_env()) for k, train in settings.items()}
+    return {k: {"out": data / k, **finish(proc)} for k, proc in procs.items()}
 
 
 @pytest.fixture(scope="module")
-def mirrored_run(data: Path) -> dict[str, Any]:
+def default_run(both_runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """train_base under the default strategy."""
+    return both_runs["default"]
+
+
+@pytest.fixture(scope="module")
+def mirrored_run(both_runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """train_base under MirroredStrategy over 2 logical CPU devices."""
-    out = data / "mirrored"
-    train = {"strategy": "mirrored", "cpu_replicas": 2}
-    return {"out": out, **finish(start(data, out, train, train_env()))}
+    return both_runs["mirrored"]
 
 
 def test_mirrored_over_two_cpus_trains_as_well_as_default(
@@ -348,18 +354,24 @@ print("SUMMARY " + json.dumps(summary))
 @pytest.mark.slow
 def test_finetune_under_mirrored_matches_default(data: Path, default_run: dict[str, Any]) -> None:
     base = default_run["out"] / "base.keras"
-    runs = {}
-    for strategy in ("default", "mirrored"):
-        out = data / f"finetune-{strategy}"
-        proc = subprocess.Popen(
-            [sys.executable, "-c", FINETUNE_DRIVER, str(data), str(base), str(out), strategy],
+    procs = {
+        strategy: subprocess.Popen(  # both at once, as the train_base pair
+            [
+                *(sys.executable, "-c", FINETUNE_DRIVER),
+                *(str(data), str(base), str(data / f"finetune-{strategy}"), strategy),
+            ],
             cwd=ROOT,
             env=train_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
         )
-        runs[strategy] = {**finish(proc), "auc": val_auc(out / "ft.keras", data)}
+        for strategy in ("default", "mirrored")
+    }
+    runs = {
+        strategy: {**finish(proc), "auc": val_auc(data / f"finetune-{strategy}" / "ft.keras", data)}
+        for strategy, proc in procs.items()
+    }
     assert runs["default"]["replicas"] == 1 and runs["mirrored"]["replicas"] == 2
     assert abs(runs["mirrored"]["auc"] - runs["default"]["auc"]) <= AUC_TOLERANCE, runs
 
