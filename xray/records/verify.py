@@ -206,7 +206,7 @@ def verify(root: Path, remember: bool = False) -> dict[str, Any]:
         len(_files(c.workspace)) if isinstance(c, TreeCheck) and c.workspace.is_dir() else 1
         for c in checks
     )
-    if remember and not problems:
+    if remember:  # facts about file contents, whatever else differs
         _save_memo(root, memo)
     return {
         "problems": problems,
