@@ -142,14 +142,18 @@ def test_a_zip_of_images_predicts_each_member(
     ]
 
 
-def test_a_typo_is_said_before_tensorflow_starts(tmp_path: Path) -> None:
+def test_a_typo_is_said_before_tensorflow_starts(tmp_path: Path, model_file: Path) -> None:
     """Issue 24 item 14: no path exists -> one line per path, exit 1, TensorFlow never imported."""
     import subprocess
     import sys
 
+    from xray.core.io import write_bytes_atomic
+
+    model = tmp_path / "m.keras"  # a readable model file: its metadata passes, TF not needed
+    write_bytes_atomic(model, model_file.read_bytes())
     code = (
         "import sys; from xray.cli.main import main; "
-        f"rc = main(['predict', '--model', {str(tmp_path / 'm.keras')!r}, 'nope.png', 'gone/']); "
+        f"rc = main(['predict', '--model', {str(model)!r}, 'nope.png', 'gone/']); "
         "print('tensorflow' in sys.modules, rc)"
     )
     done = subprocess.run(

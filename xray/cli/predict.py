@@ -68,13 +68,17 @@ def predict_paths(
     are then predicted at the adapted threshold (see `_predict_adapted`).
     """
     out, err = out or sys.stdout, err or sys.stderr
-    listed = list(expand(paths))  # a typo is said before TensorFlow starts (seconds)
+    try:
+        read_meta(Path(model_path), PREDICT_KEYS)  # refused before TensorFlow starts
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=err)
+        return EXIT_NO_MODEL
+    listed = list(expand(paths))  # a typo is said before TensorFlow starts (seconds) too
     if all(problem is not None for _, problem in listed):
         for path, problem in listed:
             print(f"error: {path}: {problem}", file=err)
         return EXIT_SOME_FAILED
     try:
-        read_meta(Path(model_path), PREDICT_KEYS)  # refused before TensorFlow starts
         from xray.models.architectures import load_model
 
         model, meta = load_model(Path(model_path))
