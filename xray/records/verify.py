@@ -70,59 +70,68 @@ def _files(folder: Path) -> list[str]:
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
 
-def _checks(root: Path) -> Iterator[Check | TreeCheck | str]:
-    """Every file dvc.lock tracks, or a problem found while listing them (a line)."""
+def _lock_outs(root: Path) -> tuple[Path, list[tuple[str, str, bool]]]:
+    """The cache folder, and every output of dvc.lock: (path, md5, whether DVC caches it)."""
     cache = cache_files_dir(root)
     cached = {path.resolve(): use for path, use in pipeline_outs(root)}
-    for stage in read_lock(root).values():
-        for out in stage.get("outs") or []:
-            md5, rel = str(out.get("md5") or ""), str(out["path"])
-            where = root / rel
-            use_cache = cached.get(where.resolve(), True)
-            if not md5.endswith(".dir"):
-                yield Check(rel, md5, where, _object(cache, md5) if use_cache else None)
-                continue
-            if not use_cache:
-                yield TreeCheck(rel, md5, where)
-                continue
-            listing = _object(cache, md5)
-            if not listing.is_file():
-                yield f"{rel}: the cache has no listing {md5} (dvc pull, or rerun its stage)"
-                continue
-            if file_md5(listing) != md5.removesuffix(".dir"):
-                yield f"{rel}: cache listing {listing} does not match its name (poisoned)"
-                continue
-            entries = json.loads(listing.read_text())
-            names = {e["relpath"] for e in entries}
-            for e in entries:
-                yield Check(
-                    f"{rel}/{e['relpath']}",
-                    e["md5"],
-                    where / e["relpath"],
-                    _object(cache, e["md5"]),
-                )
-            for name in _files(where) if where.is_dir() else []:
-                if name not in names:
-                    yield f"{rel}/{name}: in the workspace, not in dvc.lock (added by hand?)"
+    outs = [
+        (
+            str(out["path"]),
+            str(out.get("md5") or ""),
+            cached.get((root / out["path"]).resolve(), True),
+        )
+        for stage in read_lock(root).values()
+        for out in stage.get("outs") or []
+    ]
+    return cache, outs
+
+
+def _checks(root: Path) -> Iterator[Check | TreeCheck | str]:
+    """Every file dvc.lock tracks, or a problem found while listing them (a line)."""
+    cache, outs = _lock_outs(root)
+    for rel, md5, use_cache in outs:
+        where = root / rel
+        if not md5.endswith(".dir"):
+            yield Check(rel, md5, where, _object(cache, md5) if use_cache else None)
+            continue
+        if not use_cache:
+            yield TreeCheck(rel, md5, where)
+            continue
+        listing = _object(cache, md5)
+        if not listing.is_file():
+            yield f"{rel}: the cache has no listing {md5} (dvc pull, or rerun its stage)"
+            continue
+        if file_md5(listing) != md5.removesuffix(".dir"):
+            yield f"{rel}: cache listing {listing} does not match its name (poisoned)"
+            continue
+        entries = json.loads(listing.read_text())
+        names = {e["relpath"] for e in entries}
+        for e in entries:
+            yield Check(
+                f"{rel}/{e['relpath']}",
+                e["md5"],
+                where / e["relpath"],
+                _object(cache, e["md5"]),
+            )
+        for name in _files(where) if where.is_dir() else []:
+            if name not in names:
+                yield f"{rel}/{name}: in the workspace, not in dvc.lock (added by hand?)"
 
 
 def cached_objects(root: Path) -> set[str]:
     """Every cache object (md5, `.dir` listings included) that dvc.lock's cached outputs need,
     as a remote must hold them; a listing missing from the local cache: ValueError."""
-    cache = cache_files_dir(root)
-    cached = {path.resolve(): use for path, use in pipeline_outs(root)}
+    cache, outs = _lock_outs(root)
     found: set[str] = set()
-    for stage in read_lock(root).values():
-        for out in stage.get("outs") or []:
-            md5 = str(out.get("md5") or "")
-            if not md5 or not cached.get((root / str(out["path"])).resolve(), True):
-                continue
-            found.add(md5)
-            if md5.endswith(".dir"):
-                listing = _object(cache, md5)
-                if not listing.is_file():
-                    raise ValueError(f"{out['path']}: no cache listing {md5}")
-                found |= {e["md5"] for e in json.loads(listing.read_text())}
+    for rel, md5, use_cache in outs:
+        if not md5 or not use_cache:
+            continue
+        found.add(md5)
+        if md5.endswith(".dir"):
+            listing = _object(cache, md5)
+            if not listing.is_file():
+                raise ValueError(f"{rel}: no cache listing {md5}")
+            found |= {e["md5"] for e in json.loads(listing.read_text())}
     return found
 
 
