@@ -24,7 +24,7 @@ from prefect.cache_policies import NO_CACHE
 
 from xray.core.errors import InputError, WorkError
 from xray.core.params import STAGES, load_params
-from xray.core.process import CHILD_DIES_WITH_US, run_tmpdir
+from xray.core.process import CHILD_DIES_WITH_US, run_env
 from xray.runner.overrides import one_off_params
 from xray.runner.repro import (
     StatusError,
@@ -79,11 +79,11 @@ def dvc_repro(stage: str, workdir: Path, log: Any) -> dict[str, Any]:
     relay = StageLog(stage, log)
     keep_uncached(workdir, [stage])  # put back by restore_outputs if the stage fails
     with (
-        run_tmpdir(workdir) as tmp_env,  # TensorFlow's, DVC's and our temp files: one folder
+        run_env(workdir) as run_vars,  # one temp folder for TensorFlow, DVC and us; the run's name
         subprocess.Popen(
             cmd,
             cwd=workdir,
-            env=stage_env() | tmp_env,
+            env=stage_env() | run_vars,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

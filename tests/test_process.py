@@ -68,7 +68,9 @@ def test_kill_9_of_the_run_stops_its_stage_and_its_temp_files_go(tmp_path: Path)
     dvc(project, "init", "-q")
     (project / "stage.py").write_text(STAGE.format(root=str(ROOT)))
     (project / "dvc.yaml").write_text(yaml.safe_dump(DVC_YAML))
-    env = {**os.environ, "XRAY_TEST_STAGE_S": "120"}
+    # SHELL=/bin/sh: DVC starts the stage through `sh -c`, and a shell that does not exec its
+    # command (dash) stays between DVC and the stage: the stage must watch the run itself
+    env = {**os.environ, "XRAY_TEST_STAGE_S": "120", "SHELL": "/bin/sh"}
     driver = subprocess.Popen(
         [sys.executable, "-c", DRIVER.format(root=str(ROOT), project=str(project))],
         cwd=project,
@@ -95,10 +97,46 @@ def test_kill_9_of_the_run_stops_its_stage_and_its_temp_files_go(tmp_path: Path)
     subprocess.run(
         [sys.executable, "-c", DRIVER.format(root=str(ROOT), project=str(project))],
         cwd=project,
-        env={**os.environ, "XRAY_TEST_STAGE_S": "0"},
+        env={**os.environ, "XRAY_TEST_STAGE_S": "0", "SHELL": "/bin/sh"},
         check=True,
         timeout=300,
     )
     assert (project / "out.txt").read_text() == "done"
     assert not run_tmp.exists()
     assert [p.name for p in (project / ".xray" / "tmp").iterdir()] == []
+
+
+WATCHER = """\
+import sys, time
+sys.path.insert(0, {root!r})
+from xray.core.process import die_with_run
+die_with_run()
+print("watching", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pidfd and /proc")
+@pytest.mark.parametrize("pid_reused", [False, True])
+def test_a_stage_ends_when_the_run_named_in_its_environment_ends(pid_reused: bool) -> None:
+    from xray.core.process import RUN_VAR
+
+    run = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        start = Path(f"/proc/{run.pid}/stat").read_text().rsplit(") ", 1)[1].split()[19]
+        name = f"{run.pid}:{int(start) - 1 if pid_reused else start}"  # another start: not ours
+        stage = subprocess.Popen(
+            [sys.executable, "-c", WATCHER.format(root=str(ROOT))],
+            env={**os.environ, RUN_VAR: name},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        if pid_reused:  # the run it names is gone already: it ends at once
+            assert stage.wait(timeout=30) == -15
+            return
+        assert stage.stdout is not None and stage.stdout.readline() == "watching\n"
+        assert stage.poll() is None
+    finally:
+        run.kill()
+        run.wait()
+    assert stage.wait(timeout=30) == -15  # SIGTERM, as soon as the run is gone

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from xray.core.errors import EXIT_FAILED, InputError, disk_full, exit_status, is_user_error
-from xray.core.process import die_with_parent
+from xray.core.process import die_with_parent, die_with_run
 
 LOG_LEVEL_ENV = "XRAY_LOG_LEVEL"
 TRACEBACK_ENV = "XRAY_TRACEBACK"
@@ -200,6 +200,7 @@ def run_stage(main: Callable[[], object]) -> None:
     """
     try:
         die_with_parent()  # a killed run (or DVC) takes its stage with it: xray/core/process.py
+        die_with_run()
         quiet_tensorflow()
         setup_logging()
         with filter_stderr():

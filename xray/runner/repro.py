@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from xray.core.errors import WorkError
-from xray.core.process import CHILD_DIES_WITH_US, run_tmpdir
+from xray.core.process import CHILD_DIES_WITH_US, run_env
 
 DVC = [sys.executable, "-m", "dvc"]
 RESTORE_TIMEOUT_S = 3600  # a checkout of 53k images from the cache takes minutes on a slow disk
@@ -247,16 +247,16 @@ def repro(root: Path, dvc_args: list[str]) -> int:
 
 def _repro(root: Path, dvc_args: list[str]) -> int:
     """repro() without the copies of the `cache: false` outputs."""
-    with run_tmpdir(root) as tmp_env:
-        return _repro_in(root, dvc_args, tmp_env)
+    with run_env(root) as run_vars:
+        return _repro_in(root, dvc_args, run_vars)
 
 
-def _repro_in(root: Path, dvc_args: list[str], tmp_env: dict[str, str]) -> int:
+def _repro_in(root: Path, dvc_args: list[str], run_vars: dict[str, str]) -> int:
     """_repro() with the run's temporary folder."""
     proc = subprocess.Popen(
         [*DVC, "repro", *dvc_args],
         cwd=root,
-        env=dvc_env() | tmp_env,
+        env=dvc_env() | run_vars,
         preexec_fn=CHILD_DIES_WITH_US,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
