@@ -130,6 +130,21 @@ def copy_project(dest: Path, extra: dict | None = None) -> Path:
     return dest
 
 
+MAX_WORKERS = 4  # TensorFlow per worker: more would trade memory for little
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto`: one worker per core, at most MAX_WORKERS."""
+    return max(1, min(os.cpu_count() or 1, MAX_WORKERS))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files with slow tests first (order kept inside each file and group): under xdist the
+    long files start at once and the short ones fill in beside them."""
+    heavy = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in heavy)
+
+
 @pytest.fixture(scope="session")
 def shrunk_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A project copy whose shrunk pipeline ran once (`dvc repro`, then committed: lock,
