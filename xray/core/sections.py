@@ -257,6 +257,12 @@ class TrainParams(_Section):
     image_size: Annotated[int, Field(ge=32, le=1024)] = 160
     # none (pixels / 255) | standardize (each image to zero mean, unit variance, in the model)
     normalize: Literal["none", "standardize"] = "none"
+    # share of the input cut from each side inside the model (built-in CenterCrop): borders,
+    # text and markers unseen; 0 = the whole image
+    crop: Annotated[float, Field(ge=0.0, le=0.3)] = 0.0
+    # mixup (Zhang et al. 2018): each draw blended with another of its batch, weight ~ Beta(a, a)
+    # kept >= 0.5 for its own image; this is a (0 = off)
+    mixup: Annotated[float, Field(ge=0.0, le=4.0)] = 0.0
     batch_size: PosInt = 32
     epochs: Epochs = 15
     learning_rate: Annotated[float, Field(gt=0.0, le=1.0)] = 2e-3
@@ -279,6 +285,8 @@ class TrainParams(_Section):
     def _weights(self) -> TrainParams:
         if self.normalize != "none" and self.arch not in ("xray_net", "seed_cnn"):
             raise ValueError(f"normalize: {self.arch} has its own input preprocessing (use none)")
+        if self.crop and self.arch not in ("xray_net", "seed_cnn"):
+            raise ValueError(f"crop: {self.arch} takes the whole image (use 0)")
         if self.weights is not None and self.arch in ("xray_net", "seed_cnn"):
             raise ValueError(f"weights: {self.arch} has no pretrained weights (use null)")
         if self.warmup_epochs >= self.epochs:

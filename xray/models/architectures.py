@@ -36,6 +36,20 @@ BN_MOMENTUM = 0.9  # small data: BatchNorm statistics must settle within a few e
 NORMALIZE = ("none", "standardize")
 
 
+def crop_side(image_size: int, crop: float) -> int:
+    """The side of the input's centre that the model reads when `crop` of each side is cut."""
+    return max(1, round(image_size * (1.0 - 2.0 * crop)))
+
+
+def _input(image_size: int, crop: float) -> tuple[Any, Any]:
+    """The pixels input and, with `crop`, its centre (built-in CenterCrop): borders unseen."""
+    inputs = keras.Input((image_size, image_size, 1), name="pixels")
+    if not crop:
+        return inputs, inputs
+    side = crop_side(image_size, crop)
+    return inputs, layers.CenterCrop(side, side, name="crop")(inputs)
+
+
 def _intensity(inputs: Any, normalize: str) -> Any:
     """Pixels 0..255 to the network's scale: /255, or each image to zero mean, unit variance.
 
@@ -53,10 +67,10 @@ def _intensity(inputs: Any, normalize: str) -> Any:
     return x
 
 
-def seed_cnn(image_size: int, normalize: str = "none") -> keras.Model:
+def seed_cnn(image_size: int, normalize: str = "none", crop: float = 0.0) -> keras.Model:
     """The blog's 4-block CNN (valid 3x3 convs, BatchNorm, dense 128-64, dropout 0.2)."""
-    inputs = keras.Input((image_size, image_size, 1), name="pixels")
-    x = _intensity(inputs, normalize)
+    inputs, x = _input(image_size, crop)
+    x = _intensity(x, normalize)
     for i, filters in enumerate(SEED_FILTERS, start=1):
         x = layers.Conv2D(filters, 3, activation="relu", name=f"conv{i}")(x)
         x = layers.BatchNormalization(name=f"bn{i}")(x)
@@ -92,15 +106,15 @@ def _sep_block(x: Any, filters: int, name: str) -> Any:
     return layers.ReLU(name=f"{name}_out")(y)
 
 
-def xray_net(image_size: int, normalize: str = "none") -> keras.Model:
+def xray_net(image_size: int, normalize: str = "none", crop: float = 0.0) -> keras.Model:
     """A small residual separable-conv CNN with global pooling, sized for a 2-core CPU.
 
     Two strided 3x3 convs take the input to 1/4 resolution cheaply, three residual
     separable blocks halve it again each, global average pooling replaces the seed's
     1.6M-weight dense layer. About 0.19M weights.
     """
-    inputs = keras.Input((image_size, image_size, 1), name="pixels")
-    x = _intensity(inputs, normalize)
+    inputs, x = _input(image_size, crop)
+    x = _intensity(x, normalize)
     for i, width in enumerate(XRAY_NET_STEM, start=1):
         x = _conv_bn(x, width, f"stem{i}", strides=2)
     for i, width in enumerate(XRAY_NET_WIDTHS, start=1):
@@ -160,12 +174,18 @@ ARCH_NAMES = (*ARCHS, *BACKBONES)
 
 
 def build_model(
-    arch: str, image_size: int, weights: str | None = None, normalize: str = "none"
+    arch: str,
+    image_size: int,
+    weights: str | None = None,
+    normalize: str = "none",
+    crop: float = 0.0,
 ) -> keras.Model:
     """Build an architecture by name; `weights` ('imagenet' or None) for backbones only."""
     if arch in BACKBONES:
         if normalize != "none":
             raise ValueError(f"train.normalize: {arch} has its own input preprocessing (use none)")
+        if crop:
+            raise ValueError(f"train.crop: {arch} takes the whole image (use 0)")
         return backbone_model(arch, image_size, weights)
     if arch not in ARCHS:
         raise ValueError(
@@ -173,7 +193,7 @@ def build_model(
         )
     if weights is not None:
         raise ValueError(f"train.weights: {arch} has no pretrained weights (use null)")
-    return ARCHS[arch](image_size, normalize)
+    return ARCHS[arch](image_size, normalize, crop)
 
 
 def _renumber_shared_ids(config: Any, ids: dict[int, int] | None = None) -> Any:

@@ -39,11 +39,13 @@ from xray.models.resume import advance, finish
 from xray.models.threshold import choose_threshold
 from xray.models.training import compile_model, configure, fit, learning_rate, precision, predict
 from xray.perturbations.augment import augmenter
+from xray.perturbations.mixup import mixup
 
 log = logging.getLogger("xray.train_base")
 
 THRESHOLD_AUG_COPIES = 2  # augmented copies of the val set joined to it for the threshold
 THRESHOLD_AUG_SEED_OFFSET = 1000  # their augmentation seed: train.seed + this
+MIXUP_SEED_OFFSET = 2000  # mixup's draws: train.seed + this
 
 ThresholdSets = list[tuple[np.ndarray, np.ndarray]]
 # (model, clean val images, threshold sets, batch size) -> the prior references of its file
@@ -187,16 +189,17 @@ def _fit_base(
     with strategy.scope():
         model = build()
     augment = p.augment and p.augment_strength > 0
-    train_ds = shard(
-        make_dataset(
-            x_train,
-            y_train,
-            p.batch_size,
-            shuffle_seed=p.seed,
-            augment=augmenter(p.seed, p.augment_strength) if augment else None,
-            drop_remainder=n_train < len(x_train),
-        )
+    train_ds = make_dataset(
+        x_train,
+        y_train,
+        p.batch_size,
+        shuffle_seed=p.seed,
+        augment=augmenter(p.seed, p.augment_strength) if augment else None,
+        drop_remainder=n_train < len(x_train),
     )
+    if p.mixup:
+        train_ds = mixup(train_ds, p.mixup, p.seed + MIXUP_SEED_OFFSET)
+    train_ds = shard(train_ds)
     val_ds = shard(make_dataset(x_val[:n_val], y_val[:n_val], p.batch_size))
     run_work_dir, run_live_dir = worker_dirs(strategy, work_dir, live_dir)
     t0 = time.perf_counter()
@@ -235,7 +238,7 @@ def _builder(p: TrainParams, steps: int) -> Callable[[], keras.Model]:
 
     def build() -> keras.Model:
         with precision(p.mixed_precision):
-            model = build_model(p.arch, p.image_size, p.weights, p.normalize)
+            model = build_model(p.arch, p.image_size, p.weights, p.normalize, p.crop)
         compile_model(model, lr, p.weight_decay, jit_compile=p.jit_compile)
         return model
 
@@ -261,6 +264,8 @@ def _save_base(
     meta = {
         "arch": p.arch,
         "normalize": p.normalize,
+        "crop": p.crop,
+        "mixup": p.mixup,
         "image_size": p.image_size,
         "channels": 1,
         "classes": list(params.data.classes),
