@@ -100,22 +100,30 @@ def main() -> None:
         if not (ws / need).exists():
             raise SystemExit(f"error: {ws / need}: not found (run the data stages first)")
 
+    from xray.core.params import ParamsError, load_params, parse_params
+
+    params = load_params(ws / "params.yaml")
+    options = [parse_option(o) for o in (args.option or DEFAULT_OPTIONS)]
+
+    def with_train(name: str, update: dict[str, Any]) -> Any:
+        """params with `update` in its train section, checked as params.yaml is (one line)."""
+        raw = params.model_dump()
+        raw["train"] = {**raw["train"], **update}
+        try:
+            return parse_params(raw, source=f"--option {name}")
+        except ParamsError as err:
+            raise SystemExit(f"error: {err}") from None
+
+    for name, overrides in options:  # every option valid before hours of training
+        with_train(name, overrides)
     import keras
 
     from xray.adaptation.references import source_references
     from xray.core.io import read_csv
-    from xray.core.params import ParamsError, load_params
     from xray.models.architectures import load_model
     from xray.models.base_training import train_base
     from xray.reports.proxy import proxy_sets
 
-    params = load_params(ws / "params.yaml")
-    options = [parse_option(o) for o in (args.option or DEFAULT_OPTIONS)]
-    for name, overrides in options:  # every option valid before hours of training
-        try:
-            params.train.model_validate({**params.train.model_dump(), **overrides})
-        except ValueError as e:
-            raise SystemExit(f"error: --option {name}: {e}") from None
     e = params.evaluate
     rows = read_csv(ws / "data/splits/val.csv")
     sets_by_size: dict[int, list[Any]] = {}
@@ -140,11 +148,7 @@ def main() -> None:
             update = {**overrides, "seed": seed}
             if args.epochs:
                 update["epochs"] = args.epochs
-            try:
-                train = params.train.model_validate({**params.train.model_dump(), **update})
-            except (ValueError, ParamsError) as err:
-                raise SystemExit(f"error: --option {name}: {err}") from None
-            run_params = params.model_copy(update={"train": train})
+            run_params = with_train(name, update)
             keras.backend.clear_session()
             with tempfile.TemporaryDirectory(prefix="xray-bench-base-") as tmp:
                 out = Path(tmp)

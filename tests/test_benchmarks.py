@@ -105,6 +105,45 @@ def test_finetune_options_benchmark_scores_each_option_on_val_only(tmp_path: Pat
         }
 
 
+def test_base_options_benchmark_scores_each_option_and_seed_on_val_and_the_proxy(
+    tmp_path: Path,
+) -> None:
+    from benchmarks.base_options import spread
+
+    write_tiny_split(tmp_path / "data", n=24, size=40)
+    (tmp_path / "params.yaml").write_text(
+        "train:\n  threads: 1\n  image_size: 32\n  batch_size: 8\n  warmup_epochs: 0\n"
+        "  augment: false\n"
+        "evaluate:\n  proxy_shifts: [equalize, collimation]\n  proxy_priors: [0.5]\n"
+    )
+    args = ["--option", "crop:crop=0.125", "--seeds", "7", "--epochs", "1"]
+    report = run_benchmark("base_options", args, tmp_path)
+    assert report["complete"] is True
+    run = report["runs"]["crop/seed7"]
+    assert run["overrides"] == {"crop": 0.125} and run["seed"] == 7
+    kinds = run["scores"]
+    assert kinds["shift"]["sets"] == 2 and kinds["balance"]["sets"] == 2  # no test split read
+    assert kinds["damage"]["sets"] == 2 and kinds["clean"]["sets"] == 1
+    assert set(kinds["balance"]) == {"sets", "auc", "ece", "accuracy", "spec_at_sens95"}
+    assert report["options"]["crop"]["seeds"] == 1
+    # over seeds: mean and sample standard deviation of every kind's metrics and the time
+    other = {**run, "train_seconds": run["train_seconds"] + 2.0}
+    other["scores"] = {k: {**v, "auc": v["auc"] - 0.1} for k, v in kinds.items()}
+    both = spread([run, other])
+    assert both["train_seconds"]["sd"] == pytest.approx(1.414, abs=0.05)
+    assert both["shift"]["auc"]["mean"] == pytest.approx(kinds["shift"]["auc"] - 0.05, abs=1e-4)
+    assert both["shift"]["auc"]["sd"] == pytest.approx(0.0707, abs=1e-3)
+    bad = subprocess.run(
+        [sys.executable, "-m", "benchmarks.base_options", "--option", "bad:crop=0.9"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+    )  # a bad option stops before any training, in one line naming it and the key
+    assert bad.returncode != 0
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: --option bad: train.crop")
+
+
 REAL_ARCHIVE = ROOT.parent / "shared" / "datasets" / "chest_xray_224_train.zip"
 
 

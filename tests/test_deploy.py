@@ -12,9 +12,8 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from conftest import HARNESS_STARTUP_S, PrefectServer, tracked_files
+from conftest import HARNESS_STARTUP_S, PrefectServer, api_call, tracked_files
 from conftest import wait_for as conftest_wait_for
 
 from flows.deploy import (
@@ -134,7 +133,7 @@ def server(prefect_server: PrefectServer) -> dict[str, str]:
 
 def flow_runs(api: str) -> list[dict[str, Any]]:
     """All flow runs on the server, oldest expected start first."""
-    r = httpx.post(f"{api}/flow_runs/filter", json={"sort": "EXPECTED_START_TIME_ASC"}, timeout=30)
+    r = api_call("POST", f"{api}/flow_runs/filter", json={"sort": "EXPECTED_START_TIME_ASC"})
     r.raise_for_status()
     return r.json()
 
@@ -159,7 +158,7 @@ def stamp(value: str) -> datetime:
 
 def deployment_limit(api: str, dep_id: str) -> int | None:
     """The deployment's concurrency limit as the server holds it."""
-    deployment = httpx.get(f"{api}/deployments/{dep_id}", timeout=30).json()
+    deployment = api_call("GET", f"{api}/deployments/{dep_id}").json()
     return deployment["concurrency_limit"] or (
         deployment.get("global_concurrency_limit") or {}
     ).get("limit")
@@ -209,7 +208,8 @@ def test_scheduled_runs_on_a_real_server(tmp_path: Path, server: dict[str, str])
         assert "flow_run_id" not in lineage  # a DVC output: no run stamps (dvc.lock stays put)
         stamps = json.loads(git(root, "show", f"{tip}:run.json"))
         assert stamps["flow_run_id"] == first["id"]
-        r = httpx.post(
+        r = api_call(
+            "POST",
             f"{api}/artifacts/filter",
             json={"artifacts": {"flow_run_id": {"any_": [first["id"]]}}},
             timeout=10,
@@ -315,14 +315,14 @@ def test_a_failing_stage_fails_the_run_and_records_nothing(tmp_path: Path) -> No
 
 def run_states(api: str, run_id: str) -> list[dict[str, Any]]:
     """Every state a flow run went through, oldest first."""
-    r = httpx.get(f"{api}/flow_run_states/", params={"flow_run_id": run_id}, timeout=30)
+    r = api_call("GET", f"{api}/flow_run_states/", params={"flow_run_id": run_id})
     r.raise_for_status()
     return sorted(r.json(), key=lambda s: stamp(s["timestamp"]))
 
 
 def completed_runs(api: str, ids: list[str]) -> list[dict[str, Any]] | None:
     """The runs `ids` once all are COMPLETED (None before); a failed one fails the test."""
-    runs = [httpx.get(f"{api}/flow_runs/{i}", timeout=30).json() for i in ids]
+    runs = [api_call("GET", f"{api}/flow_runs/{i}").json() for i in ids]
     bad = [r for r in runs if r["state_type"] in ("FAILED", "CRASHED", "CANCELLED")]
     if bad:
         pytest.fail(f"flow run {bad[0]['name']} {bad[0]['state_type']}")
@@ -350,8 +350,8 @@ def test_second_run_waits_for_the_first_on_a_process_worker(
     quick = {"stages": ["download"], "push": False, "record": False}
     ids = []
     for _ in range(2):
-        r = httpx.post(
-            f"{api}/deployments/{dep_id}/create_flow_run", json={"parameters": quick}, timeout=30
+        r = api_call(
+            "POST", f"{api}/deployments/{dep_id}/create_flow_run", json={"parameters": quick}
         )
         r.raise_for_status()
         ids.append(r.json()["id"])

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import PrefectServer, dvc, git
+from conftest import PrefectServer, api_call, dvc, git
 from conftest import wait_for as conftest_wait_for
 
 from flows.pipeline import dvc_repro
@@ -155,7 +155,7 @@ poll = partial(conftest_wait_for, timeout=RUN_TIMEOUT_S, poll_s=POLL_S)
 
 def flow_run(api: str, run_id: str) -> dict[str, Any]:
     """The flow run as the server has it."""
-    r = httpx.get(f"{api}/flow_runs/{run_id}", timeout=30)
+    r = api_call("GET", f"{api}/flow_runs/{run_id}")
     r.raise_for_status()
     return r.json()
 
@@ -164,11 +164,11 @@ def start_run(api: str, serve_log: Path) -> dict[str, Any]:
     """Create a flow run of the served nightly deployment (once `serve` has registered it)."""
 
     def deployment_id() -> str | None:
-        r = httpx.get(f"{api}/deployments/name/xray-pipeline/nightly", timeout=30)
+        r = api_call("GET", f"{api}/deployments/name/xray-pipeline/nightly")
         return r.json()["id"] if r.status_code == 200 else None
 
     dep_id = poll(deployment_id, "the deployment", serve_log)
-    r = httpx.post(f"{api}/deployments/{dep_id}/create_flow_run", json={}, timeout=30)
+    r = api_call("POST", f"{api}/deployments/{dep_id}/create_flow_run", json={})
     r.raise_for_status()
     return r.json()
 
@@ -232,10 +232,10 @@ def test_a_server_restart_mid_run_loses_nothing(
         prefect_server.stop()
         time.sleep(DOWN_S)
         prefect_server.start()
-        renew = httpx.post(
+        renew = api_call(
+            "POST",
             f"{api}/v2/concurrency_limits/leases/{lease}/renew",
             json={"lease_duration": 300},
-            timeout=30,
         )
         state = flow_run(api, run["id"])["state_type"]
         assert renew.status_code == 204 or state in TERMINAL, f"lease lost: {renew.text}"
