@@ -116,11 +116,11 @@ def test_base_options_benchmark_scores_each_option_and_seed_on_val_and_the_proxy
         "  augment: false\n"
         "evaluate:\n  proxy_shifts: [equalize, collimation]\n  proxy_priors: [0.5]\n"
     )
-    args = ["--option", "crop:crop=0.125", "--seeds", "7", "--epochs", "1"]
+    args = ["--option", "crop:crop=0.125,mixup=0.2", "--seeds", "7", "--epochs", "1"]
     report = run_benchmark("base_options", args, tmp_path)
     assert report["complete"] is True
     run = report["runs"]["crop/seed7"]
-    assert run["overrides"] == {"crop": 0.125} and run["seed"] == 7
+    assert run["overrides"] == {"crop": 0.125, "mixup": 0.2} and run["seed"] == 7
     kinds = run["scores"]
     assert kinds["shift"]["sets"] == 2 and kinds["balance"]["sets"] == 2  # no test split read
     assert kinds["damage"]["sets"] == 2 and kinds["clean"]["sets"] == 1
