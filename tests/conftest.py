@@ -245,7 +245,7 @@ def api_call(method: str, url: str, **kwargs: Any) -> httpx.Response:
     deadline, pause = time.monotonic() + API_PATIENCE_S, 0.5
     while True:
         try:
-            r = httpx.request(method, url, timeout=30, **kwargs)
+            r = httpx.request(method, url, **{"timeout": 30, **kwargs})
             if r.status_code not in RETRY_STATUS or time.monotonic() > deadline:
                 return r
         except (httpx.ConnectError, httpx.TimeoutException):
