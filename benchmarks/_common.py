@@ -25,6 +25,13 @@ def machine() -> dict[str, Any]:
     }
 
 
+def require(ws: Path, needs: tuple[str, ...], hint: str = "build the workspace first") -> None:
+    """Stop with one line naming the first of `needs` (paths in the workspace) that is missing."""
+    for need in needs:
+        if not (ws / need).exists():
+            raise SystemExit(f"error: {ws / need}: not found ({hint})")
+
+
 def write_report(name: str, result: dict[str, Any]) -> Path:
     """Print the result as JSON and write it to reports/benchmarks/NAME.json."""
     from xray.core.io import write_json

@@ -25,39 +25,32 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import machine, write_report
+from benchmarks._common import machine, require, write_report
 from benchmarks.finetune_options import parse_option
 
 DEFAULT_OPTIONS = ("default:", "crop_0.1:crop=0.1", "mixup_0.2:mixup=0.2")
 DEFAULT_SEEDS = (42, 43, 44)
-KIND_NAMES = ("shift", "balance", "damage")
 METRICS = ("auc", "ece", "accuracy", "spec_at_sens95")
 
 
 def score(model: Any, threshold: float, sets: list[Any], batch: int) -> dict[str, Any]:
-    """Clean val and each proxy kind: the mean over its sets of every METRICS entry."""
+    """Clean val and each proxy kind: the mean over its sets of every METRICS entry, grouped
+    and averaged as the evaluate stage does (`target_names`, `target_summary`)."""
     from xray.models.training import predict
     from xray.reports.metrics import proxy_metrics
+    from xray.reports.proxy import CLEAN, target_names
+    from xray.reports.proxy_targets import target_summary
 
     scores: dict[str, np.ndarray] = {}
-    rows: dict[str, tuple[str, dict[str, Any]]] = {}
+    rows: dict[str, dict[str, Any]] = {}
     for s in sets:
         if s.parent is None:
             scores[s.name] = predict(model, s.source, batch)
         p = scores[s.parent][s.index] if s.parent else scores[s.name]
-        kind = "clean" if s.shift == "clean" and s.parent is None else s.kind
-        if s.shift == "clean" and s.parent is not None:
-            continue  # the clean draws at other balances belong to no kind
-        rows[s.name] = (kind, proxy_metrics(s.labels, p, threshold))
-    out: dict[str, Any] = {}
-    for kind in ("clean", *KIND_NAMES):
-        members = [m for k, m in rows.values() if k == kind]
-        out[kind] = {
-            m: round(float(np.mean([r[m] for r in members if r[m] is not None])), 6)
-            for m in METRICS
-        }
-        out[kind]["sets"] = len(members)
-    return out
+        rows[s.name] = proxy_metrics(s.labels, p, threshold)
+    targets = {"clean": [f"val/{CLEAN}"], **target_names(sets)}
+    summary = target_summary({"model": rows}, targets)["model"]
+    return {kind: {m: v[m] for m in ("sets", *METRICS)} for kind, v in summary.items()}
 
 
 def spread(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -71,7 +64,9 @@ def spread(runs: list[dict[str, Any]]) -> dict[str, Any]:
             else None,
         },
     }
-    for kind in ("clean", *KIND_NAMES):
+    from xray.reports.proxy import KINDS
+
+    for kind in ("clean", *KINDS):
         out[kind] = {}
         for m in METRICS:
             values = [r["scores"][kind][m] for r in runs]
@@ -91,9 +86,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="train.epochs for every run")
     args = ap.parse_args()
     ws = args.workspace.resolve()
-    for need in ("data/splits/train.csv", "data/splits/val.csv", "data/raw"):
-        if not (ws / need).exists():
-            raise SystemExit(f"error: {ws / need}: not found (run the data stages first)")
+    require(
+        ws,
+        ("data/splits/train.csv", "data/splits/val.csv", "data/raw"),
+        "run the data stages first",
+    )
 
     from xray.core.params import ParamsError, load_params, parse_params
 

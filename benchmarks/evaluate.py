@@ -22,7 +22,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from benchmarks._common import REPO, machine, materialize, run_driver, write_report
+from benchmarks._common import REPO, machine, materialize, require, run_driver, write_report
 from xray.core.io import read_csv, read_zip_images, write_csv, write_zip
 
 BASELINE = "972920f"
@@ -153,9 +153,7 @@ def main() -> None:
     ap.add_argument("--skip-adapted", action="store_true", help="only the comparable runs")
     args = ap.parse_args()
     ws = args.workspace.resolve()
-    for need in ("models/base.keras", "models/finetuned.keras", "data/corrupted/manifest.csv"):
-        if not (ws / need).exists():
-            raise SystemExit(f"error: {ws / need}: not found (build the workspace first)")
+    require(ws, ("models/base.keras", "models/finetuned.keras", "data/corrupted/manifest.csv"))
     result: dict[str, object] = {"workspace": str(ws), "baseline": args.baseline}
     result["machine"] = machine()
     with tempfile.TemporaryDirectory(prefix="xray-bench-evaluate-") as tmp:

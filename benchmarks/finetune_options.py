@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._common import machine, write_report
+from benchmarks._common import machine, require, write_report
 
 DEFAULT_OPTIONS = (
     "default:",
@@ -145,9 +145,7 @@ def main() -> None:
     ap.add_argument("--wise", type=float, nargs="*", default=list(DEFAULT_WISE))
     args = ap.parse_args()
     ws = args.workspace.resolve()
-    for need in ("models/base.keras", "data/splits/train.csv", "data/splits/val.csv"):
-        if not (ws / need).exists():
-            raise SystemExit(f"error: {ws / need}: not found (build the workspace first)")
+    require(ws, ("models/base.keras", "data/splits/train.csv", "data/splits/val.csv"))
 
     from xray.adaptation.references import source_references
     from xray.core.io import read_csv
