@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 OUT_DIR = Path("reports/benchmarks")
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,6 +32,27 @@ def require(ws: Path, needs: tuple[str, ...], hint: str = "build the workspace f
     for need in needs:
         if not (ws / need).exists():
             raise SystemExit(f"error: {ws / need}: not found ({hint})")
+
+
+RETRY_STATUS = (429, 502, 503)  # what Prefect's own client retries (a busy SQLite server: 503)
+API_PATIENCE_S = 90.0
+
+
+def api_call(method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """One Prefect API request, retried as Prefect's client retries it: on 429/502/503 and a
+    refused or timed-out connection, with backoff, for up to API_PATIENCE_S (a loaded machine
+    running two test servers answers late); then the last answer, or the error."""
+    deadline, pause = time.monotonic() + API_PATIENCE_S, 0.5
+    while True:
+        try:
+            r = httpx.request(method, url, **{"timeout": 30, **kwargs})
+            if r.status_code not in RETRY_STATUS or time.monotonic() > deadline:
+                return r
+        except (httpx.ConnectError, httpx.TimeoutException):
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 5.0)
 
 
 def write_report(name: str, result: dict[str, Any]) -> Path:

@@ -81,22 +81,26 @@ def serve_pipeline(
     workdir: Path, interval_s: float | None = None, changes: dict[str, Any] | None = None
 ) -> None:
     """Serve the nightly deployment from this process until interrupted (runs one at a time)."""
-    config = deployment_config()
-    for key, value in flow_run_env(config).items():  # before Prefect reads its settings
-        os.environ.setdefault(key, value)  # this process and the flow runs it starts
-    from prefect import serve
+    config = deployment_config()  # Prefect's loader: Prefect has read its settings by now
+    env = flow_run_env(config)
+    for key, value in env.items():
+        os.environ.setdefault(key, value)  # the flow runs this process starts
+    import prefect.settings
 
     from flows.pipeline import pipeline
 
-    deployment = pipeline.to_deployment(
-        name=config["name"],
-        description=config.get("description"),
-        tags=config.get("tags"),
-        parameters=parameters(config, workdir, changes),
-        concurrency_limit=concurrency(config),
-        **schedule_kwargs(config, interval_s),
-    )
-    serve(deployment, limit=1)
+    # ... and this process: as defaults, so a value set in its own environment still wins
+    defaults = {getattr(prefect.settings, k): v for k, v in env.items() if k.startswith("PREFECT_")}
+    with prefect.settings.temporary_settings(set_defaults=defaults):
+        pipeline.serve(  # the flow object itself: each run starts it in a fresh process
+            name=config["name"],
+            description=config.get("description"),
+            tags=config.get("tags"),
+            parameters=parameters(config, workdir, changes),
+            global_limit=concurrency(config),
+            limit=1,
+            **schedule_kwargs(config, interval_s),
+        )
 
 
 def register(

@@ -184,7 +184,7 @@ def check_stages(workdir: str, selected: list[str]) -> list[str]:
         probe_source(root, log)
     t0 = time.perf_counter()
     try:
-        to_run, reported = stale_stages(root, selected, stage_env())
+        to_run, reported = stale_stages(root, selected)
     except StatusError as e:
         log.warning("%s; running every selected stage through dvc repro", e)
         return selected
@@ -255,19 +255,21 @@ def after_stages(
     The record comes last so that a run which fails anywhere (a stage, the push, or Prefect's
     API when the server is away) records nothing; a rerun then records it.
     """
+    from xray.core.dvc_private import one_repo
     from xray.records.record import run_stamps
 
     out: dict[str, Any] = {}
     stamps = run_stamps(root, current_flow_run_id())  # one set for the artifacts and the record
-    if push or (record and full):  # nothing poisoned is pushed or recorded
-        out["verify"] = verify_outputs(str(root))
-    if push:
-        out["push"] = push_outputs(str(root), remote)
-    out["artifacts"] = publish(str(root), stamps)
-    if record and full:
-        out["record"] = record_model(str(root), branch, stamps)
-    elif record:
-        print("not recording: only some stages ran")
+    with one_repo(root):  # opened once for verify, the push check and the record
+        if push or (record and full):  # nothing poisoned is pushed or recorded
+            out["verify"] = verify_outputs(str(root))
+        if push:
+            out["push"] = push_outputs(str(root), remote)
+        out["artifacts"] = publish(str(root), stamps)
+        if record and full:
+            out["record"] = record_model(str(root), branch, stamps)
+        elif record:
+            print("not recording: only some stages ran")
     return out
 
 

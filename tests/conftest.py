@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import yaml
 
+from benchmarks._common import api_call  # noqa: F401  (tests import it from here)
 from xray.core.io import MANIFEST_FIELDS, png_bytes, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -232,27 +233,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-RETRY_STATUS = (429, 502, 503)  # what Prefect's own client retries (a busy SQLite server: 503)
-API_PATIENCE_S = 90.0
-
-
-def api_call(method: str, url: str, **kwargs: Any) -> httpx.Response:
-    """One Prefect API request, retried as Prefect's client retries it: on 429/502/503 and a
-    refused or timed-out connection, with backoff, for up to API_PATIENCE_S (a loaded machine
-    running two test servers answers late); then the last answer, or the error."""
-    deadline, pause = time.monotonic() + API_PATIENCE_S, 0.5
-    while True:
-        try:
-            r = httpx.request(method, url, **{"timeout": 30, **kwargs})
-            if r.status_code not in RETRY_STATUS or time.monotonic() > deadline:
-                return r
-        except (httpx.ConnectError, httpx.TimeoutException):
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(pause)
-        pause = min(pause * 2, 5.0)
 
 
 def wait_for(

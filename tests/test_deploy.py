@@ -81,6 +81,41 @@ def test_server_and_flow_runs_ride_out_a_restart(monkeypatch: pytest.MonkeyPatch
     assert server_env()[LEASE_STORAGE_SETTING].endswith(".memory")  # an explicit choice wins
 
 
+def test_serve_serves_the_flow_itself_with_prefect_yaml_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`xray serve` serves the flow object (each run a fresh process that need not load the flow
+    from storage), one run at a time, polling every 2 s and retrying the API 7 times, though
+    Prefect read its settings (at import, by the prefect.yaml loader) before the file's env was
+    known; one set in the environment still wins."""
+    import prefect.settings
+    from prefect.settings import get_current_settings
+
+    from flows.deploy import serve_pipeline
+    from flows.pipeline import pipeline
+
+    seen = []
+
+    def fake_serve(**kwargs: Any) -> None:
+        settings = get_current_settings()
+        seen.append((settings.runner.poll_frequency, settings.client.max_retries, kwargs))
+
+    monkeypatch.setattr(pipeline, "serve", fake_serve)
+    runs = flow_run_env(deployment_config())
+    for key in runs:  # absent here, and again after the test
+        monkeypatch.setenv(key, "0")
+        monkeypatch.delenv(key)
+    serve_pipeline(Path("."))
+    [(poll, retries, kwargs)] = seen
+    assert (poll, retries) == (2, int(runs["PREFECT_CLIENT_MAX_RETRIES"]))
+    assert kwargs["limit"] == 1 and kwargs["global_limit"].limit == 1
+    assert kwargs["name"] == "nightly" and kwargs["parameters"]["record"] is True
+    assert get_current_settings().runner.poll_frequency == 10  # only while serving
+    with prefect.settings.temporary_settings(updates={"runner.poll_frequency": 5}):
+        serve_pipeline(Path("."))  # the operator's own choice
+    assert seen[-1][0] == 5
+
+
 def test_missing_deployment_is_an_error(tmp_path: Path) -> None:
     """A prefect.yaml without the named deployment is reported with its path."""
     bad = tmp_path / "prefect.yaml"

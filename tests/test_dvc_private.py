@@ -8,6 +8,7 @@ gives the result relied on, on a tiny DVC repository in tmp_path (no git, no pip
 from __future__ import annotations
 
 import inspect
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,8 @@ from xray.core import dvc_private
 from xray.core.dvc_private import (
     DvcError,
     add_local_remote,
+    changed_stages,
+    one_repo,
     pipeline_outs,
     remote_config,
 )
@@ -113,7 +116,7 @@ def test_a_dvc_failure_is_one_line_dvc_error(repo: Path) -> None:
 
 def test_every_private_api_is_named_in_the_module_docstring() -> None:
     doc = dvc_private.__doc__ or ""
-    names = ("index.outs", "use_cache", "fs_path", 'config["remote"]', "edit")
+    names = ("index.outs", "use_cache", "fs_path", 'config["remote"]', "edit", "status()")
     for name in (*names, "cache.local.path", "Tree.as_bytes"):
         assert name in doc, name
 
@@ -132,3 +135,69 @@ def test_tree_md5_is_dvcs_own_folder_hash() -> None:
         tree.add(tuple(rel.split("/")), Meta(), HashInfo("md5", md5))
     tree.digest()
     assert tree.hash_info.value == tree_md5(files) + ".dir"
+
+
+TWO_STAGES = """\
+stages:
+  first:
+    cmd: python -c "open('a.txt', 'w').write(open('input.txt').read())"
+    deps: [input.txt]
+    outs: [a.txt]
+  second:
+    cmd: python -c "open('b.txt', 'w').write(open('a.txt').read())"
+    deps: [a.txt]
+    outs: [b.txt]
+"""
+
+
+def test_changed_stages_is_what_dvc_status_reports(repo: Path) -> None:
+    """In-process Repo.status(): the same stages as `dvc status --json`, none when clean."""
+    (repo / "dvc.yaml").write_text(TWO_STAGES)
+    (repo / ".dvc/config").write_text("[core]\n    no_scm = True\n")
+    from dvc.repo.status import status
+
+    assert "targets" in inspect.signature(status).parameters  # what Repo.status() is
+
+    def command() -> set[str]:
+        out = subprocess.run(
+            [sys.executable, "-m", "dvc", "status", "--json"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return set(json.loads(out.strip().splitlines()[-1]))
+
+    assert changed_stages(repo) == command() == {"first", "second"}  # never ran
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "repro"], cwd=repo, check=True, capture_output=True
+    )
+    assert changed_stages(repo) == command() == set()
+    (repo / "input.txt").write_text("y\n")
+    assert changed_stages(repo) == command() == {"first"}  # `second` is stale only after it
+
+
+def test_one_repo_opens_dvc_once_for_every_helper_inside(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dvc import repo as dvc_repo
+
+    opened = []
+    real_init = dvc_repo.Repo.__init__
+
+    def counting_init(self: object, *args: object, **kwargs: object) -> None:
+        opened.append(args)
+        real_init(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dvc_repo.Repo, "__init__", counting_init)
+    pipeline_outs(repo), remote_config(repo)
+    assert len(opened) == 2  # one each, outside
+    opened.clear()
+    with one_repo(repo):
+        with one_repo(repo):  # nested: the outer one's
+            pipeline_outs(repo)
+        remote_config(repo), changed_stages(repo), pipeline_outs(repo / ".")
+    assert len(opened) == 1
+    opened.clear()
+    pipeline_outs(repo)  # closed again on exit
+    assert len(opened) == 1

@@ -22,6 +22,13 @@ public path to take if an upgrade breaks it:
   Fallback: `dvc status` names a modified folder (without the file).
 - `Repo(root).config.edit("local")` (`add_local_remote`, for xray/records/remote.py): a remote
   added to .dvc/config.local. Fallback: `dvc remote add --local NAME URL`.
+- `Repo(root).status()` (`changed_stages`, for xray/runner/repro.py): what `dvc status --json`
+  prints, in this process. The command costs a Python start and DVC's import (~2 s here) and,
+  given stage names, parses dvc.yaml and dvc.lock once per name (~0.4 s each); in-process, with
+  no targets, a no-change run's check takes ~0.7 s. Fallback: `dvc status --json` (no targets).
+
+`one_repo(root)` opens one Repo for every helper above that runs inside it (a run's status,
+verify, push check and record each opened their own: ~0.5 s apiece).
 
 `dvc.exceptions.DvcException` (DVC's documented base error) becomes `DvcError`, one line.
 Everything else in the project reaches DVC through the `dvc` command (xray/runner/repro.py,
@@ -45,17 +52,52 @@ class DvcError(WorkError):
     """DVC could not read or change the project's pipeline or config; the message is one line."""
 
 
+_SHARED: dict[Path, Any] = {}
+"""Repos held open by `one_repo`, by resolved root."""
+
+
 @contextmanager
 def _repo(root: Path) -> Iterator[Any]:
-    """DVC's Repo object of root; a DvcException on entry or inside becomes DvcError."""
+    """DVC's Repo object of root (the one `one_repo` holds, if any); a DvcException on entry or
+    inside becomes DvcError."""
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
     try:
+        shared = _SHARED.get(Path(root).resolve())
+        if shared is not None:
+            yield shared
+            return
         with Repo(str(root)) as repo:
             yield repo
     except DvcException as e:
         raise DvcError(one_line(e)) from None
+
+
+@contextmanager
+def one_repo(root: Path) -> Iterator[None]:
+    """Inside: the helpers of this module share one open Repo of root (opened on entry).
+
+    For checks that change nothing DVC reads (dvc.yaml, dvc.lock, .dvc/config) while it is
+    open: a stage run in between needs a fresh one (its index would be stale).
+    """
+    key = Path(root).resolve()
+    if key in _SHARED:  # nested: the outer one holds it
+        yield
+        return
+    with _repo(key) as repo:
+        _SHARED[key] = repo
+        try:
+            yield
+        finally:
+            del _SHARED[key]
+
+
+def changed_stages(root: Path) -> set[str]:
+    """The stages `dvc status` reports changed (all of root's pipeline, one pass)."""
+    with _repo(root) as repo:
+        report = repo.status()
+    return {str(name).rpartition(":")[2] for name in report}  # "sub/dvc.yaml:stage" -> "stage"
 
 
 def pipeline_outs(root: Path) -> list[tuple[Path, bool]]:

@@ -9,7 +9,6 @@ repro`) and the Prefect flow (`flows/pipeline.py`) both do that after a failed s
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import shutil
@@ -99,32 +98,19 @@ def with_downstream(stale: Iterable[str], graph: dict[str, list[str]]) -> set[st
     return closure
 
 
-def dvc_status(root: Path, stages: Iterable[str], env: dict[str, str] | None = None) -> set[str]:
-    """The stages `dvc status` reports changed (one DVC process for all of them)."""
-    proc = subprocess.run(
-        [*DVC, "status", "--json", *stages],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+def dvc_status(root: Path, stages: Iterable[str]) -> set[str]:
+    """The `stages` that `dvc status` reports changed (one pass over the whole pipeline)."""
+    from xray.core.dvc_private import DvcError, changed_stages
+
     try:
-        report = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None
-    except (IndexError, json.JSONDecodeError):
-        report = None
-    if not isinstance(report, dict):
-        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
-        errors = [ln for ln in lines if ln.startswith(("ERROR", "error"))]
-        raise StatusError(f"dvc status (exit {proc.returncode}): {(errors or lines or ['?'])[0]}")
-    return {name.rpartition(":")[2] for name in report}  # "sub/dvc.yaml:stage" -> "stage"
+        return changed_stages(root) & set(stages)
+    except (DvcError, OSError) as e:
+        raise StatusError(f"dvc status: {e}") from None
 
 
-def stale_stages(
-    root: Path, selected: list[str], env: dict[str, str] | None = None
-) -> tuple[list[str], set[str]]:
+def stale_stages(root: Path, selected: list[str]) -> tuple[list[str], set[str]]:
     """The selected stages to run, in graph order, and those `dvc status` itself reported."""
-    reported = dvc_status(root, selected, env)
+    reported = dvc_status(root, selected)
     closure = with_downstream(reported, stage_graph(root))
     return [s for s in selected if s in closure], reported
 
