@@ -204,3 +204,54 @@ def test_pipeline_benchmark_counts_linked_files_once(tmp_path: Path) -> None:
     assert disk_bytes(a) >= 64 * 1024 and disk_bytes(b) >= 64 * 1024
     assert together < disk_bytes(a) + disk_bytes(b)
     assert disk_bytes(tmp_path / "missing") == 0
+
+
+def test_scale_benchmark_sizes_the_source_and_measures_a_process_tree(tmp_path: Path) -> None:
+    from benchmarks.scale import measured, patients_for
+    from xray.core.params import SyntheticParams
+    from xray.data.intake.synthetic import count
+
+    classes = ("NORMAL", "PNEUMONIA")
+    synthetic = SyntheticParams().model_dump()
+    ppc = patients_for(5216, synthetic, classes)  # the real archive's image count
+    images = count(SyntheticParams(**{**synthetic, "patients_per_class": ppc}), classes)
+    assert abs(images - 5216) <= 4  # a patient more or less moves it by ~7 (both classes)
+    # the memory of a grandchild is in the tree's sum and in the largest process
+    child = "import time; b = b'x' * 200_000_000; time.sleep(1.5)"
+    parent = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {child!r}])"
+    m = measured([sys.executable, "-c", parent], tmp_path, dict(os.environ), tmp_path / "log")
+    assert m["peak_rss_bytes"] >= 200_000_000 and m["max_process_rss_bytes"] >= 200_000_000
+    assert m["seconds"] >= 1.5 and m["cpu_seconds"] > 0
+
+
+@pytest.mark.slow
+def test_scale_benchmark_runs_every_stage_at_a_tiny_size(tmp_path: Path) -> None:
+    cut = [
+        "train.augment=false",
+        "corrupt.families=[seed, jpeg]",
+        "corrupt.held_out=[jpeg]",
+        "corrupt.severities=[3]",
+        "evaluate.proxy_shifts=[equalize]",
+        "evaluate.proxy_priors=[0.5]",
+        "adapt.models=[]",
+        "finetune.augmix_views=0",
+    ]
+    args = ["--sizes", "40", "--epochs", "1", "--train-size", "32", "--repeat", "1"]
+    report = run_benchmark("scale", [*args, *(a for c in cut for a in ("--set", c))], tmp_path)
+    assert report["complete"] is True and report["sizes"] == [40]
+    assert abs(report["images"]["40"] - 40) <= 4
+    assert report["cut"]["corrupt.families"] == ["seed", "jpeg"]
+    stages = ("download", "split", "corrupt", "train_base", "finetune", "evaluate")
+    assert report["stage_order"] == list(stages) and set(report["stages"]) == set(stages)
+    for stage in stages:
+        m = report["stages"][stage]["40"]
+        for key in ("seconds", "seconds_per_image", "peak_rss_bytes", "max_process_rss_bytes"):
+            assert m[key] > 0, (stage, key)
+        assert m["out_bytes"] > 0 and m["out_files"] > 0 and m["cache_files"] > 0
+    assert report["stages"]["download"]["40"]["out_files"] >= 40  # one PNG per image
+    assert report["dvc_status_seconds"]["40"] > 0 and report["noop_run_seconds"]["40"] > 0
+    noop = report["noop_run"]["40"]
+    assert noop["dvc_lock_unchanged"] is True
+    assert any("none (all cached)" in line for line in noop["stages_run_lines"])
+    assert "up to date" in report["stale_after_stages"]["40"]
+    assert report["disk"]["40"]["together_bytes"] > 0

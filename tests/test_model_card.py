@@ -66,6 +66,19 @@ def test_clustered_point_values_are_the_metrics_and_intervals_hold_them() -> Non
     assert bootstrap.clustered(y, p, 0.5, samples=300, seed=5) != ci
 
 
+def test_bootstrap_auc_is_the_weighted_auc_with_ties_counted_half() -> None:
+    rng = np.random.default_rng(3)
+    n = 500
+    y = rng.integers(0, 2, n)
+    p = rng.integers(0, 40, n) / 40.0  # many tied scores
+    weights = rng.integers(0, 4, (6, n)).astype(float)
+    got = bootstrap._auc(weights, y, p)
+    for row, value in zip(weights, got, strict=True):
+        assert value == pytest.approx(roc_auc_score(y, p, sample_weight=row), abs=1e-12)
+    assert np.isnan(bootstrap._auc(weights, np.ones(n, int), p)).all()  # one class only
+    assert bootstrap._auc(np.ones((2, 0)), np.zeros(0, int), np.zeros(0)).shape == (2,)
+
+
 def test_patient_clusters_widen_the_interval() -> None:
     """Four identical images per patient: resampling patients gives a wider interval."""
     y, p = scores(100, 2)

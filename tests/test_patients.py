@@ -75,3 +75,41 @@ def test_patient_id_parses_real_archive() -> None:
     assert set(by_class) == {"NORMAL", "PNEUMONIA"}
     assert not by_class["NORMAL"] & by_class["PNEUMONIA"]
     assert (len(by_class["NORMAL"]), len(by_class["PNEUMONIA"])) == (1211, 1635)
+
+
+# --------------------------------------------------------------------------- synthetic source
+
+
+def _synthetic_patients(params) -> dict[str, set[str]]:
+    """The patient ids of each split of the synthetic source, from its file names (nothing
+    rendered)."""
+    from xray.data.intake.synthetic import _names, _patients
+
+    counter = [0]
+    out: dict[str, set[str]] = {}
+    for split, label, pid, kind, n, _, _ in _patients(params, ("NORMAL", "PNEUMONIA")):
+        for name in _names(label, kind, pid, n, counter):
+            out.setdefault(split, set()).add(patient_id(name))
+    return out
+
+
+def test_synthetic_splits_share_no_patient_at_any_size() -> None:
+    from xray.core.params import SyntheticParams
+
+    default = _synthetic_patients(SyntheticParams())  # the names of the default source, kept
+    assert "IM-0100" in default["train"] and "person3000" in default["test"]
+    assert "IM-5000" in default["val"]
+    large = _synthetic_patients(SyntheticParams(patients_per_class=3200))  # 10x the real archive
+    assert len(large["train"]) == 2 * 3200 and len(large["test"]) == 2 * 1067
+    assert not large["train"] & large["test"] and not large["test"] & large["val"]
+    assert not large["train"] & large["val"]
+
+
+def test_synthetic_count_is_what_generate_writes(tmp_path: Path) -> None:
+    from xray.core.params import SyntheticParams
+    from xray.data.intake.synthetic import count, generate
+
+    params = SyntheticParams(patients_per_class=3, image_size=64)
+    written = generate(tmp_path, params, ("NORMAL", "PNEUMONIA"))
+    assert written == count(params, ("NORMAL", "PNEUMONIA"))
+    assert written == sum(1 for p in tmp_path.rglob("*.jpeg"))

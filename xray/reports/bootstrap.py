@@ -42,12 +42,19 @@ def _from_cells(tp: np.ndarray, fn: np.ndarray, tn: np.ndarray, fp: np.ndarray) 
 
 
 def _auc(weights: np.ndarray, y: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """ROC AUC (ties count half) for each row of per-image weights (B, N); NaN without 2 classes."""
+    """ROC AUC (ties count half) for each row of per-image weights (B, N); NaN without 2 classes.
+
+    Each score group's weights are summed over its images (columns sorted by group, one
+    reduceat): O(B x N) time and memory, where a one-hot (N, groups) product was quadratic in
+    N. The weights are counts (whole numbers), so every sum is exact and the result the same.
+    """
+    if len(p) == 0:
+        return np.full(len(weights), np.nan)
     _, group = np.unique(p, return_inverse=True)  # score rank groups, ascending
-    onehot = np.zeros((len(p), group.max() + 1 if len(p) else 0))
-    onehot[np.arange(len(p)), group] = 1.0
-    pos = (weights * (y == 1)) @ onehot  # (B, G) positive weight per score group
-    neg = (weights * (y == 0)) @ onehot
+    order = np.argsort(group, kind="stable")
+    starts = np.flatnonzero(np.diff(group[order], prepend=-1))  # each group's first column
+    pos = np.add.reduceat((weights * (y == 1))[:, order], starts, axis=1)  # (B, G)
+    neg = np.add.reduceat((weights * (y == 0))[:, order], starts, axis=1)
     below = np.cumsum(neg, axis=1) - neg  # negative weight strictly below each group
     num = (pos * (below + 0.5 * neg)).sum(axis=1)
     return _ratio(num, pos.sum(axis=1) * neg.sum(axis=1))

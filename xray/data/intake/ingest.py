@@ -8,10 +8,12 @@ the quarantine report and kept out; exact duplicates are listed in the duplicate
 class needs at least ``data.min_images_per_class`` images. Temporary files live under
 ``.xray/tmp``. The paths come from the caller (the stage passes dvc.yaml's).
 
-The work is done by xray/data/intake/source.py (getting the source), xray/data/intake/archive.py
-(extraction), xray/data/intake/layout.py (which files are labelled images), xray/data/intake/images.py
-(reading and decoding) and xray/data/intake/patients.py (ids). Images are decoded on the
-`compute` executor (xray/core/compute.py): workers get bytes and return PNG bytes.
+The work is done by xray/data/intake/source.py (getting the source),
+xray/data/intake/archive.py (extraction), xray/data/intake/layout.py (which files are labelled
+images), xray/data/intake/images.py (reading and decoding) and xray/data/intake/patients.py
+(ids). Images are decoded on the `compute` executor (xray/core/compute.py): workers get bytes
+and return PNG bytes, which wait in a work file until they are moved into data/raw, so memory
+does not grow with the source.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import shutil
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +70,7 @@ class Ingested:
 
     found: layout.Found
     sha256: str
-    png: bytes | None
+    png: bytes | Path | None  # the normalized PNG, or the file it waits in (_ingest_all)
     size: tuple[int, int] | None
     reason: str | None
     pixels: str | None = None  # sha256 of the normalized PNG: equal pixels, equal hash
@@ -121,8 +124,14 @@ def _chunks(found: list[layout.Found]) -> list[list[layout.Found]]:
     return chunks
 
 
-def _ingest_all(found: list[layout.Found], params: DataParams, runner: Runner) -> list[Ingested]:
-    """Ingest all files, in order, on the runner's executor (files are read here, sent as bytes)."""
+def _ingest_all(
+    found: list[layout.Found], params: DataParams, runner: Runner, spill: Path
+) -> list[Ingested]:
+    """Ingest all files, in order, on the runner's executor (files are read here, sent as bytes).
+
+    Each normalized PNG goes to a file under `spill` as it comes back (write_raw moves it into
+    place): memory holds the chunks in flight, not every image of the source.
+    """
     job = functools.partial(
         _ingest_chunk,
         max_pixels=params.max_pixels,
@@ -132,9 +141,15 @@ def _ingest_all(found: list[layout.Found], params: DataParams, runner: Runner) -
     read = functools.partial(_read_chunk, max_bytes=params.max_file_bytes)
     chunks = _chunks(found)
     results: list[Ingested] = []
+    spill.mkdir(parents=True, exist_ok=True)
     with Progress(len(found), "download: decoded", log, unit="images") as progress:
         for chunk, done in zip(chunks, runner.imap(job, chunks, read), strict=True):
-            results.extend(Ingested(f, *r) for f, r in zip(chunk, done, strict=True))
+            for f, (sha, png, size, reason, pixels) in zip(chunk, done, strict=True):
+                if png is not None:
+                    path = spill / f"{len(results)}.png"
+                    path.write_bytes(png)
+                    png = path
+                results.append(Ingested(f, sha, png, size, reason, pixels))
             progress.update(len(chunk))
     return results
 
@@ -287,7 +302,10 @@ def write_raw(
             folder = Path("images") / f.split / f.label
             name = _unique_name(names[folder], Path(f.path.name).stem)
             (stage / folder).mkdir(parents=True, exist_ok=True)
-            (stage / folder / name).write_bytes(r.png)
+            if isinstance(r.png, Path):
+                shutil.move(r.png, stage / folder / name)  # a rename on one file system
+            else:
+                (stage / folder / name).write_bytes(r.png)
             w, h = r.size
             rows.append(
                 {
@@ -362,7 +380,7 @@ def download(
         if recorded is not None:
             identity["recorded"] = recorded
         found = find_images(root, params)
-        results = _ingest_all(found.found, params, runner)
+        results = _ingest_all(found.found, params, runner, tmp / "ingested")
         if snapshot is not None:  # a folder read in place: what was read is what was recorded
             read = {r.found.rel: r.sha256 for r in results if r.sha256}
             check_read_as_recorded(root, snapshot, read)

@@ -10,6 +10,7 @@ patient-id parsing and every later stage run exactly as on real data.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,31 +159,57 @@ def _names(label: str, kind: str, pid: int, n: int, counter: list[int]) -> list[
     return names
 
 
-def generate(root: Path, params: SyntheticParams, classes: tuple[str, str]) -> int:
-    """Write the synthetic dataset under root/chest_xray/{train,test,val}/{CLASS}/; return count."""
+def _pid_bases(n_train: int, n_test: int) -> dict[str, int]:
+    """First patient number of each split: 100, 3000 and 5000 (the default's names), moved up
+    to the next thousand where a split's patients would run into the next split's numbers, so
+    that no patient id is shared across splits at any size."""
+
+    def after(start: int, count: int, floor: int) -> int:
+        return max(floor, -(-(start + count) // 1000) * 1000)
+
+    test = after(100, n_train, 3000)
+    return {"train": 100, "test": test, "val": after(test, n_test, 5000)}
+
+
+def _patients(
+    params: SyntheticParams, classes: tuple[str, str]
+) -> Iterator[tuple[str, str, int, str, int, Anatomy, np.random.Generator]]:
+    """Each patient in writing order: (split, label, number, kind, images, anatomy, rng); the
+    rng then draws that patient's images."""
     negative, positive = classes
     lo, hi = params.images_per_patient
-    counter = [0]
-    written = 0
-    pid_base = {"train": 100, "test": 3000, "val": 5000}
+    counts = {
+        split: max(2, round(params.patients_per_class * SPLIT_SHARE[split]))
+        for split in ("train", "test")
+    }
+    counts["val"] = OFFICIAL_VAL_PATIENTS
+    pid_base = _pid_bases(counts["train"], counts["test"])
     for split_idx, split in enumerate(("train", "test", "val")):
         for class_idx, label in enumerate((negative, positive)):
-            if split == "val":
-                n_patients = OFFICIAL_VAL_PATIENTS
-            else:
-                n_patients = max(2, round(params.patients_per_class * SPLIT_SHARE[split]))
-            folder = root / "chest_xray" / split / label
-            folder.mkdir(parents=True, exist_ok=True)
-            for p in range(n_patients):
-                pid = pid_base[split] + p
+            for p in range(counts[split]):
                 rng = np.random.default_rng([params.seed, split_idx, class_idx, p])
                 anat = _anatomy(rng)
                 n = 2 if split == "val" else int(rng.integers(lo, hi + 1))
                 kind = "normal" if class_idx == 0 else str(rng.choice(["bacteria", "virus"]))
-                for name in _names(label, kind, pid, n, counter):
-                    image = render(anat, kind, params.image_size, rng)
-                    Image.fromarray(image, mode="L").save(
-                        folder / name, format="JPEG", quality=JPEG_QUALITY
-                    )
-                    written += 1
+                yield split, label, pid_base[split] + p, kind, n, anat, rng
+
+
+def count(params: SyntheticParams, classes: tuple[str, str]) -> int:
+    """How many images `generate` writes for these params (nothing rendered)."""
+    return sum(n for *_, n, _, _ in _patients(params, classes))
+
+
+def generate(root: Path, params: SyntheticParams, classes: tuple[str, str]) -> int:
+    """Write the synthetic dataset under root/chest_xray/{train,test,val}/{CLASS}/; return count."""
+    counter = [0]
+    written = 0
+    for split, label, pid, kind, n, anat, rng in _patients(params, classes):
+        folder = root / "chest_xray" / split / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in _names(label, kind, pid, n, counter):
+            image = render(anat, kind, params.image_size, rng)
+            Image.fromarray(image, mode="L").save(
+                folder / name, format="JPEG", quality=JPEG_QUALITY
+            )
+            written += 1
     return written
