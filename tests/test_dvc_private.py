@@ -201,3 +201,11 @@ def test_one_repo_opens_dvc_once_for_every_helper_inside(
     opened.clear()
     pipeline_outs(repo)  # closed again on exit
     assert len(opened) == 1
+    opened.clear()
+    with one_repo(repo):  # opened by the first helper that needs it, not on entry
+        pass
+    with one_repo(repo.parent):  # nor where no helper runs (not a DVC repository)
+        pass
+    assert opened == []
+    with pytest.raises(DvcError), one_repo(repo.parent):
+        pipeline_outs(repo.parent)

@@ -53,30 +53,32 @@ class DvcError(WorkError):
 
 
 _SHARED: dict[Path, Any] = {}
-"""Repos held open by `one_repo`, by resolved root."""
+"""Roots inside `one_repo`: their Repo once a helper opened it (None until then)."""
 
 
 @contextmanager
 def _repo(root: Path) -> Iterator[Any]:
-    """DVC's Repo object of root (the one `one_repo` holds, if any); a DvcException on entry or
-    inside becomes DvcError."""
+    """DVC's Repo object of root (inside `one_repo`, the one it holds); a DvcException on entry
+    or inside becomes DvcError."""
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
+    key = Path(root).resolve()
     try:
-        shared = _SHARED.get(Path(root).resolve())
-        if shared is not None:
-            yield shared
+        if key not in _SHARED:
+            with Repo(str(root)) as repo:
+                yield repo
             return
-        with Repo(str(root)) as repo:
-            yield repo
+        if _SHARED[key] is None:
+            _SHARED[key] = Repo(str(root))
+        yield _SHARED[key]
     except DvcException as e:
         raise DvcError(one_line(e)) from None
 
 
 @contextmanager
 def one_repo(root: Path) -> Iterator[None]:
-    """Inside: the helpers of this module share one open Repo of root (opened on entry).
+    """Inside: the helpers of this module share one Repo of root (opened by the first of them).
 
     For checks that change nothing DVC reads (dvc.yaml, dvc.lock, .dvc/config) while it is
     open: a stage run in between needs a fresh one (its index would be stale).
@@ -85,12 +87,13 @@ def one_repo(root: Path) -> Iterator[None]:
     if key in _SHARED:  # nested: the outer one holds it
         yield
         return
-    with _repo(key) as repo:
-        _SHARED[key] = repo
-        try:
-            yield
-        finally:
-            del _SHARED[key]
+    _SHARED[key] = None
+    try:
+        yield
+    finally:
+        repo = _SHARED.pop(key)
+        if repo is not None:
+            repo.close()
 
 
 def changed_stages(root: Path) -> set[str]:

@@ -8,12 +8,10 @@ the quarantine report and kept out; exact duplicates are listed in the duplicate
 class needs at least ``data.min_images_per_class`` images. Temporary files live under
 ``.xray/tmp``. The paths come from the caller (the stage passes dvc.yaml's).
 
-The work is done by xray/data/intake/source.py (getting the source),
-xray/data/intake/archive.py (extraction), xray/data/intake/layout.py (which files are labelled
-images), xray/data/intake/images.py (reading and decoding) and xray/data/intake/patients.py
-(ids). Images are decoded on the `compute` executor (xray/core/compute.py): workers get bytes
-and return PNG bytes, which wait in a work file until they are moved into data/raw, so memory
-does not grow with the source.
+The work is done in xray/data/intake/: source.py (getting the source), archive.py
+(extraction), layout.py (which files are labelled images), images.py (reading and decoding),
+patients.py (ids). Images are decoded on the `compute` executor (xray/core/compute.py):
+workers get bytes and return PNG bytes, each kept in a work file until it moves into data/raw.
 """
 
 from __future__ import annotations
