@@ -53,6 +53,7 @@ from typing import Any
 import yaml
 
 from benchmarks._common import REPO, machine, write_report
+from benchmarks.nochange_run import timed
 from benchmarks.pipeline import disk_bytes
 
 REAL_IMAGES = 5216  # the real training archive (README, Results)
@@ -139,16 +140,6 @@ def measured(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> dict[
         "peak_rss_bytes": peak,
         "max_process_rss_bytes": usage.ru_maxrss * 1024,  # KiB on Linux
     }
-
-
-def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
-    """Run cmd in cwd: its wall seconds and output (exits with it on failure)."""
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
-    seconds = time.perf_counter() - t0
-    if proc.returncode != 0:
-        sys.exit(f"error: {' '.join(cmd)} failed:\n{(proc.stderr or proc.stdout)[-LOG_TAIL:]}")
-    return round(seconds, 2), proc.stdout + proc.stderr
 
 
 def file_count(*paths: Path) -> int:
