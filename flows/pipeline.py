@@ -318,19 +318,23 @@ def _run_stages(
     # No Prefect retries: xray/data/intake/fetch.py retries transient network errors itself,
     # the probe's HEAD included (and a rerun resumes its partial download); every other
     # failure is permanent.
-    to_run = check_stages(str(root), selected) if only_stale else selected
-    results = []
-    for stage in selected:
-        if stage not in to_run:  # up to date: no task run, no DVC process
-            results.append({"stage": stage, "ran": False, "seconds": 0.0, "cached": True})
-            continue
-        options: dict[str, Any] = {"name": stage, "task_run_name": stage}
-        probe = stage == "download" and not only_stale
-        results.append(run_stage.with_options(**options)(stage, str(root), probe))
-    ran = [r["stage"] for r in results if r["ran"]]
-    print(f"stages run: {', '.join(ran) or 'none (all cached)'}")
-    advice = git_advice(f for r in results for f in r.get("git_add", []))
-    if advice and not (record and full):  # a recorded run commits dvc.lock itself
-        print(advice)
-    after_stages(root, full, push, remote, record, branch)
+    from xray.core.dvc_private import forget_repo, one_repo
+
+    with one_repo(root):  # the status check's Repo serves the steps after, if no stage ran
+        to_run = check_stages(str(root), selected) if only_stale else selected
+        results = []
+        for stage in selected:
+            if stage not in to_run:  # up to date: no task run, no DVC process
+                results.append({"stage": stage, "ran": False, "seconds": 0.0, "cached": True})
+                continue
+            forget_repo(root)  # the stage rewrites dvc.lock: the steps after open a fresh Repo
+            options: dict[str, Any] = {"name": stage, "task_run_name": stage}
+            probe = stage == "download" and not only_stale
+            results.append(run_stage.with_options(**options)(stage, str(root), probe))
+        ran = [r["stage"] for r in results if r["ran"]]
+        print(f"stages run: {', '.join(ran) or 'none (all cached)'}")
+        advice = git_advice(f for r in results for f in r.get("git_add", []))
+        if advice and not (record and full):  # a recorded run commits dvc.lock itself
+            print(advice)
+        after_stages(root, full, push, remote, record, branch)
     return results

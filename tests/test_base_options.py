@@ -1,5 +1,6 @@
-"""The base-model options of issue 23 (train.crop, train.mixup): what each promises, on
-generated images; their effect on quality is measured by benchmarks/base_options.py."""
+"""The base-model options of issue 23 (train.crop, train.mixup, train.normalize: equalize):
+what each promises, on generated images; their effect on quality is measured by
+benchmarks/base_options.py."""
 
 from __future__ import annotations
 
@@ -44,6 +45,57 @@ def test_a_cropped_model_never_sees_the_borders_and_its_file_round_trips(
     loaded, meta = load_model(tmp_path / "m.keras")  # built-in layers only: no custom objects
     assert meta["crop"] == crop
     np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["xray_net", "seed_cnn"])
+def test_an_equalizing_model_is_blind_to_a_monotone_gray_level_change(
+    arch: str, tmp_path: Path
+) -> None:
+    model = build_model(arch, SIZE, normalize="equalize", crop=0.125)
+    x = np.floor(_pixels(4) / 2)  # gray levels 0..127
+    x[:, :, : SIZE // 2] = np.floor(x[:, :, : SIZE // 2] / 2)  # histograms with structure
+    v = np.arange(128)
+    lut = v + np.round(v**2 / 127.0)  # a site's curve: no two levels merged
+    brighter = lut[x.astype(int)].astype("float32")
+    assert not np.array_equal(brighter, x)
+    clean = model.predict(x, verbose=0)
+    np.testing.assert_allclose(model.predict(brighter, verbose=0), clean, atol=1e-5)
+    unequalized = build_model(arch, SIZE, crop=0.125)  # the same check fails without it
+    assert not np.allclose(
+        unequalized.predict(brighter, verbose=0), unequalized.predict(x, verbose=0), atol=1e-5
+    )
+    meta = {"arch": arch, "image_size": SIZE, "threshold": 0.5, "classes": ["NORMAL", "PNEUMONIA"]}
+    save_model(model, tmp_path / "m.keras", meta)
+    loaded, _ = load_model(tmp_path / "m.keras")  # safe mode: xray's registered layer
+    assert type(loaded.get_layer("equalize")).__name__ == "Equalize"
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), clean, atol=1e-6)
+    model.compile("adam", "binary_crossentropy")
+    before = [w.copy() for w in model.get_weights()]
+    model.fit(x, np.array([0.0, 1.0, 0.0, 1.0]), epochs=1, verbose=0)  # trains through it
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
+
+
+def test_equalize_maps_each_image_through_its_own_histogram() -> None:
+    from xray.models.equalize import Equalize
+
+    rng = np.random.default_rng(3)
+    dark = rng.integers(0, 64, (1, 8, 8, 1)).astype("float32")
+    flat = np.full((1, 8, 8, 1), 90.0, "float32")  # one gray level: a defined output, no NaN
+    out = np.asarray(Equalize()(np.concatenate([dark, flat])))
+    alone = np.asarray(Equalize()(dark))
+    np.testing.assert_allclose(out[:1], alone)  # a batch neighbour changes nothing
+    assert out[0].min() == 0.0 and out[0].max() == 255.0  # spread over the whole range
+    ranks = np.argsort(np.argsort(dark.ravel(), kind="stable"), kind="stable")
+    assert np.all(np.diff(out[0].ravel()[np.argsort(ranks)]) >= 0)  # order kept
+    np.testing.assert_array_equal(out[1], 0.0)
+
+
+def test_normalize_is_validated_with_the_key_named() -> None:
+    assert parse_params({"train": {"normalize": "equalize"}}).train.normalize == "equalize"
+    with pytest.raises(ParamsError, match=r"train\.normalize"):
+        parse_params({"train": {"normalize": "clahe"}})
+    with pytest.raises(ValueError, match=r"train\.normalize"):
+        build_model("xray_net", 32, normalize="clahe")
 
 
 def test_crop_and_mixup_are_validated_with_the_key_named() -> None:

@@ -20,6 +20,7 @@ from xray.core.dvc_private import (
     DvcError,
     add_local_remote,
     changed_stages,
+    forget_repo,
     one_repo,
     pipeline_outs,
     remote_config,
@@ -209,3 +210,28 @@ def test_one_repo_opens_dvc_once_for_every_helper_inside(
     assert opened == []
     with pytest.raises(DvcError), one_repo(repo.parent):
         pipeline_outs(repo.parent)
+
+
+def test_forget_repo_makes_the_next_helper_read_the_pipeline_afresh(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dvc import repo as dvc_repo
+
+    opened = []
+    real_init = dvc_repo.Repo.__init__
+
+    def counting_init(self: object, *args: object, **kwargs: object) -> None:
+        opened.append(args)
+        real_init(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dvc_repo.Repo, "__init__", counting_init)
+    more = DVC_YAML.replace("      - folder\n", "      - folder\n      - more.txt\n")
+    with one_repo(repo):
+        before = pipeline_outs(repo)
+        (repo / "dvc.yaml").write_text(more)  # as a stage run rewrites dvc.lock
+        assert pipeline_outs(repo) == before  # the held Repo answers from what it read
+        forget_repo(repo)
+        after = pipeline_outs(repo)
+        forget_repo(repo.parent)  # nothing held there: nothing to do
+    assert (repo / "more.txt", True) in after and (repo / "more.txt", True) not in before
+    assert len(opened) == 2

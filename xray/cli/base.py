@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 import yaml
 
 from xray.core.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, InputError
+from xray.core.yaml_text import load_yaml
 
 EXIT_CODES = f"""\
 exit status:
@@ -100,7 +101,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise UsageError(f"--set {pair!r}: expected KEY=VALUE, e.g. train.epochs=5")
         try:
-            out[key.strip()] = yaml.safe_load(value)
+            out[key.strip()] = load_yaml(value)
         except yaml.YAMLError as e:
             raise UsageError(f"--set {pair!r}: the value is not valid YAML ({e})") from None
     return out

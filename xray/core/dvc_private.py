@@ -28,7 +28,8 @@ public path to take if an upgrade breaks it:
   no targets, a no-change run's check takes ~0.7 s. Fallback: `dvc status --json` (no targets).
 
 `one_repo(root)` opens one Repo for every helper above that runs inside it (a run's status,
-verify, push check and record each opened their own: ~0.5 s apiece).
+verify, push check and record each opened their own: ~0.5 s apiece); `forget_repo(root)`
+drops it after a stage ran (dvc.lock changed under it).
 
 `dvc.exceptions.DvcException` (DVC's documented base error) becomes `DvcError`, one line.
 Everything else in the project reaches DVC through the `dvc` command (xray/runner/repro.py,
@@ -94,6 +95,18 @@ def one_repo(root: Path) -> Iterator[None]:
         repo = _SHARED.pop(key)
         if repo is not None:
             repo.close()
+
+
+def forget_repo(root: Path) -> None:
+    """Inside `one_repo`: close the Repo held for root; the next helper opens a fresh one.
+
+    For after a stage ran: it rewrote dvc.lock, and the held Repo's index is stale.
+    """
+    key = Path(root).resolve()
+    repo = _SHARED.get(key)
+    if repo is not None:
+        _SHARED[key] = None
+        repo.close()
 
 
 def changed_stages(root: Path) -> set[str]:

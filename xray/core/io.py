@@ -24,12 +24,12 @@ import zipfile
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-from PIL import Image
+from typing import TYPE_CHECKING, Any
 
 from xray.core.errors import disk_full
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger("xray.io")
 
@@ -172,6 +172,9 @@ def work_dir(prefix: str, root: Path | None = None) -> Iterator[Path]:
 
 def png_bytes(image: np.ndarray, compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
     """Encode a 2-D uint8 image as a deterministic PNG (no metadata, fixed compression)."""
+    import numpy as np
+    from PIL import Image
+
     if image.ndim != 2 or image.dtype != np.uint8:
         raise ValueError(f"expected a 2-D uint8 image, got {image.dtype} {image.shape}")
     buf = io.BytesIO()
@@ -197,6 +200,8 @@ def png_bytes_fast(image: np.ndarray) -> bytes:
     level 6 within 10%, at a tenth of its time (Pillow tries five filters on every row). Any
     PNG reader decodes it; the bytes depend only on the pixels and the zlib version.
     """
+    import numpy as np
+
     if image.ndim != 2 or image.dtype != np.uint8:
         raise ValueError(f"expected a 2-D uint8 image, got {image.dtype} {image.shape}")
     h, w = image.shape
@@ -217,12 +222,18 @@ def png_bytes_fast(image: np.ndarray) -> bytes:
 
 def read_gray(path: Path) -> np.ndarray:
     """Read an image file written by this pipeline as a 2-D uint8 array."""
+    import numpy as np
+    from PIL import Image
+
     with Image.open(path) as im:
         return np.asarray(im.convert("L"))
 
 
 def decode_gray(data: bytes) -> np.ndarray:
     """Decode the bytes of an image file written by this pipeline as a 2-D uint8 array."""
+    import numpy as np
+    from PIL import Image
+
     with Image.open(io.BytesIO(data)) as im:
         return np.asarray(im.convert("L"))
 

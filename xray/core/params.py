@@ -24,6 +24,7 @@ from xray.core.sections import (
     TrainParams,
     _Section,
 )
+from xray.core.yaml_text import load_yaml
 
 __all__ = [
     "PARAMS_FILE",
@@ -108,7 +109,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _stage_params(path: Path) -> list[tuple[str, str]]:
     """(stage, dotted key) of every params.yaml key the stages of the dvc.yaml beside it read."""
     try:
-        stages = (yaml.safe_load((path.parent / "dvc.yaml").read_text()) or {}).get("stages")
+        stages = (load_yaml((path.parent / "dvc.yaml").read_text()) or {}).get("stages")
     except (OSError, yaml.YAMLError, AttributeError):
         return []  # no readable dvc.yaml: DVC's own check does not apply
     found = []

@@ -256,7 +256,8 @@ class TrainParams(_Section):
     weights: Literal["imagenet"] | None = None  # Keras Applications backbones only
     image_size: Annotated[int, Field(ge=32, le=1024)] = 160
     # none (pixels / 255) | standardize (each image to zero mean, unit variance, in the model)
-    normalize: Literal["none", "standardize"] = "none"
+    # | equalize (each image's histogram equalized, in the model)
+    normalize: Literal["none", "standardize", "equalize"] = "none"
     # share of the input cut from each side inside the model (built-in CenterCrop): borders,
     # text and markers unseen; 0 = the whole image
     crop: Annotated[float, Field(ge=0.0, le=0.3)] = 0.0

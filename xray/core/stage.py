@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from xray.core.errors import InputError
+from xray.core.yaml_text import load_yaml
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,7 +43,7 @@ def dvc_yaml_paths(stage: str, root: Path = Path(".")) -> dict[str, Path]:
 
     path = root / "dvc.yaml"
     try:
-        stages = (yaml.safe_load(path.read_text()) or {}).get("stages") or {}
+        stages = (load_yaml(path.read_text()) or {}).get("stages") or {}
         cmd = str(stages[stage]["cmd"])
     except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
         raise InputError(f"{path}: no cmd for stage {stage!r} ({e})") from None

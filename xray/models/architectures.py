@@ -1,7 +1,8 @@
 """Model architectures and self-contained, byte-stable model files.
 
 Every model takes grayscale pixels as stored (H x W x 1, values 0..255) at its input
-size and rescales them itself; it ends in one sigmoid unit, P(positive class). The
+size and rescales them itself (with `train.normalize: equalize`, through xray's one
+registered layer, xray/models/equalize.py); it ends in one sigmoid unit, P(positive class). The
 decision threshold, class names and input size travel inside the ``.keras`` file
 (an ``xray.json`` member), so anyone can load it and predict.
 """
@@ -18,6 +19,7 @@ import keras
 from keras import layers
 
 from xray.core.io import work_dir, write_bytes_atomic
+from xray.models.equalize import Equalize
 from xray.models.model_file import META_MEMBER, ModelFileError, read_meta
 
 __all__ = ["META_MEMBER", "ModelFileError", "build_model", "load_model", "read_meta", "save_model"]
@@ -33,7 +35,7 @@ XRAY_NET_DROPOUT = 0.3
 BN_MOMENTUM = 0.9  # small data: BatchNorm statistics must settle within a few epochs
 
 
-NORMALIZE = ("none", "standardize")
+NORMALIZE = ("none", "standardize", "equalize")
 
 
 def crop_side(image_size: int, crop: float) -> int:
@@ -55,14 +57,19 @@ def _intensity(inputs: Any, normalize: str) -> Any:
 
     `standardize` makes the model blind to an image's overall exposure and contrast (a
     linear change of its gray levels), the largest difference between X-ray sites, with a
-    built-in layer (no custom code in the model file).
+    built-in layer (no custom code in the model file). `equalize` first maps each image's
+    gray levels through its own histogram's CDF (xray/models/equalize.py; after the crop, so
+    borders do not weigh): blind to any monotone change of gray levels, which is how sites'
+    processing LUTs, exposure and contrast differ.
     """
+    if normalize == "equalize":
+        inputs = Equalize(name="equalize")(inputs)
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     if normalize == "standardize":
         x = layers.LayerNormalization(
             axis=(1, 2, 3), center=False, scale=False, epsilon=1e-3, name="standardize"
         )(x)
-    elif normalize != "none":
+    elif normalize not in NORMALIZE:
         raise ValueError(f"train.normalize: unknown {normalize!r} (known: {', '.join(NORMALIZE)})")
     return x
 

@@ -22,6 +22,7 @@ import yaml
 
 from xray.core.errors import WorkError
 from xray.core.git import git
+from xray.core.yaml_text import load_yaml
 from xray.reports.lineage import LOCK_FILE, LineageError, parse_lock
 
 DVC_YAML = "dvc.yaml"
@@ -38,7 +39,7 @@ class RegistryError(WorkError):
 def _artifacts_at(root: Path, commit: str) -> dict[str, str]:
     """Artifact name -> path, from dvc.yaml `artifacts:` at a commit ({} when none)."""
     try:
-        data = yaml.safe_load(git(root, "show", f"{commit}:{DVC_YAML}") or "") or {}
+        data = load_yaml(git(root, "show", f"{commit}:{DVC_YAML}") or "") or {}
     except yaml.YAMLError:
         return {}
     found = data.get("artifacts") if isinstance(data, dict) else None

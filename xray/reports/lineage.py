@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from xray.core.yaml_text import load_yaml
 from xray.core.git import git
 from xray.core.hashing import file_md5
 
@@ -63,7 +64,7 @@ class LineageError(ValueError):
 def parse_lock(text: str, source: str = LOCK_FILE) -> dict[str, dict[str, Any]]:
     """The `stages` mapping of a dvc.lock text."""
     try:
-        data = yaml.safe_load(text) or {}
+        data = load_yaml(text) or {}
     except yaml.YAMLError as e:
         raise LineageError(f"{source}: not valid YAML ({e})") from None
     stages = data.get("stages") if isinstance(data, dict) else None

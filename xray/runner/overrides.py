@@ -22,6 +22,7 @@ import yaml
 from xray.core.errors import InputError
 from xray.core.io import _try_lock, write_bytes_atomic
 from xray.core.params import load_params, parse_params
+from xray.core.yaml_text import load_yaml
 
 BACKUP = Path(".xray") / "params.yaml.before-run"
 """The committed params.yaml while a run with overrides lives (restored by the next run)."""
@@ -48,7 +49,7 @@ def check_overrides(root: Path, overrides: dict[str, Any], stages: Collection[st
     path = root / "params.yaml"
     load_params(path, stages)  # the file itself first: its own error, naming its key
     if overrides:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
         for key, value in overrides.items():
             _set_key(data, key, value)
         parse_params(data, f"{path} with the overrides")
@@ -79,7 +80,7 @@ def set_keys(text: str, overrides: dict[str, Any]) -> tuple[str, list[str]]:
     Only the characters of the changed values move (the parser's marks give where each value
     starts and ends); the result is checked to parse to the old values with the new ones set.
     """
-    expected = yaml.safe_load(text)
+    expected = load_yaml(text)
     changed = [k for k, v in overrides.items() if _set_key(expected, k, v)]
     root = yaml.compose(text)
     spans = []
@@ -88,7 +89,7 @@ def set_keys(text: str, overrides: dict[str, Any]) -> tuple[str, list[str]]:
         spans.append((node.start_mark.index, node.end_mark.index, _flow(overrides[key])))
     for start, end, new in sorted(spans, reverse=True):
         text = text[:start] + new + text[end:]
-    if yaml.safe_load(text) != expected:  # a value the flow form cannot replace in place
+    if load_yaml(text) != expected:  # a value the flow form cannot replace in place
         raise InputError(f"overrides: {', '.join(changed)}: cannot be written into params.yaml")
     return text, changed
 
@@ -127,7 +128,7 @@ def one_off_params(root: Path, overrides: dict[str, Any]) -> Iterator[list[str]]
         return
     original = path.read_bytes()
     text, changed = set_keys(original.decode(), overrides)
-    parse_params(yaml.safe_load(text), f"{path} with the overrides")
+    parse_params(load_yaml(text), f"{path} with the overrides")
     backup = root / BACKUP
     write_bytes_atomic(backup, original)
     fd = _try_lock(backup)

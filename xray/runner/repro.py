@@ -24,6 +24,7 @@ import yaml
 
 from xray.core.errors import WorkError
 from xray.core.process import CHILD_DIES_WITH_US, run_env
+from xray.core.yaml_text import load_yaml
 
 DVC = [sys.executable, "-m", "dvc"]
 RESTORE_TIMEOUT_S = 3600  # a checkout of 53k images from the cache takes minutes on a slow disk
@@ -70,7 +71,7 @@ def _overlaps(a: str, b: str) -> bool:
 
 def stage_graph(root: Path) -> dict[str, list[str]]:
     """Each dvc.yaml stage, in file order, with the stages whose outputs it depends on."""
-    spec = yaml.safe_load((root / "dvc.yaml").read_text()) or {}
+    spec = load_yaml((root / "dvc.yaml").read_text()) or {}
     stages = spec.get("stages") or {}
     outs = {
         name: _paths(s.get("outs", [])) + _paths(s.get("metrics", [])) + _paths(s.get("plots", []))
@@ -118,7 +119,7 @@ def stale_stages(root: Path, selected: list[str]) -> tuple[list[str], set[str]]:
 def lock_outs(root: Path, stage: str) -> list[str] | None:
     """The output paths dvc.lock records for `stage`; None when it has no entry."""
     try:
-        lock = yaml.safe_load((root / "dvc.lock").read_text()) or {}
+        lock = load_yaml((root / "dvc.lock").read_text()) or {}
     except (OSError, yaml.YAMLError):
         return None
     entry = (lock.get("stages") or {}).get(stage)
@@ -130,7 +131,7 @@ def lock_outs(root: Path, stage: str) -> list[str] | None:
 def uncached_outs(root: Path, stage: str) -> list[str]:
     """The `cache: false` outputs (outs, metrics, plots) dvc.yaml declares for `stage`."""
     try:
-        spec = (yaml.safe_load((root / "dvc.yaml").read_text()) or {})["stages"][stage]
+        spec = (load_yaml((root / "dvc.yaml").read_text()) or {})["stages"][stage]
     except (OSError, yaml.YAMLError, KeyError, TypeError):
         return []
     found = []

@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from xray.core.errors import InputError
+from xray.core.yaml_text import load_yaml
 
 DVC_YAML = "dvc.yaml"
 CMD_MODULE_RE = re.compile(r"python(?:3)? -m ([\w.]+)")
@@ -108,7 +109,7 @@ def check_stages(root: Path = Path(".")) -> list[StageDeps]:
     """Compare each `python -m` stage's import closure with its deps in root/dvc.yaml."""
     path = root / DVC_YAML
     try:
-        stages = (yaml.safe_load(path.read_text()) or {}).get("stages") or {}
+        stages = (load_yaml(path.read_text()) or {}).get("stages") or {}
     except (OSError, yaml.YAMLError) as e:
         raise InputError(f"{path}: cannot read ({e})") from None
     results = []

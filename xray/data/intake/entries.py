@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import stat
+
 from xray.core.errors import InputError
 
 JUNK_DIRS = frozenset({"__macosx"})
@@ -35,3 +37,19 @@ def is_junk_member(name: str) -> bool:
     """True for macOS junk archive members (__MACOSX/ folders, AppleDouble '._*' files)."""
     parts = [p for p in name.split("/") if p]
     return any(p.lower() in JUNK_DIRS for p in parts) or bool(parts and parts[-1].startswith("._"))
+
+
+SPECIAL_KINDS = (
+    (stat.S_ISFIFO, "fifo"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "device"),
+    (stat.S_ISBLK, "device"),
+    (stat.S_ISDIR, "folder"),
+)
+
+
+def file_kind(mode: int) -> str:
+    """'file' for a regular file, else what it is: fifo, socket, device, folder or special."""
+    if stat.S_ISREG(mode):
+        return "file"
+    return next((kind for test, kind in SPECIAL_KINDS if test(mode)), "special")

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from xray.data.intake.entries import file_kind
+
 IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".tif", ".tiff"})
 SIXTEEN_BIT_MAX = 65535
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})
@@ -19,13 +21,6 @@ DEFAULT_MAX_FILE_BYTES = 100_000_000
 """The byte cap of read_file when none is given (data.max_file_bytes's default)."""
 READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
 """open() flags of read_file: a FIFO or terminal opens without waiting for a writer."""
-SPECIAL_KINDS = (
-    (stat.S_ISFIFO, "fifo"),
-    (stat.S_ISSOCK, "socket"),
-    (stat.S_ISCHR, "device"),
-    (stat.S_ISBLK, "device"),
-    (stat.S_ISDIR, "folder"),
-)
 
 
 class BadImage(Exception):
@@ -34,13 +29,6 @@ class BadImage(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
-
-
-def file_kind(mode: int) -> str:
-    """'file' for a regular file, else what it is: fifo, socket, device, folder or special."""
-    if stat.S_ISREG(mode):
-        return "file"
-    return next((kind for test, kind in SPECIAL_KINDS if test(mode)), "special")
 
 
 def read_file(path: Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:

@@ -19,8 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xray.data.intake.images import file_kind
-from xray.data.intake.entries import IngestError, is_hidden, is_utf8, shown
+from xray.data.intake.entries import IngestError, file_kind, is_hidden, is_utf8, shown
 
 log = logging.getLogger(__name__)
 
