@@ -75,7 +75,7 @@ def test_server_and_flow_runs_ride_out_a_restart(monkeypatch: pytest.MonkeyPatch
         monkeypatch.setenv(key, value)
     settings = Settings()  # the names are Prefect's own: a typo would leave the defaults
     assert settings.client.max_retries == int(runs["PREFECT_CLIENT_MAX_RETRIES"]) > 5
-    assert settings.runner.poll_frequency == 2  # serve picks a triggered run up within 2 s
+    assert settings.runner.poll_frequency == 1  # serve picks a triggered run up within 1 s
     assert settings.server.concurrency.lease_storage == FILE_LEASE_STORAGE
     monkeypatch.setenv(LEASE_STORAGE_SETTING, "prefect.server.concurrency.lease_storage.memory")
     assert server_env()[LEASE_STORAGE_SETTING].endswith(".memory")  # an explicit choice wins
@@ -107,7 +107,7 @@ def test_serve_serves_the_flow_itself_with_prefect_yaml_settings(
         monkeypatch.delenv(key)
     serve_pipeline(Path("."))
     [(poll, retries, kwargs)] = seen
-    assert (poll, retries) == (2, int(runs["PREFECT_CLIENT_MAX_RETRIES"]))
+    assert (poll, retries) == (1, int(runs["PREFECT_CLIENT_MAX_RETRIES"]))
     assert kwargs["limit"] == 1 and kwargs["global_limit"].limit == 1
     assert kwargs["name"] == "nightly" and kwargs["parameters"]["record"] is True
     assert get_current_settings().runner.poll_frequency == 10  # only while serving

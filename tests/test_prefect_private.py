@@ -39,7 +39,7 @@ def test_prefect_reads_the_project_s_prefect_yaml() -> None:
     assert nightly["parameters"]["branch"] == "xray-records"
     assert nightly["work_pool"]["job_variables"]["env"] == {
         "PREFECT_CLIENT_MAX_RETRIES": "7",
-        "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
     }
 
 
