@@ -235,3 +235,27 @@ def test_forget_repo_makes_the_next_helper_read_the_pipeline_afresh(
         forget_repo(repo.parent)  # nothing held there: nothing to do
     assert (repo / "more.txt", True) in after and (repo / "more.txt", True) not in before
     assert len(opened) == 2
+
+
+def test_the_status_checks_index_lists_the_outputs_once(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dvc.repo.index import Index
+
+    fresh = pipeline_outs(repo)
+    built = []
+    real = Index.from_repo.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type, *args: object, **kwargs: object) -> object:
+        built.append(args)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(Index, "from_repo", classmethod(counting))
+    with one_repo(repo):
+        assert changed_stages(repo) == {"make"}
+        assert pipeline_outs(repo) == fresh  # from the status check's own index
+        assert len(built) == 1
+        forget_repo(repo)
+        assert pipeline_outs(repo) == fresh
+    assert len(built) == 2  # a fresh one after forget_repo
+    assert changed_stages(repo) == {"make"} and pipeline_outs(repo) == fresh  # outside: as ever

@@ -201,6 +201,8 @@ def test_card_bytes_are_a_function_of_the_reports(tmp_path: Path) -> None:
     published = card_markdown(tmp_path, stamps)
     assert published.startswith(first[CARD].decode())  # the artifact is the file + provenance
     assert "## Run provenance" in published and "r1" in published
+    (reports / CARD).unlink()  # without the file: rendered from the reports, the same card
+    assert card_markdown(tmp_path, stamps) == published
 
 
 def test_card_says_how_the_test_split_was_made() -> None:

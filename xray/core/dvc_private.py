@@ -25,7 +25,10 @@ public path to take if an upgrade breaks it:
 - `Repo(root).status()` (`changed_stages`, for xray/runner/repro.py): what `dvc status --json`
   prints, in this process. The command costs a Python start and DVC's import (~2 s here) and,
   given stage names, parses dvc.yaml and dvc.lock once per name (~0.4 s each); in-process, with
-  no targets, a no-change run's check takes ~0.7 s. Fallback: `dvc status --json` (no targets).
+  no targets, a no-change run's check takes ~0.7 s. It runs inside `dvc.repo.lock_repo(repo)`
+  (the lock DVC's own commands take), so the pipeline index it builds is still there to list
+  the outputs for `pipeline_outs` (DVC drops it when its lock is released: a second build,
+  ~0.4 s). Fallback: `dvc status --json` (no targets).
 
 `one_repo(root)` opens one Repo for every helper above that runs inside it (a run's status,
 verify, push check and record each opened their own: ~0.5 s apiece); `forget_repo(root)`
@@ -55,6 +58,8 @@ class DvcError(WorkError):
 
 _SHARED: dict[Path, Any] = {}
 """Roots inside `one_repo`: their Repo once a helper opened it (None until then)."""
+_OUTS: dict[Path, list[tuple[Path, bool]]] = {}
+"""Roots inside `one_repo`: `pipeline_outs` as listed by the status check (until forgotten)."""
 
 
 @contextmanager
@@ -93,6 +98,7 @@ def one_repo(root: Path) -> Iterator[None]:
         yield
     finally:
         repo = _SHARED.pop(key)
+        _OUTS.pop(key, None)
         if repo is not None:
             repo.close()
 
@@ -103,6 +109,7 @@ def forget_repo(root: Path) -> None:
     For after a stage ran: it rewrote dvc.lock, and the held Repo's index is stale.
     """
     key = Path(root).resolve()
+    _OUTS.pop(key, None)
     repo = _SHARED.get(key)
     if repo is not None:
         _SHARED[key] = None
@@ -111,15 +118,27 @@ def forget_repo(root: Path) -> None:
 
 def changed_stages(root: Path) -> set[str]:
     """The stages `dvc status` reports changed (all of root's pipeline, one pass)."""
-    with _repo(root) as repo:
+    from dvc.repo import lock_repo
+
+    key = Path(root).resolve()
+    with _repo(root) as repo, lock_repo(repo):
         report = repo.status()
+        if key in _SHARED:  # inside one_repo: the outputs from the same index, for later
+            _OUTS[key] = _outs(repo)
     return {str(name).rpartition(":")[2] for name in report}  # "sub/dvc.yaml:stage" -> "stage"
+
+
+def _outs(repo: Any) -> list[tuple[Path, bool]]:
+    return [(Path(o.fs_path), bool(o.use_cache)) for o in repo.index.outs]
 
 
 def pipeline_outs(root: Path) -> list[tuple[Path, bool]]:
     """Every output of root's pipeline (dvc.yaml and .dvc files): (absolute path, use_cache)."""
+    key = Path(root).resolve()
+    if key in _OUTS:  # listed by the status check of this one_repo
+        return list(_OUTS[key])
     with _repo(root) as repo:
-        return [(Path(o.fs_path), bool(o.use_cache)) for o in repo.index.outs]
+        return _outs(repo)
 
 
 def cache_files_dir(root: Path) -> Path:

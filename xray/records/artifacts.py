@@ -1,8 +1,8 @@
 """Prefect artifacts of a run: the metrics table, the dvc.lock lineage table, the model card.
 
-The card is the one the `evaluate` stage writes (xray/reports/model_card.py, rendered again from the
-same reports, so the same bytes) plus a "Run provenance" section with the run's stamps, which
-the DVC outputs must not hold.
+The card is the one the `evaluate` stage writes (xray/reports/model_card.py; rendered from the
+same reports, the same bytes, when the file is missing) plus a "Run provenance" section with
+the run's stamps, which the DVC outputs must not hold.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 from xray.core.stage import dvc_yaml_paths
 from xray.records.record import run_stamps
 from xray.reports.lineage import LineageError, build_record, current_record, flatten, read_lock
-from xray.reports.model_card import model_card
+from xray.reports.model_card import CARD, model_card
 
 METRICS_KEY = "xray-metrics"
 LINEAGE_KEY = "xray-lineage"
@@ -77,8 +77,15 @@ def publish_artifacts(root: Path, stamps: dict[str, Any] | None = None) -> dict[
 
 
 def card_markdown(root: Path, stamps: dict[str, Any]) -> str:
-    """The model card of root's reports plus the run's provenance section."""
+    """The model card `evaluate` wrote (rendered from root's reports when it is missing) plus
+    the run's provenance section.
+
+    Rendering it again would give the same bytes (tests/test_model_card.py) at the cost of the
+    bootstrap intervals (about 0.4 s a run, most of a no-change run's artifacts).
+    """
     paths = dvc_yaml_paths("evaluate", root)  # its reports folder and the source identity
-    return model_card(paths["reports"], root, source_json=paths["source_json"])["card"] + (
-        render_stamps(stamps)
-    )
+    try:
+        card = (paths["reports"] / CARD).read_text()
+    except FileNotFoundError:
+        card = model_card(paths["reports"], root, source_json=paths["source_json"])["card"]
+    return card + render_stamps(stamps)
