@@ -178,12 +178,11 @@ def test_changed_stages_is_what_dvc_status_reports(repo: Path) -> None:
     assert changed_stages(repo) == command() == {"first"}  # `second` is stale only after it
 
 
-def test_one_repo_opens_dvc_once_for_every_helper_inside(
-    repo: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _count_repo_opens(monkeypatch: pytest.MonkeyPatch) -> list[tuple[object, ...]]:
+    """A list that gets the arguments of every DVC Repo opened from now on (this test)."""
     from dvc import repo as dvc_repo
 
-    opened = []
+    opened: list[tuple[object, ...]] = []
     real_init = dvc_repo.Repo.__init__
 
     def counting_init(self: object, *args: object, **kwargs: object) -> None:
@@ -191,6 +190,13 @@ def test_one_repo_opens_dvc_once_for_every_helper_inside(
         real_init(self, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(dvc_repo.Repo, "__init__", counting_init)
+    return opened
+
+
+def test_one_repo_opens_dvc_once_for_every_helper_inside(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened = _count_repo_opens(monkeypatch)
     pipeline_outs(repo), remote_config(repo)
     assert len(opened) == 2  # one each, outside
     opened.clear()
@@ -215,16 +221,7 @@ def test_one_repo_opens_dvc_once_for_every_helper_inside(
 def test_forget_repo_makes_the_next_helper_read_the_pipeline_afresh(
     repo: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dvc import repo as dvc_repo
-
-    opened = []
-    real_init = dvc_repo.Repo.__init__
-
-    def counting_init(self: object, *args: object, **kwargs: object) -> None:
-        opened.append(args)
-        real_init(self, *args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(dvc_repo.Repo, "__init__", counting_init)
+    opened = _count_repo_opens(monkeypatch)
     more = DVC_YAML.replace("      - folder\n", "      - folder\n      - more.txt\n")
     with one_repo(repo):
         before = pipeline_outs(repo)
